@@ -1,0 +1,285 @@
+//! `arcbox-agentctl`: the host CLI. Human output by default, one JSON
+//! document per command with `--json`.
+//!
+//! Exit codes: 0 success; 1 the agent answered with an error or the
+//! runtime failed; 2 usage; 3 cannot connect; 4 timed out.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use arcbox_agent_core::client::{AgentClient, ClientError, ConnectOptions};
+use arcbox_agent_core::protocol::MessageType;
+use arcbox_agent_core::protocol::proto::agent::{RuntimeEnsureResponse, RuntimeStatusResponse};
+use arcbox_agent_core::transport::Address;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+/// Talk to an arcbox-agent.
+#[derive(Debug, Parser)]
+#[command(version)]
+pub struct Args {
+    /// Agent address: vsock:CID:PORT, hvsock:/path/to/uds:PORT, unix:/path or tcp:HOST:PORT.
+    #[arg(long, short = 'c', env = "ARCBOX_AGENT_ADDR")]
+    connect: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to keep retrying the connection.
+    #[arg(long, default_value_t = 10, global = true)]
+    connect_timeout: u64,
+    /// Seconds each call may take.
+    #[arg(long, default_value_t = 10, global = true)]
+    call_timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the agent answers; report version, protocol and capabilities.
+    Ping {
+        /// Also send the host's time so the agent steps the guest clock.
+        #[arg(long)]
+        sync_time: bool,
+    },
+    /// Show the guest's system information.
+    Info,
+    /// Start the container runtime if needed.
+    EnsureRuntime {
+        /// Wait until the runtime is ready or failed, showing progress.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait with --wait.
+        #[arg(long, default_value_t = 120)]
+        wait_timeout: u64,
+        /// Only report whether it is running; never start it.
+        #[arg(long, conflicts_with = "wait")]
+        probe: bool,
+    },
+    /// Show the runtime's per-service status.
+    Status,
+    /// Show the guest's boot report (init steps and timings).
+    BootReport,
+    /// Power the guest off in order.
+    Shutdown {
+        /// Seconds of grace for processes to exit (0: the agent's default).
+        #[arg(long, default_value_t = 0)]
+        timeout: u32,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("arcbox-agentctl: cannot start the async runtime: {err}");
+            return ExitCode::from(70);
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("arcbox-agentctl: {err}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn exit_code(err: &ClientError) -> u8 {
+    match err {
+        ClientError::Connect(_) => 3,
+        ClientError::Timeout(_) => 4,
+        _ => 1,
+    }
+}
+
+async fn run(args: &Args) -> Result<ExitCode, ClientError> {
+    let address =
+        Address::parse(&args.connect).map_err(|e| ClientError::Connect(std::io::Error::other(e)))?;
+    let options = ConnectOptions {
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+        call_timeout: Duration::from_secs(args.call_timeout),
+        ..ConnectOptions::default()
+    };
+    let mut client = AgentClient::connect(&address, options).await?;
+    let out = Output { json: args.json };
+    match &args.command {
+        Command::Ping { sync_time } => {
+            let started = Instant::now();
+            let pong = client.ping(sync_time.then(SystemTime::now)).await?;
+            let rtt = started.elapsed();
+            out.emit(&pong, || {
+                let names: Vec<String> = pong.capabilities.iter().map(|c| type_name(*c)).collect();
+                let mut text = format!(
+                    "{} from arcbox-agent {} (protocol {}, boot {}) in {:.2} ms\ncapabilities: {}",
+                    pong.message,
+                    pong.version,
+                    pong.protocol_version,
+                    pong.boot_id,
+                    rtt.as_secs_f64() * 1e3,
+                    names.join(", ")
+                );
+                if !pong.clock.is_empty() {
+                    text.push_str(&format!("\nclock: {}", pong.clock));
+                }
+                text
+            });
+        }
+        Command::Info => {
+            let info = client.system_info().await?;
+            out.emit(&info, || {
+                format!(
+                    "hostname:   {}\nkernel:     {} {} ({})\nos:         {}\ncpus:       {}\nmemory:     {} MiB total, {} MiB available\nload:       {:?}\nuptime:     {} s\naddresses:  {}\nagent rss:  {} KiB after {} requests",
+                    info.hostname,
+                    info.os_name,
+                    info.kernel_version,
+                    info.arch,
+                    info.os_version,
+                    info.cpu_count,
+                    info.total_memory >> 20,
+                    info.available_memory >> 20,
+                    info.load_average,
+                    info.uptime,
+                    if info.ip_addresses.is_empty() { "(none)".to_owned() } else { info.ip_addresses.join(" ") },
+                    info.agent_rss_bytes >> 10,
+                    info.agent_requests_served,
+                )
+            });
+        }
+        Command::EnsureRuntime { wait, wait_timeout, probe } => {
+            let answer = if *wait {
+                wait_for_runtime(&mut client, &out, Duration::from_secs(*wait_timeout)).await?
+            } else {
+                client.ensure_runtime(!probe).await?
+            };
+            out.emit(&answer, || describe_ensure(&answer));
+            if answer.status == "failed" {
+                return Ok(ExitCode::from(1));
+            }
+            if *wait && !answer.ready {
+                return Ok(ExitCode::from(4));
+            }
+        }
+        Command::Status => {
+            let status = client.runtime_status().await?;
+            out.emit(&status, || describe_status(&status));
+        }
+        Command::BootReport => {
+            let report = client.boot_report().await?;
+            out.emit(&report, || {
+                let mut text = format!(
+                    "boot {} (agent {}, pid1: {})\nkernel uptime at agent start: {:.3} s\nlistener ready: {:.3} ms after agent start\ninit complete:  {}\n",
+                    report.boot_id,
+                    report.agent_version,
+                    report.pid1,
+                    report.kernel_uptime_at_start_secs,
+                    report.listener_ready_us as f64 / 1e3,
+                    if report.init_complete_us == 0 {
+                        "not yet".to_owned()
+                    } else {
+                        format!("{:.3} ms after agent start", report.init_complete_us as f64 / 1e3)
+                    },
+                );
+                for step in &report.steps {
+                    text.push_str(&format!(
+                        "  {:<8} {:>9.3} ms  {}{}{}\n",
+                        step.outcome,
+                        step.duration_us as f64 / 1e3,
+                        step.name,
+                        if step.reason.is_empty() { "" } else { ": " },
+                        step.reason
+                    ));
+                }
+                text.trim_end().to_owned()
+            });
+        }
+        Command::Shutdown { timeout } => {
+            let answer = client.shutdown(*timeout).await?;
+            out.emit(&answer, || {
+                if answer.accepted { "shutdown accepted" } else { "shutdown refused" }.to_owned()
+            });
+            if !answer.accepted {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the runtime and polls its status, printing each change, until
+/// it is ready, failed, or `limit` passes. Works with any agent, also one
+/// that only speaks the reference protocol.
+async fn wait_for_runtime(
+    client: &mut AgentClient,
+    out: &Output,
+    limit: Duration,
+) -> Result<RuntimeEnsureResponse, ClientError> {
+    let started = Instant::now();
+    let mut last_line = String::new();
+    loop {
+        let answer = client.ensure_runtime(true).await?;
+        if answer.ready || answer.status == "failed" || started.elapsed() >= limit {
+            return Ok(answer);
+        }
+        let status = client.runtime_status().await?;
+        let line =
+            status.services.iter().map(|s| format!("{} {}", s.name, s.status)).collect::<Vec<_>>().join(", ");
+        if line != last_line && !out.json {
+            eprintln!("[{:6.2}s] {} ({})", started.elapsed().as_secs_f64(), line, status.detail);
+            last_line = line;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn describe_ensure(answer: &RuntimeEnsureResponse) -> String {
+    let mut text = format!("runtime {}: {}", answer.status, answer.message);
+    if !answer.endpoint.is_empty() {
+        text.push_str(&format!("\nendpoint: {}", answer.endpoint));
+    }
+    text
+}
+
+fn describe_status(status: &RuntimeStatusResponse) -> String {
+    let mut text = format!(
+        "state: {}\ncontainerd ready: {}\ndocker ready: {}\nendpoint: {}\ndetail: {}",
+        if status.state.is_empty() { "(not reported)" } else { &status.state },
+        status.containerd_ready,
+        status.docker_ready,
+        status.endpoint,
+        status.detail
+    );
+    for s in &status.services {
+        text.push_str(&format!("\n  {:<10} {:<9} {}", s.name, s.status, s.detail));
+        if s.pid != 0 {
+            text.push_str(&format!(" (pid {}, up {} s)", s.pid, s.uptime_secs));
+        }
+    }
+    text
+}
+
+fn type_name(code: u32) -> String {
+    MessageType::from_u32(code)
+        .map(|t| t.name().trim_end_matches("Request").to_owned())
+        .unwrap_or_else(|| format!("0x{code:04X}"))
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn emit<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
+        let mut stdout = std::io::stdout().lock();
+        let text = if self.json {
+            serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        } else {
+            human()
+        };
+        // A closed stdout (e.g. piped to `head`) is not an error worth reporting.
+        let _ = writeln!(stdout, "{text}");
+    }
+}

@@ -1,0 +1,119 @@
+//! Assembles the standard agent: the router with every built-in handler,
+//! wired to the OS traits, ready to serve on any transport.
+
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::boot::BootRecorder;
+use crate::protocol::MessageType;
+use crate::rpc::handlers::{
+    AgentIdentity, BootReportHandler, DEFAULT_CLOCK_STEP_THRESHOLD, EnsureRuntimeHandler, PingHandler,
+    RuntimeStatusHandler, ShutdownHandler, SystemInfoHandler,
+};
+use crate::rpc::{Router, Server, ServerConfig, ServerStats};
+use crate::runtime::{RuntimeBackend, RuntimeManager};
+use crate::sys::{Clock, PowerControl, SystemInfoSource};
+use crate::transport::Transport;
+
+/// The OS-facing parts the standard handlers need.
+pub struct AgentParts<C, S, B, P> {
+    /// Wall clock (Ping sets it).
+    pub clock: Arc<C>,
+    /// System information source.
+    pub system: Arc<S>,
+    /// Container runtime backend.
+    pub runtime: Arc<B>,
+    /// Power control (Shutdown).
+    pub power: Arc<P>,
+    /// Boot milestones and init steps.
+    pub boot: BootRecorder,
+    /// Steps of less than this are not applied to the clock.
+    pub clock_step_threshold: Duration,
+}
+
+impl<C, S, B, P> AgentParts<C, S, B, P> {
+    /// Parts with the default clock threshold.
+    pub fn new(clock: Arc<C>, system: Arc<S>, runtime: Arc<B>, power: Arc<P>, boot: BootRecorder) -> Self {
+        Self { clock, system, runtime, power, boot, clock_step_threshold: DEFAULT_CLOCK_STEP_THRESHOLD }
+    }
+}
+
+/// An agent under construction: add handlers with [`Agent::router_mut`],
+/// then serve it.
+pub struct Agent {
+    router: Router,
+    identity: Arc<AgentIdentity>,
+    stats: Arc<ServerStats>,
+    boot: BootRecorder,
+}
+
+impl Agent {
+    /// The standard agent over `parts`; returns it with its runtime manager.
+    pub fn new<C, S, B, P>(parts: AgentParts<C, S, B, P>, boot_id: &str) -> (Self, Arc<RuntimeManager<B>>)
+    where
+        C: Clock,
+        S: SystemInfoSource,
+        B: RuntimeBackend,
+        P: PowerControl,
+    {
+        let identity = AgentIdentity::new(boot_id);
+        let stats = Arc::new(ServerStats::default());
+        let runtime = RuntimeManager::new(parts.runtime);
+        let mut router = Router::new();
+        router
+            .unary(
+                MessageType::PingRequest,
+                PingHandler::new(Arc::clone(&parts.clock), Arc::clone(&identity), parts.clock_step_threshold),
+            )
+            .unary(
+                MessageType::GetSystemInfoRequest,
+                SystemInfoHandler::new(parts.system, parts.clock, Arc::clone(&identity), Arc::clone(&stats)),
+            )
+            .unary(MessageType::EnsureRuntimeRequest, EnsureRuntimeHandler::new(Arc::clone(&runtime)))
+            .unary(MessageType::RuntimeStatusRequest, RuntimeStatusHandler::new(Arc::clone(&runtime)))
+            .streaming(MessageType::ShutdownRequest, ShutdownHandler::new(parts.power))
+            .unary(MessageType::BootReportRequest, BootReportHandler::new(parts.boot.clone()));
+        let agent = Self { router, identity, stats, boot: parts.boot };
+        (agent, runtime)
+    }
+
+    /// The router, to add or replace handlers before serving.
+    pub fn router_mut(&mut self) -> &mut Router {
+        &mut self.router
+    }
+
+    /// The agent's identity (version, boot id).
+    pub fn identity(&self) -> &Arc<AgentIdentity> {
+        &self.identity
+    }
+
+    /// Freezes the router (its request types become Ping's capabilities)
+    /// and returns the server.
+    pub fn into_server(self, config: ServerConfig) -> Server {
+        // Set once per agent; a second call cannot happen as self is consumed.
+        let _ = self.identity.capabilities.set(self.router.served_types());
+        Server::new(self.router, config, self.stats)
+    }
+
+    /// Serves on `transport` until `shutdown`, recording listener-ready.
+    pub async fn serve<T: Transport>(self, transport: T, config: ServerConfig, shutdown: CancellationToken) {
+        let boot = self.boot.clone();
+        let server = self.into_server(config);
+        boot.mark_listener_ready();
+        tracing::info!(address = transport.local_address(), "agent listening");
+        server.serve(transport, shutdown).await;
+    }
+}
+
+/// A random 128-bit id in hex, fixed for one agent start.
+pub fn new_boot_id() -> String {
+    let half = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
+}

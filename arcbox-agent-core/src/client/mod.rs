@@ -1,0 +1,355 @@
+//! An async client for the agent protocol, for VMMs and tools to embed.
+//!
+//! One [`AgentClient`] owns one connection and makes strictly sequential
+//! calls, as the protocol pairs requests and responses by order. Each call
+//! has a deadline and a trace id; a call that times out or fails on I/O
+//! drops the connection (a late answer would pair with the next request),
+//! and the next call reconnects when the client was made by [`AgentClient::connect`].
+
+mod error;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+pub use error::ClientError;
+
+use crate::protocol::proto::agent::{
+    AgentPingRequest, AgentPingResponse, BootReport, BootReportRequest, Empty, RuntimeEnsureRequest,
+    RuntimeEnsureResponse, RuntimeStatusRequest, RuntimeStatusResponse, ShutdownRequest, ShutdownResponse,
+    SystemInfo,
+};
+use crate::protocol::{
+    DEFAULT_MAX_FRAME_BYTES, ErrorPayload, Frame, MessageType, encode_header, encode_parts, response_code,
+    try_decode,
+};
+use crate::rpc::BoxFuture;
+use crate::rpc::handlers::unix_time_parts;
+use crate::transport::{Address, AnyStream, connect};
+
+/// Timeouts and limits of a client.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// How long to keep retrying the connection (the agent may still be booting).
+    pub connect_timeout: Duration,
+    /// Deadline of each call, from sending the request to the last response byte.
+    pub call_timeout: Duration,
+    /// Largest response frame accepted.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(10),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// Re-establishes the stream after a failed call.
+type Reconnect<S> = Box<dyn Fn() -> BoxFuture<'static, std::io::Result<S>> + Send + Sync>;
+
+struct Connection<S> {
+    stream: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+/// A client for one agent.
+pub struct AgentClient<S = AnyStream> {
+    reconnect: Option<Reconnect<S>>,
+    options: ConnectOptions,
+    conn: Option<Connection<S>>,
+    trace_prefix: String,
+    next_trace: AtomicU64,
+}
+
+impl<S> Connection<S> {
+    fn new(stream: S) -> Self {
+        Self { stream, rbuf: BytesMut::with_capacity(8 * 1024), wbuf: BytesMut::with_capacity(1024) }
+    }
+}
+
+impl AgentClient<AnyStream> {
+    /// Connects to `address`, retrying until `options.connect_timeout`.
+    pub async fn connect(address: &Address, options: ConnectOptions) -> Result<Self, ClientError> {
+        let stream = connect(address, options.connect_timeout).await.map_err(ClientError::Connect)?;
+        let mut client = Self::from_stream(stream, options);
+        let (address, timeout) = (address.clone(), client.options.connect_timeout);
+        client.reconnect = Some(Box::new(move || {
+            let address = address.clone();
+            Box::pin(async move { connect(&address, timeout).await })
+        }));
+        Ok(client)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
+    /// A client over an already connected stream (any transport). It
+    /// cannot reconnect once the stream fails.
+    pub fn from_stream(stream: S, options: ConnectOptions) -> Self {
+        Self {
+            reconnect: None,
+            options,
+            conn: Some(Connection::new(stream)),
+            trace_prefix: trace_prefix(),
+            next_trace: AtomicU64::new(1),
+        }
+    }
+
+    /// The options this client was made with.
+    pub fn options(&self) -> &ConnectOptions {
+        &self.options
+    }
+
+    /// Pings; with `host_time`, the agent steps its clock to it.
+    pub async fn ping(&mut self, host_time: Option<SystemTime>) -> Result<AgentPingResponse, ClientError> {
+        let (timestamp_secs, timestamp_nanos) = host_time.map(unix_time_parts).unwrap_or((0, 0));
+        let request = AgentPingRequest { message: String::new(), timestamp_secs, timestamp_nanos };
+        self.call(MessageType::PingRequest, &request).await
+    }
+
+    /// Reads the guest's system information.
+    pub async fn system_info(&mut self) -> Result<SystemInfo, ClientError> {
+        self.call(MessageType::GetSystemInfoRequest, &Empty {}).await
+    }
+
+    /// EnsureRuntime in the reference's non-blocking form: answers
+    /// `starting` at once while a start runs.
+    pub async fn ensure_runtime(
+        &mut self,
+        start_if_needed: bool,
+    ) -> Result<RuntimeEnsureResponse, ClientError> {
+        let request = RuntimeEnsureRequest { start_if_needed, ..Default::default() };
+        self.call(MessageType::EnsureRuntimeRequest, &request).await
+    }
+
+    /// EnsureRuntime that waits on the agent side for up to `wait` (the
+    /// call deadline is stretched to cover it).
+    pub async fn ensure_runtime_wait(
+        &mut self,
+        wait: Duration,
+    ) -> Result<RuntimeEnsureResponse, ClientError> {
+        let request = RuntimeEnsureRequest {
+            start_if_needed: true,
+            wait: true,
+            wait_timeout_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        let deadline = self.options.call_timeout + wait;
+        self.call_with_deadline(MessageType::EnsureRuntimeRequest, &request, deadline).await
+    }
+
+    /// Reads the runtime's per-service status.
+    pub async fn runtime_status(&mut self) -> Result<RuntimeStatusResponse, ClientError> {
+        self.call(MessageType::RuntimeStatusRequest, &RuntimeStatusRequest {}).await
+    }
+
+    /// Asks the guest to power off after `timeout_secs` of grace (0 = default).
+    pub async fn shutdown(&mut self, timeout_secs: u32) -> Result<ShutdownResponse, ClientError> {
+        let request = ShutdownRequest { timeout_seconds: timeout_secs };
+        self.call(MessageType::ShutdownRequest, &request).await
+    }
+
+    /// Reads the boot report (extension).
+    pub async fn boot_report(&mut self) -> Result<BootReport, ClientError> {
+        self.call(MessageType::BootReportRequest, &BootReportRequest {}).await
+    }
+
+    /// A typed unary call with the client's deadline.
+    pub async fn call<Req, Resp>(&mut self, msg_type: MessageType, request: &Req) -> Result<Resp, ClientError>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let deadline = self.options.call_timeout;
+        self.call_with_deadline(msg_type, request, deadline).await
+    }
+
+    /// A typed unary call with an explicit deadline.
+    pub async fn call_with_deadline<Req, Resp>(
+        &mut self,
+        msg_type: MessageType,
+        request: &Req,
+        deadline: Duration,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let trace = self.new_trace_id();
+        let expected = response_code(msg_type.code());
+        let frame = self
+            .exchange(
+                deadline,
+                |wbuf| {
+                    encode_header(msg_type.code(), trace.as_bytes(), request.encoded_len(), wbuf)?;
+                    request.encode(wbuf).map_err(|_| ClientError::Encode)
+                },
+                &trace,
+            )
+            .await?;
+        expect_type(&frame, expected)?;
+        Resp::decode(frame.payload).map_err(ClientError::Decode)
+    }
+
+    /// Sends a raw frame and returns the raw answer (Error frames included,
+    /// undecoded), for tools and tests that speak the wire directly.
+    pub async fn call_raw(&mut self, msg_type: u32, payload: &[u8]) -> Result<Frame, ClientError> {
+        let trace = self.new_trace_id();
+        let deadline = self.options.call_timeout;
+        self.exchange(
+            deadline,
+            |wbuf| {
+                encode_parts(msg_type, trace.as_bytes(), payload, wbuf)?;
+                Ok(())
+            },
+            &trace,
+        )
+        .await
+    }
+
+    /// Sends one request and reads frames of a streaming answer, calling
+    /// `on_frame` for each until it returns `false` (the stream is done).
+    /// The whole exchange shares one deadline.
+    pub async fn call_streaming<Req, F>(
+        &mut self,
+        msg_type: MessageType,
+        request: &Req,
+        deadline: Duration,
+        mut on_frame: F,
+    ) -> Result<(), ClientError>
+    where
+        Req: prost::Message,
+        F: FnMut(Frame) -> Result<bool, ClientError> + Send,
+    {
+        let trace = self.new_trace_id();
+        let mut first = self
+            .exchange(
+                deadline,
+                |wbuf| {
+                    encode_header(msg_type.code(), trace.as_bytes(), request.encoded_len(), wbuf)?;
+                    request.encode(wbuf).map_err(|_| ClientError::Encode)
+                },
+                &trace,
+            )
+            .await?;
+        loop {
+            check_error(&first)?;
+            if !on_frame(first)? {
+                return Ok(());
+            }
+            first = self.read_next(deadline, &trace).await?;
+        }
+    }
+
+    fn new_trace_id(&self) -> String {
+        let n = self.next_trace.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.trace_prefix)
+    }
+
+    /// Writes the request built by `encode` and reads one frame back.
+    async fn exchange(
+        &mut self,
+        deadline: Duration,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), ClientError>,
+        trace: &str,
+    ) -> Result<Frame, ClientError> {
+        let max = self.options.max_frame_bytes;
+        if self.conn.is_none() {
+            if let Some(reconnect) = &self.reconnect {
+                let stream = reconnect().await.map_err(ClientError::Connect)?;
+                self.conn = Some(Connection::new(stream));
+            }
+        }
+        let conn = self.conn.as_mut().ok_or(ClientError::Disconnected)?;
+        conn.wbuf.clear();
+        encode(&mut conn.wbuf)?;
+        let result = tokio::time::timeout(deadline, async {
+            conn.stream.write_all(&conn.wbuf).await?;
+            read_frame(&mut conn.stream, &mut conn.rbuf, max).await
+        })
+        .await;
+        self.settle(result, deadline, trace)
+    }
+
+    async fn read_next(&mut self, deadline: Duration, trace: &str) -> Result<Frame, ClientError> {
+        let max = self.options.max_frame_bytes;
+        let conn = self.conn.as_mut().ok_or(ClientError::Disconnected)?;
+        let result = tokio::time::timeout(deadline, read_frame(&mut conn.stream, &mut conn.rbuf, max)).await;
+        self.settle(result, deadline, trace)
+    }
+
+    /// Applies the outcome of a read: drops the connection on failure, and
+    /// checks that the answer echoes our trace id.
+    fn settle(
+        &mut self,
+        result: Result<Result<Frame, ClientError>, tokio::time::error::Elapsed>,
+        deadline: Duration,
+        trace: &str,
+    ) -> Result<Frame, ClientError> {
+        let outcome = match result {
+            Err(_) => Err(ClientError::Timeout(deadline)),
+            Ok(Err(err)) => Err(err),
+            Ok(Ok(frame)) if frame.trace_str() != trace => Err(ClientError::TraceMismatch {
+                sent: trace.to_owned(),
+                received: frame.trace_str().to_owned(),
+            }),
+            Ok(Ok(frame)) => Ok(frame),
+        };
+        if outcome.is_err() {
+            self.conn = None;
+        }
+        outcome
+    }
+}
+
+/// Reads exactly one frame, enforcing `max` before allocating.
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    max: usize,
+) -> Result<Frame, ClientError> {
+    loop {
+        if let Some(frame) = try_decode(rbuf, max).map_err(ClientError::Frame)? {
+            return Ok(frame);
+        }
+        let want = match crate::protocol::check_header(rbuf, max).map_err(ClientError::Frame)? {
+            crate::protocol::HeaderCheck::Frame { total } => total - rbuf.len(),
+            crate::protocol::HeaderCheck::NeedLength => 8 * 1024,
+        };
+        rbuf.reserve(want);
+        if stream.read_buf(rbuf).await? == 0 {
+            return Err(ClientError::Disconnected);
+        }
+    }
+}
+
+/// Turns an Error frame into [`ClientError::Remote`].
+fn check_error(frame: &Frame) -> Result<(), ClientError> {
+    if frame.msg_type == MessageType::Error.code() {
+        let payload = ErrorPayload::decode(&frame.payload).map_err(ClientError::ErrorPayload)?;
+        return Err(ClientError::Remote(payload));
+    }
+    Ok(())
+}
+
+/// Checks that `frame` answers with `expected` (or is an Error frame).
+fn expect_type(frame: &Frame, expected: u32) -> Result<(), ClientError> {
+    check_error(frame)?;
+    if frame.msg_type != expected {
+        return Err(ClientError::UnexpectedType { expected, received: frame.msg_type });
+    }
+    Ok(())
+}
+
+/// A per-client random prefix so trace ids from many clients do not collide.
+fn trace_prefix() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    format!("{:08x}", h.finish() as u32)
+}

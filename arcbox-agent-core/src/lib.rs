@@ -1,0 +1,35 @@
+//! The embeddable core of arcbox-agent, a guest agent for Linux micro-VMs.
+//!
+//! It speaks the ArcBox "V2" wire protocol (byte-compatible, with
+//! extensions in a range of its own), routes requests to typed handlers,
+//! serves them on vsock, Unix or TCP, and provides the host-side client.
+//! Everything that touches the OS goes through the traits in [`sys`], so
+//! the same code runs on real syscalls in a VM and on fakes in tests and
+//! the simulator.
+//!
+//! # Layout
+//! - [`protocol`]: frame codec, message type codes, error payload, protobuf messages.
+//! - [`rpc`]: router, connection and accept loops; [`rpc::handlers`] has one module per request family.
+//! - [`runtime`]: the EnsureRuntime state machine over a [`runtime::RuntimeBackend`].
+//! - [`transport`]: listeners (guest), connector (host), addresses.
+//! - [`client`]: the async host client.
+//! - [`boot`]: the boot report.
+//! - [`sys`]: OS traits; `sys::linux` implements them on Linux.
+//! - `fake` (feature `fake`): in-memory implementations for the simulator and tests.
+//! - [`agent`]: assembles the standard agent from its parts.
+
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod boot;
+pub mod client;
+pub mod protocol;
+pub mod rpc;
+pub mod runtime;
+pub mod sys;
+pub mod transport;
+
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+
+pub use agent::{Agent, AgentParts, new_boot_id};

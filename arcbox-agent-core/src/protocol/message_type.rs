@@ -1,0 +1,228 @@
+//! Message type codes: every code of the reference's `MessageType` table,
+//! plus arcbox-agent extensions in the range `0x0100..=0x0FFF` (responses
+//! `0x1100..=0x1FFF`), which the reference never uses.
+
+/// Responses carry the request code with this bit set.
+pub const RESPONSE_BIT: u32 = 0x1000;
+/// First request code reserved for arcbox-agent extensions.
+pub const EXTENSION_FIRST: u32 = 0x0100;
+/// Last request code reserved for arcbox-agent extensions.
+pub const EXTENSION_LAST: u32 = 0x0FFF;
+
+macro_rules! message_types {
+    ($( $(#[$doc:meta])* $name:ident = $code:literal ),+ $(,)?) => {
+        /// A known message type code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u32)]
+        pub enum MessageType {
+            $( $(#[$doc])* $name = $code ),+
+        }
+
+        impl MessageType {
+            /// Every known code, in table order.
+            pub const ALL: &'static [MessageType] = &[$(MessageType::$name),+];
+
+            /// Looks a raw code up; `None` for codes this build does not know.
+            pub const fn from_u32(code: u32) -> Option<Self> {
+                match code {
+                    $( $code => Some(MessageType::$name), )+
+                    _ => None,
+                }
+            }
+
+            /// The name used in docs, logs and error messages.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( MessageType::$name => stringify!($name), )+
+                }
+            }
+        }
+    };
+}
+
+message_types! {
+    /// Empty payload; the host also accepts it as an empty response.
+    Empty = 0x0000,
+    /// `AgentPingRequest`.
+    PingRequest = 0x0001,
+    /// Empty payload.
+    GetSystemInfoRequest = 0x0002,
+    /// `RuntimeEnsureRequest`.
+    EnsureRuntimeRequest = 0x0003,
+    /// `RuntimeStatusRequest`.
+    RuntimeStatusRequest = 0x0004,
+    /// `KubernetesStartRequest`.
+    KubernetesStartRequest = 0x0005,
+    /// `KubernetesStopRequest`.
+    KubernetesStopRequest = 0x0006,
+    /// `KubernetesDeleteRequest`.
+    KubernetesDeleteRequest = 0x0007,
+    /// `KubernetesStatusRequest`.
+    KubernetesStatusRequest = 0x0008,
+    /// `KubernetesKubeconfigRequest`.
+    KubernetesKubeconfigRequest = 0x0009,
+    /// `ShutdownRequest`.
+    ShutdownRequest = 0x000A,
+    /// `MmapReadFileRequest` (test only in the reference).
+    MmapReadFileRequest = 0x000B,
+    /// `sandbox.v1.CreateSandboxRequest`.
+    SandboxCreateRequest = 0x0020,
+    /// `sandbox.v1.StopSandboxRequest`.
+    SandboxStopRequest = 0x0021,
+    /// `sandbox.v1.RemoveSandboxRequest`.
+    SandboxRemoveRequest = 0x0022,
+    /// `sandbox.v1.InspectSandboxRequest`.
+    SandboxInspectRequest = 0x0023,
+    /// `sandbox.v1.ListSandboxesRequest`.
+    SandboxListRequest = 0x0024,
+    /// `sandbox.v1.RunRequest`; answered by a stream of `SandboxRunOutput`.
+    SandboxRunRequest = 0x0030,
+    /// `sandbox.v1.ExecRequest`; answered by a stream of `SandboxExecOutput`.
+    SandboxExecRequest = 0x0031,
+    /// `sandbox.v1.SandboxEventsRequest`; answered by a stream of `SandboxEvent`.
+    SandboxEventsRequest = 0x0032,
+    /// Raw stdin bytes for a running exec; an empty payload means EOF.
+    SandboxExecInput = 0x0033,
+    /// `sandbox.v1.CheckpointRequest`.
+    SandboxCheckpointRequest = 0x0040,
+    /// `sandbox.v1.RestoreRequest`.
+    SandboxRestoreRequest = 0x0041,
+    /// `sandbox.v1.ListSnapshotsRequest`.
+    SandboxListSnapshotsRequest = 0x0042,
+    /// `sandbox.v1.DeleteSnapshotRequest`.
+    SandboxDeleteSnapshotRequest = 0x0043,
+    /// Extension: `BootReportRequest`.
+    BootReportRequest = 0x0100,
+    /// Extension (reserved): readiness event stream.
+    WatchReadinessRequest = 0x0101,
+    /// `AgentPingResponse`.
+    PingResponse = 0x1001,
+    /// `SystemInfo`.
+    GetSystemInfoResponse = 0x1002,
+    /// `RuntimeEnsureResponse`.
+    EnsureRuntimeResponse = 0x1003,
+    /// `RuntimeStatusResponse`.
+    RuntimeStatusResponse = 0x1004,
+    /// `KubernetesStartResponse`.
+    KubernetesStartResponse = 0x1005,
+    /// `KubernetesStopResponse`.
+    KubernetesStopResponse = 0x1006,
+    /// `KubernetesDeleteResponse`.
+    KubernetesDeleteResponse = 0x1007,
+    /// `KubernetesStatusResponse`.
+    KubernetesStatusResponse = 0x1008,
+    /// `KubernetesKubeconfigResponse`.
+    KubernetesKubeconfigResponse = 0x1009,
+    /// `ShutdownResponse`.
+    ShutdownResponse = 0x100A,
+    /// `MmapReadFileResponse`.
+    MmapReadFileResponse = 0x100B,
+    /// `sandbox.v1.CreateSandboxResponse`.
+    SandboxCreateResponse = 0x1020,
+    /// Empty payload.
+    SandboxStopResponse = 0x1021,
+    /// Empty payload.
+    SandboxRemoveResponse = 0x1022,
+    /// `sandbox.v1.SandboxInfo`.
+    SandboxInspectResponse = 0x1023,
+    /// `sandbox.v1.ListSandboxesResponse`.
+    SandboxListResponse = 0x1024,
+    /// `PortBindingsChanged` (host to guest; unused by the reference).
+    PortBindingsChanged = 0x1030,
+    /// `PortBindingsRemoved` (host to guest; unused by the reference).
+    PortBindingsRemoved = 0x1031,
+    /// `sandbox.v1.RunOutput` stream item.
+    SandboxRunOutput = 0x1035,
+    /// `sandbox.v1.ExecOutput` stream item.
+    SandboxExecOutput = 0x1036,
+    /// `sandbox.v1.SandboxEvent` stream item.
+    SandboxEvent = 0x1037,
+    /// `sandbox.v1.CheckpointResponse`.
+    SandboxCheckpointResponse = 0x1040,
+    /// `sandbox.v1.RestoreResponse`.
+    SandboxRestoreResponse = 0x1041,
+    /// `sandbox.v1.ListSnapshotsResponse`.
+    SandboxListSnapshotsResponse = 0x1042,
+    /// Empty payload.
+    SandboxDeleteSnapshotResponse = 0x1043,
+    /// Extension: `BootReport`.
+    BootReportResponse = 0x1100,
+    /// Extension (reserved): readiness event.
+    ReadinessEvent = 0x1101,
+    /// Error frame with the binary payload of [`crate::protocol::ErrorPayload`].
+    Error = 0xFFFF,
+}
+
+impl MessageType {
+    /// The raw code.
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// Whether the host sends this type to start an exchange.
+    pub const fn is_request(self) -> bool {
+        let code = self.code();
+        code != 0 && code < RESPONSE_BIT && !matches!(self, MessageType::SandboxExecInput)
+    }
+
+    /// Whether the code lies in the arcbox-agent extension range.
+    pub const fn is_extension(code: u32) -> bool {
+        (code >= EXTENSION_FIRST && code <= EXTENSION_LAST)
+            || (code >= EXTENSION_FIRST | RESPONSE_BIT && code <= EXTENSION_LAST | RESPONSE_BIT)
+    }
+}
+
+/// The response code for a unary request code.
+pub const fn response_code(request: u32) -> u32 {
+    request | RESPONSE_BIT
+}
+
+impl std::fmt::Display for MessageType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}(0x{:04X})", self.name(), self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_through_from_u32() {
+        for &t in MessageType::ALL {
+            assert_eq!(MessageType::from_u32(t.code()), Some(t));
+        }
+    }
+
+    #[test]
+    fn unary_responses_are_the_request_code_with_the_response_bit() {
+        assert_eq!(response_code(MessageType::PingRequest.code()), MessageType::PingResponse.code());
+        assert_eq!(response_code(0x000A), MessageType::ShutdownResponse.code());
+        assert_eq!(
+            response_code(MessageType::BootReportRequest.code()),
+            MessageType::BootReportResponse.code()
+        );
+    }
+
+    #[test]
+    fn reference_codes_stay_outside_the_extension_range() {
+        for &t in MessageType::ALL {
+            let ours = matches!(
+                t,
+                MessageType::BootReportRequest
+                    | MessageType::BootReportResponse
+                    | MessageType::WatchReadinessRequest
+                    | MessageType::ReadinessEvent
+            );
+            assert_eq!(MessageType::is_extension(t.code()), ours, "{t}");
+        }
+    }
+
+    #[test]
+    fn exec_input_and_responses_are_not_requests() {
+        assert!(!MessageType::SandboxExecInput.is_request());
+        assert!(!MessageType::PingResponse.is_request());
+        assert!(!MessageType::Error.is_request());
+        assert!(MessageType::SandboxRunRequest.is_request());
+    }
+}

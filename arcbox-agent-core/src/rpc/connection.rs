@@ -1,0 +1,195 @@
+//! Serves one connection: strictly sequential request -> response(s), as
+//! the reference host expects (the order of frames is the only pairing).
+//!
+//! Bad input never takes the agent down: an oversized frame is answered
+//! 413 and a malformed one 400, then the connection is closed cleanly
+//! (its byte stream can no longer be trusted); an unknown request type is
+//! answered 400 and the connection keeps serving; a handler panic is
+//! answered 500.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::FutureExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio_util::sync::CancellationToken;
+
+use super::router::{HandlerError, RequestContext, Responder, Route};
+use super::{RpcError, ServerConfig, ServerStats};
+use crate::protocol::{ErrorCode, Frame, FrameError, HeaderCheck, check_header, try_decode};
+
+/// Read-buffer growth step while the frame length is still unknown.
+const READ_CHUNK_BYTES: usize = 8 * 1024;
+
+/// Why a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConnectionEnd {
+    /// The peer closed between frames.
+    PeerClosed,
+    /// The server is shutting down.
+    Shutdown,
+    /// A bad frame was answered and the connection closed.
+    BadFrame(i32),
+    /// The peer closed or stalled in the middle of a frame.
+    Truncated,
+    /// Reading or writing failed.
+    Io(std::io::ErrorKind),
+}
+
+/// Serves requests on `stream` until the peer closes, a frame is bad, or
+/// `shutdown` fires.
+pub async fn serve_connection<S>(
+    mut stream: S,
+    peer: &str,
+    router: &super::Router,
+    config: &ServerConfig,
+    stats: &ServerStats,
+    shutdown: &CancellationToken,
+) -> ConnectionEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut wbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        let frame = match try_decode(&mut rbuf, config.max_frame_bytes) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => match read_more(&mut stream, &mut rbuf, config, shutdown).await {
+                ReadOutcome::Data => continue,
+                ReadOutcome::End(end) => return end,
+            },
+            Err(err) => return reject_frame(&mut stream, &mut wbuf, peer, &err).await,
+        };
+        let msg_type = frame.msg_type;
+        if let Err(err) = dispatch(&mut stream, &mut wbuf, peer, router, frame).await {
+            tracing::debug!(peer, msg_type, error = %err, "connection closed while responding");
+            return ConnectionEnd::Io(err.kind());
+        }
+        stats.requests_served.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+enum ReadOutcome {
+    Data,
+    End(ConnectionEnd),
+}
+
+/// Reads more bytes into `rbuf`. Between frames it waits as long as the
+/// peer likes (idle connections are fine); inside a frame the rest must
+/// arrive within `frame_read_timeout`, so a stalled half frame cannot pin
+/// a connection forever.
+async fn read_more<S>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    config: &ServerConfig,
+    shutdown: &CancellationToken,
+) -> ReadOutcome
+where
+    S: AsyncRead + Unpin,
+{
+    // Reserve only what the (already validated) header asks for.
+    let want = match check_header(rbuf, config.max_frame_bytes) {
+        Ok(HeaderCheck::Frame { total }) => total.saturating_sub(rbuf.len()),
+        _ => READ_CHUNK_BYTES,
+    };
+    rbuf.reserve(want.max(1));
+    let mid_frame = !rbuf.is_empty();
+    let read = async {
+        if mid_frame {
+            tokio::time::timeout(config.frame_read_timeout, stream.read_buf(rbuf))
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        } else {
+            stream.read_buf(rbuf).await
+        }
+    };
+    let result = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => return ReadOutcome::End(ConnectionEnd::Shutdown),
+        result = read => result,
+    };
+    match result {
+        Ok(0) if mid_frame => ReadOutcome::End(ConnectionEnd::Truncated),
+        Ok(0) => ReadOutcome::End(ConnectionEnd::PeerClosed),
+        Ok(_) => ReadOutcome::Data,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => ReadOutcome::End(ConnectionEnd::Truncated),
+        Err(e) if is_peer_gone(&e) => ReadOutcome::End(ConnectionEnd::PeerClosed),
+        Err(e) => ReadOutcome::End(ConnectionEnd::Io(e.kind())),
+    }
+}
+
+/// Answers a bad frame and closes the write side.
+async fn reject_frame<S>(stream: &mut S, wbuf: &mut BytesMut, peer: &str, err: &FrameError) -> ConnectionEnd
+where
+    S: AsyncWrite + Unpin + Send,
+{
+    let code = match err {
+        FrameError::TooLarge { .. } => ErrorCode::PAYLOAD_TOO_LARGE,
+        FrameError::TooShort { .. } | FrameError::TraceOverrun { .. } => ErrorCode::BAD_REQUEST,
+    };
+    tracing::warn!(peer, code, error = %err, "rejecting frame and closing connection");
+    let mut out = Responder::new(stream, wbuf, b"");
+    // The peer may already be gone; the connection ends either way.
+    let _ = out.send_error(&RpcError::new(code, err.to_string())).await;
+    let _ = out.flush().await;
+    let _ = stream.shutdown().await;
+    ConnectionEnd::BadFrame(code)
+}
+
+/// Runs the handler for one frame, turning errors and panics into Error frames.
+async fn dispatch<S>(
+    stream: &mut S,
+    wbuf: &mut BytesMut,
+    peer: &str,
+    router: &super::Router,
+    frame: Frame,
+) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin + Send,
+{
+    let trace_id = frame.trace_str();
+    let span = tracing::debug_span!("rpc", msg_type = frame.msg_type, trace = trace_id);
+    let _entered = span.enter();
+    let ctx = RequestContext { msg_type: frame.msg_type, trace_id, peer };
+    // Echo the trace id exactly as text, as the reference does ("" if invalid).
+    let mut out = Responder::new(stream, wbuf, trace_id.as_bytes());
+    let failure = match router.lookup(frame.msg_type) {
+        Route::Reject(err) => Some(err),
+        Route::Handler(handler) => {
+            match AssertUnwindSafe(handler.call(ctx, frame.payload.clone(), &mut out)).catch_unwind().await {
+                Ok(Ok(())) => None,
+                Ok(Err(HandlerError::Rpc(err))) => Some(err),
+                Ok(Err(HandlerError::Io(err))) => return Err(err),
+                Err(panic) => {
+                    let what = panic_message(panic.as_ref());
+                    tracing::error!(peer, trace = trace_id, panic = what, "handler panicked");
+                    Some(RpcError::internal(format!("internal error: handler panicked: {what}")))
+                }
+            }
+        }
+    };
+    if let Some(err) = failure {
+        tracing::debug!(peer, code = err.code, error = %err.message, "request failed");
+        out.send_error(&err).await?;
+    }
+    out.flush().await
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown panic")
+}
+
+/// Whether an I/O error means the peer went away (a clean disconnect).
+pub fn is_peer_gone(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(err.kind(), BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof)
+}
+
+/// Default time a started frame has to arrive in full.
+pub const DEFAULT_FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);

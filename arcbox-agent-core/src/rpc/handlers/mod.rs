@@ -1,0 +1,37 @@
+//! One handler module per request family.
+
+mod boot_report;
+mod ping;
+mod runtime;
+mod shutdown;
+mod system_info;
+
+pub use boot_report::BootReportHandler;
+pub use ping::{DEFAULT_CLOCK_STEP_THRESHOLD, PingHandler, unix_time_parts};
+pub use runtime::{DEFAULT_ENSURE_WAIT, EnsureRuntimeHandler, RuntimeStatusHandler};
+pub use shutdown::{DEFAULT_SHUTDOWN_GRACE, ShutdownHandler};
+pub use system_info::SystemInfoHandler;
+
+use std::sync::{Arc, OnceLock};
+
+/// Who this agent is, as Ping and GetSystemInfo report it.
+#[derive(Debug)]
+pub struct AgentIdentity {
+    /// Agent version (the crate version).
+    pub version: String,
+    /// Random id of this agent start.
+    pub boot_id: String,
+    /// Request types served; set once the router is complete.
+    pub capabilities: OnceLock<Vec<u32>>,
+}
+
+impl AgentIdentity {
+    /// An identity with this crate's version and `boot_id`.
+    pub fn new(boot_id: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            boot_id: boot_id.into(),
+            capabilities: OnceLock::new(),
+        })
+    }
+}

@@ -1,0 +1,328 @@
+//! Routes request frames to handlers by message type.
+//!
+//! Routing works on raw frames; handlers work on typed prost messages
+//! through the [`UnaryHandler`] and [`StreamingHandler`] adapters. A known
+//! request type with no handler is answered 501; an unknown type, or a type
+//! that is not a request, 400.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use prost::Message as _;
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+
+use super::RpcError;
+use crate::protocol::{ErrorCode, MessageType, encode_header, encode_parts, response_code};
+
+fn invalid_input(err: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, err)
+}
+
+/// A boxed future, as erased handlers return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a handler knows about the request besides its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext<'a> {
+    /// The request's message type code.
+    pub msg_type: u32,
+    /// The trace id sent by the host ("" when absent or not UTF-8).
+    pub trace_id: &'a str,
+    /// The peer's address, as the transport reports it.
+    pub peer: &'a str,
+}
+
+/// Writes response frames for one request, echoing its trace id.
+pub struct Responder<'a> {
+    writer: &'a mut (dyn AsyncWrite + Send + Unpin),
+    buf: &'a mut BytesMut,
+    trace_id: &'a [u8],
+    frames_sent: usize,
+}
+
+impl<'a> Responder<'a> {
+    /// A responder over `writer`, encoding into the reusable `buf`.
+    pub fn new(
+        writer: &'a mut (dyn AsyncWrite + Send + Unpin),
+        buf: &'a mut BytesMut,
+        trace_id: &'a [u8],
+    ) -> Self {
+        Self { writer, buf, trace_id, frames_sent: 0 }
+    }
+
+    /// Sends one frame with a raw payload.
+    pub async fn send_raw(&mut self, msg_type: u32, payload: &[u8]) -> std::io::Result<()> {
+        self.buf.clear();
+        encode_parts(msg_type, self.trace_id, payload, self.buf).map_err(invalid_input)?;
+        self.write_buffered().await
+    }
+
+    /// Sends one frame carrying a protobuf message, encoded straight into
+    /// the frame buffer so each frame is a single write.
+    pub async fn send<M: prost::Message>(&mut self, msg_type: u32, message: &M) -> std::io::Result<()> {
+        self.buf.clear();
+        encode_header(msg_type, self.trace_id, message.encoded_len(), self.buf).map_err(invalid_input)?;
+        message.encode(self.buf).map_err(invalid_input)?;
+        self.write_buffered().await
+    }
+
+    async fn write_buffered(&mut self) -> std::io::Result<()> {
+        self.writer.write_all(self.buf).await?;
+        self.frames_sent += 1;
+        Ok(())
+    }
+
+    /// Sends an Error frame.
+    pub async fn send_error(&mut self, error: &RpcError) -> std::io::Result<()> {
+        let payload = error.to_payload().to_bytes();
+        self.send_raw(MessageType::Error.code(), &payload).await
+    }
+
+    /// Flushes buffered output.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush().await
+    }
+
+    /// How many frames this responder has written.
+    pub fn frames_sent(&self) -> usize {
+        self.frames_sent
+    }
+}
+
+/// Why an erased handler stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The request failed; answer it with an Error frame.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// Writing the response failed; the connection is gone.
+    #[error("writing the response failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A handler on raw frames: the form the router stores.
+pub trait Handler: Send + Sync + 'static {
+    /// Serves one request, writing its response frames through `out`.
+    fn call<'a>(
+        &'a self,
+        ctx: RequestContext<'a>,
+        payload: Bytes,
+        out: &'a mut Responder<'_>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+/// A request/response handler on typed messages.
+pub trait UnaryHandler: Send + Sync + 'static {
+    /// The decoded request payload.
+    type Request: prost::Message + Default + Send;
+    /// The response payload.
+    type Response: prost::Message + Send;
+    /// Serves one request.
+    fn handle(
+        &self,
+        ctx: RequestContext<'_>,
+        request: Self::Request,
+    ) -> impl Future<Output = Result<Self::Response, RpcError>> + Send;
+}
+
+/// A handler that answers one request with a stream of frames.
+pub trait StreamingHandler: Send + Sync + 'static {
+    /// The decoded request payload.
+    type Request: prost::Message + Default + Send;
+    /// Serves one request, sending frames through `out` until done.
+    fn handle<'a>(
+        &'a self,
+        ctx: RequestContext<'a>,
+        request: Self::Request,
+        out: &'a mut Responder<'_>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+}
+
+struct Unary<H>(H);
+
+impl<H: UnaryHandler> Handler for Unary<H> {
+    fn call<'a>(
+        &'a self,
+        ctx: RequestContext<'a>,
+        payload: Bytes,
+        out: &'a mut Responder<'_>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let request = H::Request::decode(payload).map_err(RpcError::from)?;
+            let response = self.0.handle(ctx, request).await?;
+            out.send(response_code(ctx.msg_type), &response).await?;
+            Ok(())
+        })
+    }
+}
+
+struct Streaming<H>(H);
+
+impl<H: StreamingHandler> Handler for Streaming<H> {
+    fn call<'a>(
+        &'a self,
+        ctx: RequestContext<'a>,
+        payload: Bytes,
+        out: &'a mut Responder<'_>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let request = H::Request::decode(payload).map_err(RpcError::from)?;
+            self.0.handle(ctx, request, out).await
+        })
+    }
+}
+
+/// Where a message type leads.
+pub enum Route<'a> {
+    /// A registered handler.
+    Handler(&'a dyn Handler),
+    /// No handler: answer with this error.
+    Reject(RpcError),
+}
+
+/// Maps request types to handlers.
+#[derive(Default, Clone)]
+pub struct Router {
+    handlers: HashMap<u32, Arc<dyn Handler>>,
+}
+
+impl Router {
+    /// An empty router (every known request is answered 501).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a raw handler, replacing any earlier one for the type.
+    pub fn route(&mut self, msg_type: MessageType, handler: impl Handler) -> &mut Self {
+        self.handlers.insert(msg_type.code(), Arc::new(handler));
+        self
+    }
+
+    /// Registers a handler for a code in the extension range, for embedders
+    /// that add their own request types.
+    pub fn route_code(&mut self, code: u32, handler: impl Handler) -> &mut Self {
+        self.handlers.insert(code, Arc::new(handler));
+        self
+    }
+
+    /// Registers a typed request/response handler.
+    pub fn unary(&mut self, msg_type: MessageType, handler: impl UnaryHandler) -> &mut Self {
+        self.route(msg_type, Unary(handler))
+    }
+
+    /// Registers a typed streaming handler.
+    pub fn streaming(&mut self, msg_type: MessageType, handler: impl StreamingHandler) -> &mut Self {
+        self.route(msg_type, Streaming(handler))
+    }
+
+    /// Registers a typed unary handler under a raw code (extensions of embedders).
+    pub fn unary_code(&mut self, code: u32, handler: impl UnaryHandler) -> &mut Self {
+        self.route_code(code, Unary(handler))
+    }
+
+    /// The request types this router serves, ascending.
+    pub fn served_types(&self) -> Vec<u32> {
+        let mut codes: Vec<u32> = self.handlers.keys().copied().collect();
+        codes.sort_unstable();
+        codes
+    }
+
+    /// Finds the handler for `msg_type`, or the error to answer with.
+    pub fn lookup(&self, msg_type: u32) -> Route<'_> {
+        if let Some(handler) = self.handlers.get(&msg_type) {
+            return Route::Handler(handler.as_ref());
+        }
+        Route::Reject(match MessageType::from_u32(msg_type) {
+            Some(t) if t.is_request() => {
+                RpcError::new(ErrorCode::NOT_IMPLEMENTED, format!("{t} is not served by this agent"))
+            }
+            Some(t) => RpcError::bad_request(format!("invalid request: {t} is not a request type")),
+            None => RpcError::bad_request(format!("invalid request: unknown message type 0x{msg_type:04X}")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::proto::agent::{AgentPingRequest, AgentPingResponse};
+
+    struct Echo;
+
+    impl UnaryHandler for Echo {
+        type Request = AgentPingRequest;
+        type Response = AgentPingResponse;
+        async fn handle(
+            &self,
+            _: RequestContext<'_>,
+            r: AgentPingRequest,
+        ) -> Result<AgentPingResponse, RpcError> {
+            Ok(AgentPingResponse { message: r.message, ..Default::default() })
+        }
+    }
+
+    fn reject_code(router: &Router, code: u32) -> i32 {
+        match router.lookup(code) {
+            Route::Reject(e) => e.code,
+            Route::Handler(_) => panic!("0x{code:04X} unexpectedly routed"),
+        }
+    }
+
+    #[test]
+    fn known_but_unserved_requests_are_501_naming_the_type() {
+        let router = Router::new();
+        let Route::Reject(err) = router.lookup(MessageType::SandboxCreateRequest.code()) else {
+            panic!("routed")
+        };
+        assert_eq!(err.code, 501);
+        assert!(err.message.contains("SandboxCreateRequest(0x0020)"), "{}", err.message);
+    }
+
+    #[test]
+    fn unknown_codes_and_response_types_are_400() {
+        let router = Router::new();
+        assert_eq!(reject_code(&router, 0x0999), 400);
+        assert_eq!(reject_code(&router, 0xABCD), 400);
+        assert_eq!(reject_code(&router, MessageType::PingResponse.code()), 400);
+        assert_eq!(reject_code(&router, MessageType::SandboxExecInput.code()), 400);
+    }
+
+    #[tokio::test]
+    async fn a_typed_handler_answers_with_the_response_code_and_trace() {
+        let mut router = Router::new();
+        router.unary(MessageType::PingRequest, Echo);
+        assert_eq!(router.served_types(), vec![1]);
+        let Route::Handler(h) = router.lookup(1) else { panic!("not routed") };
+        let (mut writer, mut buf) = (Vec::new(), BytesMut::new());
+        let mut out = Responder::new(&mut writer, &mut buf, b"tr");
+        let ctx = RequestContext { msg_type: 1, trace_id: "tr", peer: "test" };
+        let payload =
+            prost::Message::encode_to_vec(&AgentPingRequest { message: "x".into(), ..Default::default() });
+        h.call(ctx, payload.into(), &mut out).await.unwrap();
+        let mut wire = BytesMut::from(&writer[..]);
+        let frame = crate::protocol::try_decode(&mut wire, 1 << 20).unwrap().unwrap();
+        assert_eq!(frame.msg_type, 0x1001);
+        assert_eq!(frame.trace_str(), "tr");
+        let resp: AgentPingResponse = prost::Message::decode(frame.payload).unwrap();
+        assert_eq!(resp.message, "x");
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_payload_is_a_400() {
+        let mut router = Router::new();
+        router.unary(MessageType::PingRequest, Echo);
+        let Route::Handler(h) = router.lookup(1) else { panic!("not routed") };
+        let (mut writer, mut buf) = (Vec::new(), BytesMut::new());
+        let mut out = Responder::new(&mut writer, &mut buf, b"");
+        let ctx = RequestContext { msg_type: 1, trace_id: "", peer: "test" };
+        let err = h.call(ctx, Bytes::from_static(&[0xff, 0xff, 0xff]), &mut out).await.unwrap_err();
+        match err {
+            HandlerError::Rpc(e) => assert_eq!(e.code, 400),
+            HandlerError::Io(e) => panic!("unexpected io error {e}"),
+        }
+        assert!(writer.is_empty());
+    }
+}

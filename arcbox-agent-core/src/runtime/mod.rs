@@ -1,0 +1,37 @@
+//! The container runtime as the RPC layer sees it: a [`RuntimeBackend`]
+//! that can start and probe containerd + dockerd, and the
+//! [`RuntimeManager`] state machine that makes EnsureRuntime idempotent.
+
+mod manager;
+mod probed;
+
+pub use manager::{EnsureMode, RuntimeManager, RuntimePhase};
+pub use probed::{ProbedRuntime, RuntimeSockets};
+
+use crate::protocol::proto::agent::{RuntimeEnsureResponse, RuntimeStatusResponse};
+
+/// `RuntimeEnsureResponse.status`: this call started the runtime.
+pub const STATUS_STARTED: &str = "started";
+/// `RuntimeEnsureResponse.status`: a start is in progress.
+pub const STATUS_STARTING: &str = "starting";
+/// `RuntimeEnsureResponse.status`: the runtime was already up.
+pub const STATUS_REUSED: &str = "reused";
+/// `RuntimeEnsureResponse.status`: the start (or probe) failed.
+pub const STATUS_FAILED: &str = "failed";
+/// `ServiceStatus.status` values.
+pub const SERVICE_READY: &str = "ready";
+/// `ServiceStatus.status`: not running or not answering yet.
+pub const SERVICE_NOT_READY: &str = "not_ready";
+/// `ServiceStatus.status`: present but broken.
+pub const SERVICE_ERROR: &str = "error";
+
+/// Starts and inspects the container runtime.
+#[async_trait::async_trait]
+pub trait RuntimeBackend: Send + Sync + 'static {
+    /// Runs the full start sequence; `ready` in the answer says whether it worked.
+    async fn start(&self) -> RuntimeEnsureResponse;
+    /// Reports whether the runtime is usable now, without starting anything.
+    async fn probe(&self) -> RuntimeEnsureResponse;
+    /// Per-service status.
+    async fn status(&self) -> RuntimeStatusResponse;
+}

@@ -1,0 +1,30 @@
+//! Transports: the guest-side [`Transport`] (listeners on vsock, Unix and
+//! TCP), the host-side [`connect`]or (vsock, hybrid vsock, Unix, TCP), and
+//! [`Address`] parsing.
+
+mod address;
+mod connector;
+mod listener;
+mod stream;
+
+use std::future::Future;
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use address::{Address, AddressError, VSOCK_CID_ANY, VSOCK_CID_HOST};
+pub use connector::{connect, connect_once, hybrid_connect};
+#[cfg(target_os = "linux")]
+pub use listener::VsockTransport;
+pub use listener::{AnyListener, TcpTransport, UnixTransport, VSOCK_BIND_DEADLINE};
+pub use stream::AnyStream;
+
+/// A source of incoming connections for the RPC server.
+pub trait Transport: Send + 'static {
+    /// The connected stream type.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Waits for the next connection; returns it with a printable peer name.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
+    /// The address this transport listens on, for logs.
+    fn local_address(&self) -> String;
+}
