@@ -209,9 +209,8 @@ async fn run(args: &Args) -> Result<ExitCode, ClientError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts the runtime and polls its status, printing each change, until
-/// it is ready, failed, or `limit` passes. Works with any agent, also one
-/// that only speaks the reference protocol.
+/// Starts the runtime and waits, printing each change of the services'
+/// states to stderr (stdout keeps only the result).
 async fn wait_for_runtime(
     client: &mut AgentClient,
     out: &Output,
@@ -219,20 +218,21 @@ async fn wait_for_runtime(
 ) -> Result<RuntimeEnsureResponse, ClientError> {
     let started = Instant::now();
     let mut last_line = String::new();
-    loop {
-        let answer = client.ensure_runtime(true).await?;
-        if answer.ready || answer.status == "failed" || started.elapsed() >= limit {
-            return Ok(answer);
-        }
-        let status = client.runtime_status().await?;
-        let line =
-            status.services.iter().map(|s| format!("{} {}", s.name, s.status)).collect::<Vec<_>>().join(", ");
-        if line != last_line && !out.json {
-            eprintln!("[{:6.2}s] {} ({})", started.elapsed().as_secs_f64(), line, status.detail);
-            last_line = line;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let show = !out.json;
+    client
+        .wait_for_runtime(limit, Duration::from_millis(200), |status| {
+            let line = status
+                .services
+                .iter()
+                .map(|s| format!("{} {}", s.name, s.status))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if show && line != last_line {
+                eprintln!("[{:6.2}s] {} ({})", started.elapsed().as_secs_f64(), line, status.detail);
+                last_line = line;
+            }
+        })
+        .await
 }
 
 fn describe_ensure(answer: &RuntimeEnsureResponse) -> String {

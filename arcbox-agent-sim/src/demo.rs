@@ -96,22 +96,20 @@ async fn walk(scenario: Scenario, address: &Address, out: &mut (dyn Write + Send
         info.ip_addresses
     );
 
-    say!(out, "\n-- ensure-runtime (non-blocking; polling status while it starts)");
+    say!(out, "\n-- ensure-runtime (non-blocking start, then polling the runtime status)");
     let started = Instant::now();
     let mut last = String::new();
-    let final_answer = loop {
-        let answer = client.ensure_runtime(true).await.map_err(|e| DemoError::Call("ensure-runtime", e))?;
-        if answer.ready || answer.status == "failed" || started.elapsed() > Duration::from_secs(30) {
-            break answer;
-        }
-        let status = client.runtime_status().await.map_err(|e| DemoError::Call("status", e))?;
-        let line = format!("{}: {}", answer.status, status.detail);
-        if line != last {
-            say!(out, "[{:5.2}s] {line}", started.elapsed().as_secs_f64());
-            last = line;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let final_answer = client
+        .wait_for_runtime(Duration::from_secs(30), Duration::from_millis(100), |status| {
+            let line = format!("{}: {}", status.state, status.detail);
+            if line != last {
+                // Progress is best effort; the final answer below is checked.
+                let _ = writeln!(out, "[{:5.2}s] {line}", started.elapsed().as_secs_f64());
+                last = line;
+            }
+        })
+        .await
+        .map_err(|e| DemoError::Call("ensure-runtime", e))?;
     say!(
         out,
         "[{:5.2}s] runtime {}: {} {}",

@@ -59,11 +59,20 @@ impl SimAgent {
         self.power.token().clone()
     }
 
+    /// The router, to add handlers (e.g. an embedder's extensions).
+    pub fn router_mut(&mut self) -> &mut arcbox_agent_core::rpc::Router {
+        self.agent.router_mut()
+    }
+
     /// Serves on `transport` until Shutdown or `stop` is cancelled.
     pub async fn serve<T: Transport>(self, transport: T, stop: CancellationToken) {
-        let token = self.shutdown_token();
-        // Either a Shutdown RPC (power token) or the caller stops the server.
-        let combined = token.child_token();
+        self.serve_with(transport, ServerConfig::default(), stop).await;
+    }
+
+    /// Like [`SimAgent::serve`] with explicit server limits.
+    pub async fn serve_with<T: Transport>(self, transport: T, config: ServerConfig, stop: CancellationToken) {
+        // Either a Shutdown RPC (the power token) or the caller stops the server.
+        let combined = self.shutdown_token().child_token();
         tokio::spawn({
             let combined = combined.clone();
             async move {
@@ -71,7 +80,7 @@ impl SimAgent {
                 combined.cancel();
             }
         });
-        self.agent.serve(transport, ServerConfig::default(), combined).await;
+        self.agent.serve(transport, config, combined).await;
     }
 }
 

@@ -143,6 +143,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         self.call_with_deadline(MessageType::EnsureRuntimeRequest, &request, deadline).await
     }
 
+    /// Starts the runtime if needed and waits until it is ready or failed,
+    /// or `limit` passes, polling RuntimeStatus every `poll` and passing
+    /// each status to `progress`. A failed start is reported, never
+    /// silently restarted. With an agent that does not report its runtime
+    /// phase (the reference), it falls back to repeating EnsureRuntime.
+    pub async fn wait_for_runtime(
+        &mut self,
+        limit: Duration,
+        poll: Duration,
+        mut progress: impl FnMut(&RuntimeStatusResponse) + Send,
+    ) -> Result<RuntimeEnsureResponse, ClientError> {
+        let started = std::time::Instant::now();
+        let mut answer = self.ensure_runtime(true).await?;
+        while !is_settled(&answer) && started.elapsed() < limit {
+            tokio::time::sleep(poll).await;
+            let status = self.runtime_status().await?;
+            progress(&status);
+            answer = match status.state.as_str() {
+                // Settled: read the outcome without starting again.
+                "ready" | "failed" => self.ensure_runtime(false).await?,
+                "" => self.ensure_runtime(true).await?,
+                _ => answer,
+            };
+        }
+        Ok(answer)
+    }
+
     /// Reads the runtime's per-service status.
     pub async fn runtime_status(&mut self) -> Result<RuntimeStatusResponse, ClientError> {
         self.call(MessageType::RuntimeStatusRequest, &RuntimeStatusRequest {}).await
@@ -305,6 +332,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         }
         outcome
     }
+}
+
+fn is_settled(answer: &RuntimeEnsureResponse) -> bool {
+    answer.ready || answer.status == crate::runtime::STATUS_FAILED
 }
 
 /// Reads exactly one frame, enforcing `max` before allocating.

@@ -118,7 +118,11 @@ impl RuntimeBackend for FakeRuntime {
         } else if containerd {
             "containerd ready; dockerd initializing".to_owned()
         } else {
-            "runtime not started".to_owned()
+            match *self.started.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some((_, true)) => "containerd starting".to_owned(),
+                Some((_, false)) => "dockerd exited during start".to_owned(),
+                None => "runtime not started".to_owned(),
+            }
         };
         RuntimeStatusResponse {
             containerd_ready: containerd,

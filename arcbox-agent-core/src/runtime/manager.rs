@@ -101,17 +101,20 @@ impl<B: RuntimeBackend> RuntimeManager<B> {
                 RuntimePhase::Ready { endpoint, message } => {
                     return ready_response(endpoint, message, STATUS_REUSED);
                 }
-                RuntimePhase::Starting => Some(false),
+                RuntimePhase::Starting => Some(Ok(false)),
                 RuntimePhase::NotStarted | RuntimePhase::Failed { .. } if start_if_needed => {
                     *phase = RuntimePhase::Starting;
-                    Some(true)
+                    Some(Ok(true))
                 }
                 // Probe-only: report without touching the phase.
-                RuntimePhase::NotStarted | RuntimePhase::Failed { .. } => None,
+                RuntimePhase::NotStarted => None,
+                RuntimePhase::Failed { message } => Some(Err(message.clone())),
             }
         };
-        let Some(started_here) = started_here else {
-            return self.backend.probe().await;
+        let started_here = match started_here {
+            Some(Ok(started_here)) => started_here,
+            None => return self.backend.probe().await,
+            Some(Err(last_failure)) => return self.probe_after_failure(&last_failure).await,
         };
         if started_here {
             self.spawn_start();
@@ -131,6 +134,18 @@ impl<B: RuntimeBackend> RuntimeManager<B> {
         })
         .await;
         outcome.unwrap_or_else(|_| starting_response())
+    }
+
+    /// Probe-only after a failed start: the probe's answer, carrying the
+    /// last start's failure when the runtime is still not usable, so a
+    /// host polling without starting learns why.
+    async fn probe_after_failure(&self, last_failure: &str) -> RuntimeEnsureResponse {
+        let mut answer = self.backend.probe().await;
+        if !answer.ready {
+            answer.status = STATUS_FAILED.to_owned();
+            answer.message = format!("last start failed: {last_failure}");
+        }
+        answer
     }
 
     /// Handles RuntimeStatus: the backend's view plus the phase.
@@ -418,6 +433,16 @@ mod tests {
         assert_eq!(r.status, STATUS_FAILED);
         assert_eq!(r.message, "runtime start panicked");
         assert_eq!(m.phase().name(), "failed");
+    }
+
+    #[tokio::test]
+    async fn probe_only_after_a_failure_reports_it_without_restarting() {
+        let m = manager(Scripted::new(&[false]));
+        m.ensure(true, WAIT).await;
+        let r = m.ensure(false, EnsureMode::NonBlocking).await;
+        assert_eq!(r.status, STATUS_FAILED);
+        assert_eq!(r.message, "last start failed: docker socket missing");
+        assert_eq!(m.backend().starts.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
