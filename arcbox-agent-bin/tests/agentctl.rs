@@ -1,0 +1,123 @@
+//! `arcbox-agentctl` as a user runs it, against the simulated agent on a
+//! real Unix socket: text and JSON output, exit codes.
+
+use std::process::{Command, Output};
+
+use arcbox_agent_core::transport::UnixTransport;
+use arcbox_agent_sim::{Scenario, SimAgent};
+use tokio_util::sync::CancellationToken;
+
+struct Sim {
+    address: String,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn sim(scenario: Scenario) -> Sim {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let stop = CancellationToken::new();
+    {
+        let _guard = runtime.enter();
+        let listener = UnixTransport::bind(&path).unwrap();
+        runtime.spawn(SimAgent::new(scenario).serve(listener, stop.clone()));
+    }
+    Sim { address: format!("unix:{}", path.display()), stop, _dir: dir, _runtime: runtime }
+}
+
+fn agentctl(address: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_arcbox-agentctl"))
+        .args(["--connect", address])
+        .args(args)
+        .output()
+        .expect("run arcbox-agentctl")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn ping_prints_version_and_capabilities() {
+    let sim = sim(Scenario::Healthy);
+    let out = agentctl(&sim.address, &["ping", "--sync-time"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.starts_with("pong from arcbox-agent 0.1.0 (protocol 1"), "{text}");
+    assert!(text.contains("capabilities: Ping, GetSystemInfo, EnsureRuntime"), "{text}");
+    assert!(text.contains("clock: "), "{text}");
+}
+
+#[test]
+fn info_json_is_machine_readable() {
+    let sim = sim(Scenario::Healthy);
+    let out = agentctl(&sim.address, &["info", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["hostname"], "arcbox-sim");
+    assert_eq!(v["cpu_count"], 2);
+    assert!(v["agent_rss_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn ensure_runtime_wait_shows_progress_and_succeeds() {
+    let sim = sim(Scenario::Healthy);
+    let out = agentctl(&sim.address, &["ensure-runtime", "--wait"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("runtime reused: containerd and dockerd ready"), "{text}");
+    assert!(text.contains("endpoint: vsock:2375"), "{text}");
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(progress.contains("containerd"), "no progress lines: {progress}");
+    let status = agentctl(&sim.address, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["state"], "ready");
+    assert_eq!(v["docker_ready"], true);
+}
+
+#[test]
+fn a_failing_runtime_exits_1_with_the_reason() {
+    let sim = sim(Scenario::MissingBinaries);
+    let out = agentctl(&sim.address, &["ensure-runtime", "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stdout(&out).contains("missing runtime binaries"), "{}", stdout(&out));
+}
+
+#[test]
+fn boot_report_lists_steps() {
+    let sim = sim(Scenario::Healthy);
+    let out = agentctl(&sim.address, &["boot-report"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("listener ready:"), "{text}");
+    assert!(text.contains("skipped") && text.contains("share arcbox at /arcbox"), "{text}");
+}
+
+#[test]
+fn shutdown_is_accepted_and_the_agent_stops() {
+    let sim = sim(Scenario::Healthy);
+    let out = agentctl(&sim.address, &["shutdown", "--timeout", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out).trim(), "shutdown accepted");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let after = agentctl(&sim.address, &["--connect-timeout", "0", "ping"]);
+    assert_eq!(after.status.code(), Some(3), "{after:?}");
+}
+
+#[test]
+fn an_unreachable_agent_exits_3_and_a_bad_address_is_explained() {
+    let out = agentctl("unix:/nonexistent/agent.sock", &["--connect-timeout", "0", "ping"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"), "{out:?}");
+    let bad = agentctl("vsock:three:1024", &["ping"]);
+    assert_eq!(bad.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("CID is not a number"), "{bad:?}");
+}

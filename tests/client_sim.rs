@@ -1,0 +1,199 @@
+//! The host client against the simulated agent over a real Unix socket:
+//! every typed call, error codes kept, deadlines, reconnection, scenarios.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use arcbox_agent_core::client::{AgentClient, ClientError, ConnectOptions};
+use arcbox_agent_core::protocol::proto::agent::Empty;
+use arcbox_agent_core::protocol::{MessageType, PROTOCOL_VERSION};
+use arcbox_agent_core::rpc::{Router, Server, ServerConfig, ServerStats};
+use arcbox_agent_core::transport::{Address, UnixTransport};
+use arcbox_agent_sim::Scenario;
+use arcbox_agent_suite::sim_server;
+use tokio::io::AsyncReadExt as _;
+use tokio_util::sync::CancellationToken;
+
+async fn client_for(address: &Address) -> AgentClient {
+    AgentClient::connect(address, ConnectOptions::default()).await.unwrap()
+}
+
+#[tokio::test]
+async fn ping_reports_version_protocol_capabilities_and_boot_id() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    let pong = client.ping(None).await.unwrap();
+    assert_eq!(pong.message, "pong");
+    assert_eq!(pong.protocol_version, PROTOCOL_VERSION);
+    assert_eq!(pong.boot_id.len(), 32);
+    for t in [
+        MessageType::PingRequest,
+        MessageType::GetSystemInfoRequest,
+        MessageType::EnsureRuntimeRequest,
+        MessageType::RuntimeStatusRequest,
+        MessageType::ShutdownRequest,
+        MessageType::BootReportRequest,
+    ] {
+        assert!(pong.capabilities.contains(&t.code()), "{t} missing from {:?}", pong.capabilities);
+    }
+}
+
+#[tokio::test]
+async fn a_ping_with_host_time_moves_the_guest_clock() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    let future = UNIX_EPOCH + Duration::new(2_000_000_000, 500_000_000);
+    let pong = client.ping(Some(future)).await.unwrap();
+    assert!(pong.clock.starts_with("stepped +"), "{}", pong.clock);
+    let info = client.system_info().await.unwrap();
+    let guest = UNIX_EPOCH + Duration::from_nanos(info.time_unix_nanos as u64);
+    let drift = guest.duration_since(future).unwrap();
+    assert!(drift < Duration::from_secs(5), "guest clock {guest:?} not near {future:?}");
+}
+
+#[tokio::test]
+async fn system_info_carries_the_reference_fields_and_our_extensions() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    let _ = client.ping(None).await.unwrap();
+    let info = client.system_info().await.unwrap();
+    assert_eq!(info.hostname, "arcbox-sim");
+    assert_eq!(info.cpu_count, 2);
+    assert_eq!(info.load_average.len(), 3);
+    assert!(info.agent_rss_bytes > 0);
+    assert!(info.agent_requests_served >= 1, "the ping before was not counted");
+}
+
+#[tokio::test]
+async fn ensure_runtime_is_non_blocking_then_reused() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    let first = client.ensure_runtime(true).await.unwrap();
+    assert_eq!((first.ready, first.status.as_str()), (false, "starting"));
+    let done = client.ensure_runtime_wait(Duration::from_secs(10)).await.unwrap();
+    assert!(done.ready);
+    assert_eq!(done.status, "reused");
+    assert_eq!(done.endpoint, "vsock:2375");
+    let status = client.runtime_status().await.unwrap();
+    assert_eq!(status.state, "ready");
+    assert!(status.containerd_ready && status.docker_ready);
+    assert_eq!(status.services.len(), 2);
+}
+
+#[tokio::test]
+async fn probe_only_never_starts_the_runtime() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    let probe = client.ensure_runtime(false).await.unwrap();
+    assert_eq!((probe.ready, probe.status.as_str()), (false, "failed"));
+    assert_eq!(client.runtime_status().await.unwrap().state, "not_started");
+}
+
+#[tokio::test]
+async fn a_waiting_ensure_on_a_fresh_agent_reports_started() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    let r = client.ensure_runtime_wait(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((r.ready, r.status.as_str()), (true, "started"));
+}
+
+#[tokio::test]
+async fn scenarios_shape_the_runtime_outcome() {
+    let sim = sim_server(Scenario::RuntimeFails);
+    let mut client = client_for(&sim.address).await;
+    let r = client.ensure_runtime_wait(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.status, "failed");
+    assert!(r.message.contains("dockerd exited"), "{}", r.message);
+
+    let sim = sim_server(Scenario::MissingBinaries);
+    let mut client = client_for(&sim.address).await;
+    let r = client.ensure_runtime_wait(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(r.status, "failed");
+    assert!(r.message.contains("missing runtime binaries: dockerd, containerd"), "{}", r.message);
+
+    let sim = sim_server(Scenario::FlakyRuntime);
+    let mut client = client_for(&sim.address).await;
+    assert_eq!(client.ensure_runtime_wait(Duration::from_secs(10)).await.unwrap().status, "failed");
+    assert_eq!(client.ensure_runtime_wait(Duration::from_secs(10)).await.unwrap().status, "started");
+}
+
+#[tokio::test]
+async fn errors_keep_the_agents_code() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    let err = client.call::<Empty, Empty>(MessageType::SandboxListRequest, &Empty {}).await.unwrap_err();
+    assert_eq!(err.code(), Some(501), "{err}");
+    // The connection survives a remote error.
+    assert_eq!(client.ping(None).await.unwrap().message, "pong");
+}
+
+#[tokio::test]
+async fn boot_report_and_shutdown() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    let report = client.boot_report().await.unwrap();
+    assert!(!report.steps.is_empty());
+    assert!(report.listener_ready_us > 0);
+    let answer = client.shutdown(3).await.unwrap();
+    assert!(answer.accepted);
+    // The simulated guest powers off: the connection ends.
+    let err = client.ping(None).await.unwrap_err();
+    assert!(matches!(err, ClientError::Disconnected | ClientError::Io(_) | ClientError::Connect(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_times_out_and_the_next_call_reconnects() {
+    // First connection: swallow the request, never answer. Later ones: a real agent.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slow.sock");
+    let mut listener = UnixTransport::bind(&path).unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            use arcbox_agent_core::transport::Transport as _;
+            let (mut first, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut sink = vec![0u8; 1024];
+                while first.read(&mut sink).await.unwrap_or(0) > 0 {}
+            });
+            let sim = arcbox_agent_sim::SimAgent::new(Scenario::Healthy);
+            sim.serve(listener, stop).await;
+        }
+    });
+    let options = ConnectOptions { call_timeout: Duration::from_millis(200), ..ConnectOptions::default() };
+    let mut client = AgentClient::connect(&Address::Unix(path), options).await.unwrap();
+    let err = client.ping(None).await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout(d) if d == Duration::from_millis(200)), "{err}");
+    assert_eq!(client.ping(None).await.unwrap().message, "pong");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn an_embedder_can_serve_an_empty_router_and_get_501s() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bare.sock");
+    let listener = UnixTransport::bind(&path).unwrap();
+    let server =
+        Server::new(Router::new(), ServerConfig::default(), std::sync::Arc::new(ServerStats::default()));
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move { server.serve(listener, stop).await }
+    });
+    let mut client = client_for(&Address::Unix(path)).await;
+    let err = client.ping(None).await.unwrap_err();
+    assert_eq!(err.code(), Some(501));
+    assert!(err.to_string().contains("PingRequest(0x0001)"), "{err}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn connecting_to_nothing_fails_within_the_connect_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ConnectOptions { connect_timeout: Duration::from_millis(250), ..ConnectOptions::default() };
+    let started = std::time::Instant::now();
+    let err =
+        AgentClient::connect(&Address::Unix(dir.path().join("none.sock")), options).await.err().unwrap();
+    assert!(matches!(err, ClientError::Connect(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
