@@ -1,0 +1,85 @@
+//! The golden byte blocks of docs/PROTOCOL.md are what the code encodes
+//! and decodes: the document is the contract.
+
+use arcbox_agent_core::protocol::proto::agent::{AgentPingRequest, AgentPingResponse};
+use arcbox_agent_core::protocol::{ErrorPayload, MessageType, encode_parts, try_decode};
+use bytes::BytesMut;
+use prost::Message as _;
+
+/// Every ```golden NAME block of the protocol document, as bytes.
+fn goldens() -> Vec<(String, Vec<u8>)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
+    let mut out = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        let Some(name) = line.strip_prefix("```golden ") else { continue };
+        let mut bytes = Vec::new();
+        for body in lines.by_ref().take_while(|l| !l.starts_with("```")) {
+            for hex in body.split_whitespace() {
+                bytes.push(u8::from_str_radix(hex, 16).unwrap());
+            }
+        }
+        out.push((name.trim().to_owned(), bytes));
+    }
+    out
+}
+
+fn golden(name: &str) -> Vec<u8> {
+    goldens().into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no golden {name}")).1
+}
+
+fn encode(msg_type: MessageType, payload: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_parts(msg_type.code(), b"t1", payload, &mut out).unwrap();
+    out.to_vec()
+}
+
+#[test]
+fn the_document_has_the_golden_blocks() {
+    let names: Vec<String> = goldens().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["ping_request", "ping_response", "error_400_bad"]);
+}
+
+#[test]
+fn ping_request_golden_matches() {
+    let payload = AgentPingRequest { message: "hi".into(), ..Default::default() }.encode_to_vec();
+    assert_eq!(encode(MessageType::PingRequest, &payload), golden("ping_request"));
+}
+
+#[test]
+fn ping_response_golden_matches() {
+    let payload = AgentPingResponse { message: "pong".into(), version: "0.1.0".into(), ..Default::default() };
+    assert_eq!(encode(MessageType::PingResponse, &payload.encode_to_vec()), golden("ping_response"));
+}
+
+#[test]
+fn error_golden_matches_and_decodes() {
+    let payload = ErrorPayload::new(400, "bad").to_bytes();
+    assert_eq!(encode(MessageType::Error, &payload), golden("error_400_bad"));
+    let mut buf = BytesMut::from(&golden("error_400_bad")[..]);
+    let frame = try_decode(&mut buf, 1 << 20).unwrap().unwrap();
+    assert_eq!(ErrorPayload::decode(&frame.payload).unwrap(), ErrorPayload::new(400, "bad"));
+}
+
+#[test]
+fn extension_fields_are_invisible_to_a_reference_decoder() {
+    // A reference host's AgentPingResponse knows fields 1 and 2 only: the
+    // extension fields (100+) must be skippable unknown fields.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct ReferencePingResponse {
+        #[prost(string, tag = "1")]
+        message: String,
+        #[prost(string, tag = "2")]
+        version: String,
+    }
+    let ours = AgentPingResponse {
+        message: "pong".into(),
+        version: "0.1.0".into(),
+        protocol_version: 1,
+        capabilities: vec![1, 2, 3],
+        boot_id: "b".into(),
+        clock: "unchanged".into(),
+    };
+    let theirs = ReferencePingResponse::decode(&ours.encode_to_vec()[..]).unwrap();
+    assert_eq!((theirs.message.as_str(), theirs.version.as_str()), ("pong", "0.1.0"));
+}
