@@ -197,3 +197,15 @@ async fn connecting_to_nothing_fails_within_the_connect_deadline() {
     assert!(matches!(err, ClientError::Connect(_)), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn the_agent_serves_over_tcp_for_development() {
+    use arcbox_agent_core::transport::{TcpTransport, Transport as _};
+    let listener = TcpTransport::bind("127.0.0.1:0").await.unwrap();
+    let address = Address::parse(&listener.local_address()).unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(arcbox_agent_sim::SimAgent::new(Scenario::Healthy).serve(listener, stop.clone()));
+    let mut client = client_for(&address).await;
+    assert_eq!(client.ping(None).await.unwrap().message, "pong");
+    stop.cancel();
+}

@@ -115,3 +115,51 @@ impl<P: SocketProbe> RuntimeBackend for ProbedRuntime<P> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::sys::{MockSocketProbe, SysError};
+
+    fn sockets() -> RuntimeSockets {
+        RuntimeSockets {
+            containerd: vec!["/nonexistent/a.sock".into(), "/nonexistent/b.sock".into()],
+            docker: "/nonexistent/docker.sock".into(),
+            endpoint: "vsock:2375".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn docker_is_ready_only_when_ping_answers_200() {
+        let mut probe = MockSocketProbe::new();
+        probe.expect_unix_connectable().returning(|path: &Path, _| path.ends_with("b.sock"));
+        probe.expect_http_get_status().withf(|_, path, _| path == "/_ping").returning(|_, _, _| Ok(503));
+        let runtime = ProbedRuntime::new(Arc::new(probe), sockets());
+        let status = runtime.status().await;
+        assert!(status.containerd_ready, "the second containerd socket answers");
+        assert!(!status.docker_ready, "a connectable socket answering 503 is not ready");
+        assert_eq!(status.services[1].detail, "API /_ping answered 503");
+        assert_eq!(status.endpoint, "vsock:2375");
+    }
+
+    #[tokio::test]
+    async fn a_ready_docker_is_reused_and_a_missing_one_explains_itself() {
+        let mut ready = MockSocketProbe::new();
+        ready.expect_http_get_status().returning(|_, _, _| Ok(200));
+        let answer = ProbedRuntime::new(Arc::new(ready), sockets()).start().await;
+        assert!(answer.ready);
+        assert_eq!((answer.status.as_str(), answer.endpoint.as_str()), (STATUS_REUSED, "vsock:2375"));
+
+        let mut missing = MockSocketProbe::new();
+        missing
+            .expect_http_get_status()
+            .returning(|socket, _, _| Err(SysError::io("GET", socket, std::io::ErrorKind::NotFound.into())));
+        let answer = ProbedRuntime::new(Arc::new(missing), sockets()).start().await;
+        assert!(!answer.ready);
+        assert_eq!(answer.status, STATUS_FAILED);
+        assert!(answer.message.contains("/nonexistent/docker.sock missing"), "{}", answer.message);
+        assert!(answer.message.contains("does not start containerd/dockerd"), "{}", answer.message);
+    }
+}
