@@ -61,6 +61,17 @@ enum Command {
     Status,
     /// Show the guest's boot report (init steps and timings).
     BootReport,
+    /// Expose the guest's Docker API as a local Unix socket for the Docker
+    /// CLI (`DOCKER_HOST=unix:///path`). Runs until Ctrl-C.
+    DockerProxy {
+        /// Local socket to create, e.g. unix:/tmp/arcbox-docker.sock.
+        #[arg(long)]
+        listen: String,
+        /// Guest port of the Docker API proxy (replaces the --connect port;
+        /// a unix: --connect address is used as it is).
+        #[arg(long, default_value_t = 2375)]
+        port: u32,
+    },
     /// Power the guest off in order.
     Shutdown {
         /// Seconds of grace for processes to exit (0: the agent's default).
@@ -104,6 +115,9 @@ async fn run(args: &Args) -> Result<ExitCode, ClientError> {
         call_timeout: Duration::from_secs(args.call_timeout),
         ..ConnectOptions::default()
     };
+    if let Command::DockerProxy { listen, port } = &args.command {
+        return docker_proxy(&address.with_port(*port), listen).await;
+    }
     let mut client = AgentClient::connect(&address, options).await?;
     let out = Output { json: args.json };
     match &args.command {
@@ -196,6 +210,7 @@ async fn run(args: &Args) -> Result<ExitCode, ClientError> {
                 text.trim_end().to_owned()
             });
         }
+        Command::DockerProxy { .. } => unreachable!("handled before connecting"),
         Command::Shutdown { timeout } => {
             let answer = client.shutdown(*timeout).await?;
             out.emit(&answer, || {
@@ -206,6 +221,41 @@ async fn run(args: &Args) -> Result<ExitCode, ClientError> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves a local Unix socket that relays each connection to the guest's
+/// Docker API port.
+async fn docker_proxy(target: &Address, listen: &str) -> Result<ExitCode, ClientError> {
+    use arcbox_agent_core::proxy::{ProxyStats, serve_proxy};
+    use arcbox_agent_core::transport::UnixTransport;
+    let local = match Address::parse(listen) {
+        Ok(Address::Unix(path)) => path,
+        Ok(other) => {
+            eprintln!("arcbox-agentctl: --listen must be a unix: address, not {other}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(err) => {
+            eprintln!("arcbox-agentctl: {err}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let listener = UnixTransport::bind(&local).map_err(ClientError::Connect)?;
+    eprintln!(
+        "arcbox-agentctl: Docker API of {target} on {} (export DOCKER_HOST=unix://{}); Ctrl-C stops",
+        local.display(),
+        local.display()
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+            stop.cancel();
+        }
+    });
+    serve_proxy(listener, target.clone(), std::sync::Arc::new(ProxyStats::default()), stop).await;
+    let _ = std::fs::remove_file(&local);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -121,3 +121,47 @@ fn an_unreachable_agent_exits_3_and_a_bad_address_is_explained() {
     assert_eq!(bad.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("CID is not a number"), "{bad:?}");
 }
+
+#[test]
+fn docker_proxy_relays_http_and_half_close_to_the_target() {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = dir.path().join("docker.sock");
+    let local = dir.path().join("local.sock");
+    // A stand-in Docker API: answers the request once the client half-closes.
+    let listener = UnixListener::bind(&upstream).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        s.read_to_end(&mut request).unwrap();
+        let body = format!("seen {} bytes", request.len());
+        write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        request
+    });
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_arcbox-agentctl"))
+        .args(["--connect", &format!("unix:{}", upstream.display()), "docker-proxy"])
+        .args(["--listen", &format!("unix:{}", local.display())])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut client = loop {
+        match UnixStream::connect(&local) {
+            Ok(s) => break s,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("proxy socket never appeared: {e}"),
+        }
+    };
+    client.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n").unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).unwrap();
+    proxy.kill().unwrap();
+    let _ = proxy.wait();
+    assert_eq!(server.join().unwrap(), b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with("seen 37 bytes"), "{answer}");
+}

@@ -14,6 +14,7 @@
 //! - [`transport`]: listeners (guest), connector (host), addresses.
 //! - [`client`]: the async host client.
 //! - [`boot`]: the boot report.
+//! - [`proxy`]: byte proxies with half-close (Docker and Kubernetes APIs).
 //! - [`sys`]: OS traits; `sys::linux` implements them on Linux.
 //! - `fake` (feature `fake`): in-memory implementations for the simulator and tests.
 //! - [`agent`]: assembles the standard agent from its parts.
@@ -24,6 +25,7 @@ pub mod agent;
 pub mod boot;
 pub mod client;
 pub mod protocol;
+pub mod proxy;
 pub mod rpc;
 pub mod runtime;
 pub mod sys;

@@ -89,6 +89,20 @@ impl Address {
     pub fn parse(input: &str) -> Result<Self, AddressError> {
         input.parse()
     }
+
+    /// The same endpoint at another port (vsock, hybrid vsock and TCP);
+    /// a Unix socket has no port and is returned unchanged.
+    pub fn with_port(&self, port: u32) -> Address {
+        match self {
+            Address::Vsock { cid, .. } => Address::Vsock { cid: *cid, port },
+            Address::HybridVsock { path, .. } => Address::HybridVsock { path: path.clone(), port },
+            Address::Tcp(hostport) => {
+                let host = hostport.rsplit_once(':').map_or(hostport.as_str(), |(h, _)| h);
+                Address::Tcp(format!("{host}:{port}"))
+            }
+            Address::Unix(path) => Address::Unix(path.clone()),
+        }
+    }
 }
 
 impl fmt::Display for Address {
@@ -118,6 +132,15 @@ mod tests {
         ] {
             assert_eq!(Address::parse(text).unwrap().to_string(), text);
         }
+    }
+
+    #[test]
+    fn with_port_moves_port_based_addresses_only() {
+        let port = |a: &str| Address::parse(a).unwrap().with_port(2375).to_string();
+        assert_eq!(port("vsock:3:1024"), "vsock:3:2375");
+        assert_eq!(port("hvsock:/run/a:b.sock:1024"), "hvsock:/run/a:b.sock:2375");
+        assert_eq!(port("tcp:127.0.0.1:1024"), "tcp:127.0.0.1:2375");
+        assert_eq!(port("unix:/tmp/docker.sock"), "unix:/tmp/docker.sock");
     }
 
     #[test]
