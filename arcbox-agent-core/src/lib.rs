@@ -15,6 +15,12 @@
 //! - [`client`]: the async host client.
 //! - [`boot`]: the boot report.
 //! - [`proxy`]: byte proxies with half-close (Docker and Kubernetes APIs).
+//! - [`config`]: defaults, TOML file and kernel command-line keys.
+//! - [`init`]: the init plan (named, idempotent steps) and its runner.
+//! - [`modules`]: kernel modules in modules.dep order.
+//! - [`logging`]: size-rotated log files.
+//! - [`reaper`]: the one owner of child exits.
+//! - [`shutdown`]: the ordered shutdown and the PowerControl that runs it.
 //! - [`sys`]: OS traits; `sys::linux` implements them on Linux.
 //! - `fake` (feature `fake`): in-memory implementations for the simulator and tests.
 //! - [`agent`]: assembles the standard agent from its parts.
@@ -24,10 +30,16 @@
 pub mod agent;
 pub mod boot;
 pub mod client;
+pub mod config;
+pub mod init;
+pub mod logging;
+pub mod modules;
 pub mod protocol;
 pub mod proxy;
+pub mod reaper;
 pub mod rpc;
 pub mod runtime;
+pub mod shutdown;
 pub mod sys;
 pub mod transport;
 

@@ -13,6 +13,7 @@ use crate::protocol::proto::agent::SystemInfo;
 #[cfg(target_os = "linux")]
 pub mod linux;
 
+
 /// Errors from an OS operation, with the operation and path that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SysError {
@@ -71,6 +72,7 @@ pub trait PowerControl: Send + Sync + 'static {
 }
 
 /// Checks whether local services answer.
+#[cfg_attr(test, mockall::automock)]
 #[async_trait::async_trait]
 pub trait SocketProbe: Send + Sync + 'static {
     /// Whether a Unix socket at `path` accepts a connection within `timeout`.
@@ -124,14 +126,35 @@ pub enum MountOutcome {
     AlreadyMounted,
 }
 
+/// One line of the mount table (`/proc/self/mountinfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Mount point, unescaped.
+    pub target: PathBuf,
+    /// Filesystem type.
+    pub fstype: String,
+    /// Mount source (device, tag or pseudo name).
+    pub source: String,
+    /// Per-mount options (e.g. "rw,nosuid,nodev").
+    pub options: String,
+    /// Superblock options (e.g. "mode=620,gid=5").
+    pub super_options: String,
+}
+
 /// Mount-table operations.
+#[cfg_attr(test, mockall::automock)]
 pub trait MountOps: Send + Sync + 'static {
-    /// Mounts `spec` unless its target is already a mount point.
+    /// Mounts `spec` unless its target is already a mount point
+    /// (a remount or bind spec is always applied).
     fn mount(&self, spec: &MountSpec) -> Result<MountOutcome, SysError>;
     /// Whether `target` is a mount point now.
     fn is_mounted(&self, target: &Path) -> Result<bool, SysError>;
     /// Unmounts `target`; `detach` uses MNT_DETACH.
     fn unmount(&self, target: &Path, detach: bool) -> Result<(), SysError>;
+    /// The mount table, in mount order.
+    fn mount_table(&self) -> Result<Vec<MountEntry>, SysError>;
+    /// Remounts `target` read-only (MS_REMOUNT | MS_RDONLY).
+    fn remount_read_only(&self, target: &Path) -> Result<(), SysError>;
 }
 
 /// A program to start.
@@ -180,4 +203,151 @@ pub trait ChildProcess: Send + Sync {
 pub trait ProcessSpawner: Send + Sync + 'static {
     /// Starts `spec`.
     async fn spawn(&self, spec: &ProcessSpec) -> Result<Box<dyn ChildProcess>, SysError>;
+}
+
+/// How a spawner's child ended, as the reaper saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReapResult {
+    /// A child exited (or was killed) and is now reaped.
+    Exited {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// Children exist but none has exited.
+    NoneReady,
+    /// There are no children at all (ECHILD).
+    NoChildren,
+}
+
+/// Collects exited children: `waitpid(-1, WNOHANG)` and its friends. Only
+/// the reaper calls it, so no spawner ever loses a status to it.
+pub trait ChildReaping: Send + Sync + 'static {
+    /// Reaps one exited child, if any (`waitpid(-1, WNOHANG)`).
+    fn reap_one(&self) -> Result<ReapResult, SysError>;
+    /// Makes this process the reaper of its orphaned descendants
+    /// (`PR_SET_CHILD_SUBREAPER`); PID 1 is one already.
+    fn become_subreaper(&self) -> Result<(), SysError>;
+}
+
+/// What a file write did: an unchanged file is a value, not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The file was created or its contents replaced.
+    Written,
+    /// The file already held exactly these contents.
+    Unchanged,
+}
+
+/// What a directory or symlink creation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// It was created now.
+    Created,
+    /// It already existed (a symlink: with the same target).
+    Existed,
+}
+
+/// File operations the init plan needs: /etc files, directories,
+/// symlinks and sysctl writes (which are file writes under /proc/sys).
+pub trait FileOps: Send + Sync + 'static {
+    /// Reads a whole file as UTF-8.
+    fn read_to_string(&self, path: &Path) -> Result<String, SysError>;
+    /// Whether `path` exists (following symlinks).
+    fn exists(&self, path: &Path) -> bool;
+    /// Writes `contents` unless the file already holds them; new files get `mode`.
+    fn write_file(&self, path: &Path, contents: &[u8], mode: u32) -> Result<WriteOutcome, SysError>;
+    /// Creates `path` and its parents.
+    fn create_dir_all(&self, path: &Path) -> Result<CreateOutcome, SysError>;
+    /// Makes `link` a symlink to `target`, replacing a link to elsewhere.
+    fn symlink(&self, target: &Path, link: &Path) -> Result<CreateOutcome, SysError>;
+    /// Names in a directory, sorted.
+    fn list_dir(&self, path: &Path) -> Result<Vec<String>, SysError>;
+    /// Whether the filesystem holding `path` is mounted read-only.
+    fn is_read_only(&self, path: &Path) -> Result<bool, SysError>;
+    /// Flushes every filesystem (`sync()`).
+    fn sync(&self);
+}
+
+/// What bringing a link up did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkOutcome {
+    /// IFF_UP was set now.
+    BroughtUp,
+    /// The link was up already.
+    AlreadyUp,
+}
+
+/// Network interface control in the agent's network namespace.
+pub trait NetworkOps: Send + Sync + 'static {
+    /// Interface names, sorted.
+    fn interfaces(&self) -> Result<Vec<String>, SysError>;
+    /// Sets IFF_UP on `name`.
+    fn set_link_up(&self, name: &str) -> Result<LinkOutcome, SysError>;
+    /// Whether `name` has an IPv4 address (a DHCP lease applied).
+    fn has_ipv4(&self, name: &str) -> Result<bool, SysError>;
+}
+
+/// What a module load did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleOutcome {
+    /// The module was inserted now.
+    Loaded,
+    /// The kernel had it already (EEXIST).
+    AlreadyLoaded,
+}
+
+/// Inserts kernel modules.
+pub trait ModuleLoader: Send + Sync + 'static {
+    /// `finit_module` on the `.ko` file at `path` with `params`.
+    fn finit_module(&self, path: &Path, params: &str) -> Result<ModuleOutcome, SysError>;
+}
+
+/// Process resource limits.
+pub trait ResourceLimits: Send + Sync + 'static {
+    /// RLIMIT_NOFILE as (soft, hard).
+    fn nofile(&self) -> Result<(u64, u64), SysError>;
+    /// Sets RLIMIT_NOFILE.
+    fn set_nofile(&self, soft: u64, hard: u64) -> Result<(), SysError>;
+}
+
+/// One process as the process table shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessEntry {
+    /// Its pid.
+    pub pid: u32,
+    /// Its parent's pid.
+    pub ppid: u32,
+    /// Its command name (`comm`).
+    pub name: String,
+    /// A kernel thread (never signalled).
+    pub kernel_thread: bool,
+    /// Exited but not yet reaped.
+    pub zombie: bool,
+}
+
+/// What sending a signal did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalOutcome {
+    /// The signal was delivered.
+    Sent,
+    /// The process was gone already (ESRCH).
+    NoSuchProcess,
+}
+
+/// The process table and signals, for the ordered shutdown.
+pub trait ProcessTable: Send + Sync + 'static {
+    /// Every process visible in this PID namespace.
+    fn processes(&self) -> Result<Vec<ProcessEntry>, SysError>;
+    /// Sends `signal` (a `SIG*` number) to `pid`.
+    fn kill(&self, pid: u32, signal: i32) -> Result<SignalOutcome, SysError>;
+    /// This process's pid.
+    fn own_pid(&self) -> u32;
+}
+
+/// The machine's power switch: the last step of a shutdown.
+pub trait PowerSwitch: Send + Sync + 'static {
+    /// Powers the machine off (`reboot(RB_POWER_OFF)`); returns only on failure.
+    fn power_off(&self) -> Result<(), SysError>;
 }

@@ -2,9 +2,23 @@
 //! that makes syscalls or reads /proc.
 
 mod clock;
+mod files;
+mod limits;
+mod modules;
+mod mount;
+mod network;
+mod power;
 mod probe;
+mod process;
 mod system_info;
 
 pub use clock::LinuxClock;
+pub use files::LinuxFiles;
+pub use limits::LinuxLimits;
+pub use modules::LinuxModules;
+pub use mount::{LinuxMount, parse_mountinfo};
+pub use network::LinuxNetwork;
+pub use power::LinuxPowerSwitch;
 pub use probe::LinuxSocketProbe;
+pub use process::{LinuxChildReaping, LinuxProcessTable, LinuxSpawner, parse_stat};
 pub use system_info::LinuxSystemInfo;

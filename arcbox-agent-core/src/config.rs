@@ -1,0 +1,445 @@
+//! The guest agent's configuration: built-in defaults that match the
+//! reference, overridden by a TOML file, then by the kernel command line
+//! (the reference's `arcbox.*=` keys and our `arcbox_agent.*=` keys).
+//! Every key is documented in `docs/GUEST.md`.
+//!
+//! A PID-1 agent must boot with whatever it is given: a bad file or key is
+//! reported (as a [`ConfigError`] value) and the rest still applies.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::logging::{DEFAULT_LOG_FILES, DEFAULT_LOG_MAX_BYTES};
+
+/// Where the TOML file is read from unless told otherwise. It is read
+/// before init lays tmpfs over /etc, so it comes from the root image.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/arcbox/agent.toml";
+/// The reference's NOFILE limit (agent rlimit and dockerd default-ulimits).
+pub const DEFAULT_NOFILE: u64 = 1_048_576;
+/// The host's userspace network stack: gateway and DNS forwarder.
+pub const DEFAULT_GATEWAY_DNS: &str = "10.0.2.1";
+
+/// Problems with the configuration; each is logged and skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("parse {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A kernel command-line key had a value it cannot take.
+    #[error("kernel command line {key}={value}: {expected}")]
+    Cmdline {
+        /// The key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What it should look like.
+        expected: &'static str,
+    },
+}
+
+/// When to lay tmpfs over /etc and /var (and /tmp, /run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TmpfsPolicy {
+    /// Only when the root filesystem is read-only (the reference's EROFS).
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// One VirtioFS share.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareConfig {
+    /// The VirtioFS tag.
+    pub tag: String,
+    /// Where to mount it.
+    pub path: PathBuf,
+    /// Mount data, e.g. "dax=always".
+    #[serde(default)]
+    pub options: String,
+    /// A missing required share is a failed critical step; a missing
+    /// optional one is skipped.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing filter (RUST_LOG beats it).
+    pub filter: String,
+    /// The agent's log file, written when its directory's share is mounted.
+    pub file: PathBuf,
+    /// Where containerd, dockerd and k3s output goes (`<name>.log`).
+    pub daemon_dir: PathBuf,
+    /// Rotate at this size.
+    pub max_bytes: u64,
+    /// Files kept, the live one included.
+    pub files: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            file: "/arcbox/log/agent.log".into(),
+            daemon_dir: "/arcbox/log".into(),
+            max_bytes: DEFAULT_LOG_MAX_BYTES,
+            files: DEFAULT_LOG_FILES,
+        }
+    }
+}
+
+/// `[init]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InitConfig {
+    /// Prefix for every path the plan touches (tests use a scratch dir).
+    pub root: PathBuf,
+    /// Tmpfs over /tmp, /run, /var and /etc.
+    pub tmpfs: TmpfsPolicy,
+    /// RLIMIT_NOFILE (and fs.nr_open if lower).
+    pub nofile: u64,
+    /// Nameservers for /etc/resolv.conf.
+    pub nameservers: Vec<String>,
+    /// DNS servers in /etc/docker/daemon.json.
+    pub docker_dns: Vec<String>,
+    /// The CA bundle /etc/ssl/certs/ca-certificates.crt links to.
+    pub ca_bundle: PathBuf,
+    /// Set net.ipv4.ip_forward=1.
+    pub ip_forward: bool,
+    /// VirtioFS shares, in mount order.
+    pub shares: Vec<ShareConfig>,
+}
+
+impl Default for InitConfig {
+    fn default() -> Self {
+        Self {
+            root: "/".into(),
+            tmpfs: TmpfsPolicy::Auto,
+            nofile: DEFAULT_NOFILE,
+            nameservers: vec![DEFAULT_GATEWAY_DNS.into()],
+            docker_dns: vec![DEFAULT_GATEWAY_DNS.into()],
+            ca_bundle: "/cacerts/ca-certificates.crt".into(),
+            ip_forward: true,
+            shares: vec![
+                ShareConfig {
+                    tag: "arcbox".into(),
+                    path: "/arcbox".into(),
+                    options: "dax=always".into(),
+                    required: true,
+                },
+                ShareConfig {
+                    tag: "users".into(),
+                    path: "/Users".into(),
+                    options: String::new(),
+                    required: false,
+                },
+            ],
+        }
+    }
+}
+
+/// `[modules]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModulesConfig {
+    /// Load modules at all.
+    pub enabled: bool,
+    /// Loaded before the vsock listener binds (the listener needs them).
+    pub transport: Vec<String>,
+    /// Devices and filesystems for init, loaded before the listener (fast).
+    pub devices: Vec<String>,
+    /// Loaded after the listener is up (slow to initialise).
+    pub late: Vec<String>,
+}
+
+impl Default for ModulesConfig {
+    fn default() -> Self {
+        let list = |names: &[&str]| names.iter().map(|s| (*s).to_owned()).collect();
+        Self {
+            enabled: true,
+            transport: list(&["virtio_pci", "virtio_mmio", "vmw_vsock_virtio_transport"]),
+            devices: list(&["virtio_blk", "virtio_net", "virtiofs"]),
+            late: list(&["overlay", "btrfs"]),
+        }
+    }
+}
+
+/// `[network]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Run DHCP on the primary NIC (after the listener is up).
+    pub dhcp: bool,
+    /// The busybox binary that provides udhcpc.
+    pub busybox: PathBuf,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self { dhcp: true, busybox: "/bin/busybox".into() }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Total grace when the request says 0 (the reference's 25 s).
+    pub grace_secs: u64,
+    /// Grace for each of dockerd, k3s and containerd before SIGKILL.
+    pub daemon_grace_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace_secs: 25, daemon_grace_secs: 10 }
+    }
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    /// vsock port on the host (CID 2) to announce `READY <boot_id>` to.
+    pub ready_port: Option<u32>,
+}
+
+/// `[runtime]`: the reference's runtime keys, carried for the runtime code.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Docker API vsock port (`arcbox.guest_docker_vsock_port=`).
+    pub docker_vsock_port: u32,
+    /// Docker data block device (`arcbox.docker_data_device=`).
+    pub docker_data_device: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { docker_vsock_port: 2375, docker_data_device: None }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `[agent]`.
+    pub agent: AgentSection,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `[init]`.
+    pub init: InitConfig,
+    /// `[modules]`.
+    pub modules: ModulesConfig,
+    /// `[network]`.
+    pub network: NetworkConfig,
+    /// `[shutdown]`.
+    pub shutdown: ShutdownConfig,
+    /// `[runtime]`.
+    pub runtime: RuntimeConfig,
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "1" | "on" | "yes" | "true" | "" => Ok(true),
+        "0" | "off" | "no" | "false" => Ok(false),
+        _ => Err(ConfigError::Cmdline { key: key.into(), value: value.into(), expected: "0 or 1" }),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {
+    value.parse().map_err(|_| ConfigError::Cmdline {
+        key: key.into(),
+        value: value.into(),
+        expected: "a number",
+    })
+}
+
+fn list(value: &str) -> Vec<String> {
+    value.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+impl AgentConfig {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })
+    }
+
+    /// Reads `path`; an absent file at the default path is not an error.
+    pub fn load_file(path: &Path, must_exist: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path: path.into(), source }),
+        }
+    }
+
+    /// The config file named on the command line (`arcbox_agent.config=`).
+    pub fn cmdline_config_path(cmdline: &str) -> Option<PathBuf> {
+        cmdline.split_whitespace().find_map(|kv| kv.strip_prefix("arcbox_agent.config=")).map(PathBuf::from)
+    }
+
+    /// Applies the kernel command line over this config; returns the
+    /// keys it could not apply. Unknown `arcbox_agent.*` keys are
+    /// ignored (a newer host may pass keys this agent does not know).
+    pub fn apply_cmdline(&mut self, cmdline: &str) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        for word in cmdline.split_whitespace() {
+            let (key, value) = word.split_once('=').unwrap_or((word, ""));
+            if let Err(err) = self.apply_key(key, value) {
+                problems.push(err);
+            }
+        }
+        problems
+    }
+
+    fn apply_key(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        match key {
+            "arcbox.guest_docker_vsock_port" => self.runtime.docker_vsock_port = parse_num(key, value)?,
+            "arcbox.docker_data_device" => self.runtime.docker_data_device = Some(value.into()),
+            "arcbox_agent.ready_port" => self.agent.ready_port = Some(parse_num(key, value)?),
+            "arcbox_agent.log" => self.log.filter = value.into(),
+            "arcbox_agent.modules" => self.modules.enabled = parse_bool(key, value)?,
+            "arcbox_agent.load" => self.modules.devices.extend(list(value)),
+            "arcbox_agent.dhcp" => self.network.dhcp = parse_bool(key, value)?,
+            "arcbox_agent.nameserver" => self.init.nameservers = list(value),
+            "arcbox_agent.shutdown_grace" => self.shutdown.grace_secs = parse_num(key, value)?,
+            "arcbox_agent.tmpfs" => {
+                self.init.tmpfs = match value {
+                    "auto" => TmpfsPolicy::Auto,
+                    "always" => TmpfsPolicy::Always,
+                    "never" => TmpfsPolicy::Never,
+                    _ => {
+                        return Err(ConfigError::Cmdline {
+                            key: key.into(),
+                            value: value.into(),
+                            expected: "auto, always or never",
+                        });
+                    }
+                }
+            }
+            "arcbox_agent.host_share" => {
+                let bad = || ConfigError::Cmdline {
+                    key: key.into(),
+                    value: value.into(),
+                    expected: "required, optional or off",
+                };
+                match value {
+                    "required" | "optional" => {
+                        for share in self.init.shares.iter_mut().filter(|s| s.tag == "arcbox") {
+                            share.required = value == "required";
+                        }
+                    }
+                    "off" => self.init.shares.retain(|s| s.tag != "arcbox"),
+                    _ => return Err(bad()),
+                }
+            }
+            "arcbox_agent.share" => {
+                let (tag, path) = value.split_once(':').ok_or(ConfigError::Cmdline {
+                    key: key.into(),
+                    value: value.into(),
+                    expected: "TAG:/mount/point",
+                })?;
+                self.init.shares.push(ShareConfig {
+                    tag: tag.into(),
+                    path: path.into(),
+                    options: String::new(),
+                    required: false,
+                });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_reference() {
+        let c = AgentConfig::default();
+        assert_eq!(c.init.nofile, 1_048_576);
+        assert_eq!(c.shutdown.grace_secs, 25);
+        assert_eq!(c.runtime.docker_vsock_port, 2375);
+        assert_eq!(c.init.shares[0].tag, "arcbox");
+        assert_eq!(c.init.shares[0].options, "dax=always");
+        assert!(c.init.shares[0].required && !c.init.shares[1].required);
+        assert_eq!(c.log.file, Path::new("/arcbox/log/agent.log"));
+        assert_eq!((c.log.max_bytes, c.log.files), (10 * 1024 * 1024, 5));
+    }
+
+    #[test]
+    fn a_toml_file_overrides_only_what_it_names() {
+        let text = "[init]\nnofile = 4096\ntmpfs = \"always\"\n[network]\ndhcp = false\n\n[[init.shares]]\ntag = \"x\"\npath = \"/x\"\n";
+        let c = AgentConfig::from_toml(text, Path::new("t.toml")).unwrap();
+        assert_eq!(c.init.nofile, 4096);
+        assert_eq!(c.init.tmpfs, TmpfsPolicy::Always);
+        assert!(!c.network.dhcp);
+        assert_eq!(c.init.shares.len(), 1);
+        assert_eq!(c.shutdown, ShutdownConfig::default());
+    }
+
+    #[test]
+    fn an_unknown_toml_key_is_an_error() {
+        assert!(matches!(
+            AgentConfig::from_toml("[init]\nnofiles = 1\n", Path::new("t")),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn kernel_command_line_keys_apply_over_the_file() {
+        let mut c = AgentConfig::default();
+        let problems = c.apply_cmdline(
+            "console=ttyS0 quiet arcbox.guest_docker_vsock_port=2376 arcbox.docker_data_device=/dev/vdc \
+             arcbox_agent.ready_port=1025 arcbox_agent.dhcp=0 arcbox_agent.host_share=optional \
+             arcbox_agent.share=extra:/mnt/extra arcbox_agent.nameserver=1.1.1.1,8.8.8.8 arcbox_agent.future=1",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(c.runtime.docker_vsock_port, 2376);
+        assert_eq!(c.runtime.docker_data_device.as_deref(), Some(Path::new("/dev/vdc")));
+        assert_eq!(c.agent.ready_port, Some(1025));
+        assert!(!c.network.dhcp);
+        assert!(!c.init.shares[0].required);
+        assert_eq!(c.init.shares.last().unwrap().path, Path::new("/mnt/extra"));
+        assert_eq!(c.init.nameservers, ["1.1.1.1", "8.8.8.8"]);
+    }
+
+    #[test]
+    fn a_bad_command_line_value_is_reported_and_the_rest_applies() {
+        let mut c = AgentConfig::default();
+        let problems = c.apply_cmdline("arcbox_agent.ready_port=abc arcbox_agent.tmpfs=never");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(c.agent.ready_port, None);
+        assert_eq!(c.init.tmpfs, TmpfsPolicy::Never);
+        assert_eq!(
+            AgentConfig::cmdline_config_path("a arcbox_agent.config=/x.toml").as_deref(),
+            Some(Path::new("/x.toml"))
+        );
+    }
+}

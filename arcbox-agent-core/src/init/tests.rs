@@ -1,0 +1,267 @@
+//! Unit tests of the plan over the fakes (and a mockall mount table where
+//! a scripted failure says more).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::config::AgentConfig;
+use crate::fake::{FakeFiles, FakeLimits, FakeModules, FakeMount, FakeNetwork, FakeSpawner};
+use crate::sys::MockMountOps;
+
+const DEP: &str = "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/drivers/virtio/virtio.ko kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/drivers/virtio/virtio_ring.ko kernel/net/vmw_vsock/vsock.ko\n\
+kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko: kernel/net/vmw_vsock/vsock.ko\n\
+kernel/net/vmw_vsock/vsock.ko:\n\
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n\
+kernel/drivers/virtio/virtio_ring.ko:\n\
+kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko\n\
+kernel/drivers/net/virtio_net.ko: kernel/drivers/virtio/virtio.ko\n\
+kernel/fs/fuse/virtiofs.ko: kernel/drivers/virtio/virtio.ko\n\
+kernel/fs/overlayfs/overlay.ko:\n\
+kernel/fs/btrfs/btrfs.ko:\n";
+
+struct System {
+    mount: Arc<FakeMount>,
+    files: Arc<FakeFiles>,
+    network: Arc<FakeNetwork>,
+    modules: Arc<FakeModules>,
+    limits: Arc<FakeLimits>,
+    spawner: Arc<FakeSpawner>,
+}
+
+impl System {
+    fn new() -> Self {
+        let files = FakeFiles::new();
+        files.put("/proc/sys/fs/nr_open", "1048576\n");
+        files.put("/proc/modules", "");
+        files.put("/proc/sys/kernel/osrelease", "6.1.0-test\n");
+        files.put("/proc/sys/kernel/hostname", "vm1\n");
+        files.put("/proc/sys/net/ipv4/ip_forward", "0\n");
+        files.put("/lib/modules/6.1.0-test/modules.dep", DEP);
+        files.put("/cacerts/ca-certificates.crt", "CERT");
+        files.put("/bin/busybox", "");
+        files.set_read_only("/");
+        Self {
+            mount: Arc::new(FakeMount::new()),
+            files: Arc::new(files),
+            network: Arc::new(FakeNetwork::with_links(&["lo", "eth0", "veth0"])),
+            modules: Arc::new(FakeModules::default()),
+            limits: Arc::new(FakeLimits::new(1024, 4096)),
+            spawner: Arc::new(FakeSpawner::default()),
+        }
+    }
+
+    fn runner_with(&self, mount: Arc<dyn MountOps>) -> InitRunner {
+        InitRunner::new(
+            InitOps {
+                mount,
+                files: self.files.clone(),
+                network: self.network.clone(),
+                modules: self.modules.clone(),
+                limits: self.limits.clone(),
+                spawner: self.spawner.clone(),
+            },
+            "/",
+        )
+    }
+
+    fn runner(&self) -> InitRunner {
+        self.runner_with(self.mount.clone())
+    }
+}
+
+async fn run_all(runner: &InitRunner, plan: &[Step]) -> Vec<StepReport> {
+    let mut reports = runner.run_phase(plan, Phase::Kernel).await;
+    reports.extend(runner.run_phase(plan, Phase::Early).await);
+    reports.extend(runner.run_phase(plan, Phase::Late).await);
+    reports
+}
+
+fn outcome<'a>(reports: &'a [StepReport], name: &str) -> &'a StepOutcome {
+    &reports.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no step {name}")).outcome
+}
+
+#[test]
+fn the_plan_orders_kernel_filesystems_modules_tmpfs_etc_and_network() {
+    let plan = standard_plan(&AgentConfig::default());
+    let names: Vec<&str> = plan.iter().map(|s| s.name.as_str()).collect();
+    let pos = |n: &str| names.iter().position(|m| *m == n).unwrap_or_else(|| panic!("no {n}"));
+    assert_eq!(&names[..3], ["mount /proc", "mount /sys", "mount /dev"]);
+    assert!(plan[..3].iter().all(|s| s.phase == Phase::Kernel && s.critical));
+    assert!(pos("modules: vsock transport") < pos("tmpfs /tmp"));
+    assert!(pos("tmpfs /etc") < pos("write /etc/resolv.conf"));
+    assert!(pos("tmpfs /var") < pos("mkdir runtime dirs"));
+    assert!(pos("mount /sys") < pos("mount cgroup2") && pos("mount /dev") < pos("mount devpts"));
+    assert!(pos("link up lo") < pos("dhcp primary NIC"));
+    assert!(pos("modules: devices") < pos("share arcbox"));
+    let phase = |n: &str| plan[pos(n)].phase;
+    assert_eq!(phase("modules: vsock transport"), Phase::Early);
+    assert_eq!(phase("dhcp primary NIC"), Phase::Late);
+    assert_eq!(phase("modules: storage"), Phase::Late);
+    assert!(plan[pos("share arcbox")].critical && !plan[pos("share users")].critical);
+}
+
+#[tokio::test]
+async fn a_first_run_does_the_work_and_a_second_run_changes_nothing() {
+    let sys = System::new();
+    let plan = standard_plan(&AgentConfig::default());
+    let first = run_all(&sys.runner(), &plan).await;
+    let failed: Vec<_> = first.iter().filter(|r| matches!(r.outcome, StepOutcome::Failed(_))).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(first.len(), plan.len());
+    // The fake udhcpc cannot configure the link: apply its "lease".
+    sys.network.assign_ipv4("eth0");
+    let table = sys.mount.table();
+    let writes = sys.files.writes();
+    let second = run_all(&sys.runner(), &plan).await;
+    for report in &second {
+        assert!(matches!(report.outcome, StepOutcome::Skipped(_)), "{report:?}");
+    }
+    assert_eq!(sys.mount.table(), table);
+    assert_eq!(sys.files.writes(), writes);
+    assert_eq!(outcome(&second, "tmpfs /etc"), &StepOutcome::Skipped("already mounted".into()));
+}
+
+#[tokio::test]
+async fn the_steps_write_the_reference_files_and_state() {
+    let sys = System::new();
+    let plan = standard_plan(&AgentConfig::default());
+    run_all(&sys.runner(), &plan).await;
+    assert_eq!(sys.files.contents("/etc/resolv.conf").unwrap(), "nameserver 10.0.2.1\n");
+    assert_eq!(
+        sys.files.contents("/etc/hosts").unwrap(),
+        "127.0.0.1\tlocalhost\n::1\t\tlocalhost\n127.0.1.1\tvm1\n"
+    );
+    assert_eq!(sys.files.contents("/etc/passwd").unwrap(), PASSWD);
+    assert_eq!(sys.files.contents("/etc/group").unwrap(), GROUP);
+    let daemon: serde_json::Value =
+        serde_json::from_str(&sys.files.contents("/etc/docker/daemon.json").unwrap()).unwrap();
+    assert_eq!(daemon["dns"][0], "10.0.2.1");
+    assert_eq!(daemon["default-ulimits"]["nofile"]["Soft"], 1_048_576);
+    assert_eq!(daemon["features"]["containerd-snapshotter"], true);
+    assert_eq!(
+        sys.files.link("/etc/ssl/certs/ca-certificates.crt").unwrap(),
+        Path::new("/cacerts/ca-certificates.crt")
+    );
+    for dir in ["/var/lib/docker", "/var/run/docker", "/run/containerd"] {
+        assert!(sys.files.is_dir(dir), "{dir}");
+    }
+    assert_eq!(sys.files.contents("/proc/sys/net/ipv4/ip_forward").unwrap(), "1\n");
+    assert_eq!(sys.limits.nofile().unwrap(), (1_048_576, 1_048_576));
+    assert!(sys.network.is_up("lo") && sys.network.is_up("eth0") && !sys.network.is_up("veth0"));
+    let devpts = sys.mount.table().into_iter().find(|m| m.target == Path::new("/dev/pts")).unwrap();
+    assert_eq!(devpts.super_options, "gid=5,mode=0620,ptmxmode=0666");
+    // Modules: dependencies first, each once.
+    let loaded: Vec<String> =
+        sys.modules.loaded().iter().map(|p| crate::modules::module_name(&p.to_string_lossy())).collect();
+    assert_eq!(&loaded[..2], ["virtio_ring", "virtio"]);
+    let vsock = loaded.iter().position(|m| m == "vsock").unwrap();
+    let transport = loaded.iter().position(|m| m == "vmw_vsock_virtio_transport").unwrap();
+    assert!(vsock < transport);
+    assert_eq!(loaded.iter().filter(|m| *m == "virtio").count(), 1);
+    // DHCP ran udhcpc on the primary NIC.
+    let spawned = sys.spawner.spawned();
+    assert_eq!(spawned.len(), 1);
+    assert_eq!(spawned[0].args[..3], ["udhcpc", "-i", "eth0"]);
+}
+
+#[tokio::test]
+async fn a_failed_mount_is_reported_with_its_reason_and_later_steps_still_run() {
+    let sys = System::new();
+    let mut mock = MockMountOps::new();
+    mock.expect_is_mounted().returning(|_| Ok(false));
+    mock.expect_mount().returning(|spec| {
+        if spec.target == Path::new("/etc") {
+            Err(SysError::io("mount", &spec.target, std::io::Error::from_raw_os_error(libc::EACCES)))
+        } else {
+            Ok(MountOutcome::Mounted)
+        }
+    });
+    let plan = standard_plan(&AgentConfig::default());
+    let reports = run_all(&sys.runner_with(Arc::new(mock)), &plan).await;
+    let etc = reports.iter().find(|r| r.name == "tmpfs /etc").unwrap();
+    assert!(etc.critical);
+    match &etc.outcome {
+        StepOutcome::Failed(why) => assert!(why.contains("mount /etc") && why.contains("ermission"), "{why}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert_eq!(reports.len(), plan.len());
+    assert_eq!(outcome(&reports, "write /etc/resolv.conf"), &StepOutcome::Ok);
+    assert_eq!(outcome(&reports, "mount devpts"), &StepOutcome::Ok);
+}
+
+#[tokio::test]
+async fn a_missing_optional_share_is_skipped_and_a_missing_required_share_fails() {
+    let sys = System::new();
+    sys.mount.fail_at("/Users", libc::ENOENT);
+    sys.mount.fail_at("/arcbox", libc::ENODEV);
+    let plan = standard_plan(&AgentConfig::default());
+    let reports = sys.runner().run_phase(&plan, Phase::Early).await;
+    assert!(
+        matches!(outcome(&reports, "share users"), StepOutcome::Skipped(why) if why.contains("optional share absent"))
+    );
+    assert!(
+        matches!(outcome(&reports, "share arcbox"), StepOutcome::Failed(why) if why.contains("required share arcbox"))
+    );
+}
+
+#[tokio::test]
+async fn tmpfs_layers_are_skipped_on_a_writable_root_in_auto_mode() {
+    let sys = System::new();
+    let files = FakeFiles::new();
+    files.put("/proc/sys/fs/nr_open", "1048576\n");
+    let runner = InitRunner::new(
+        InitOps {
+            mount: sys.mount.clone(),
+            files: Arc::new(files),
+            network: sys.network.clone(),
+            modules: sys.modules.clone(),
+            limits: sys.limits.clone(),
+            spawner: sys.spawner.clone(),
+        },
+        "/",
+    );
+    let plan = standard_plan(&AgentConfig::default());
+    let reports = runner.run_phase(&plan, Phase::Early).await;
+    assert_eq!(outcome(&reports, "tmpfs /etc"), &StepOutcome::Skipped("root filesystem is writable".into()));
+    assert!(
+        matches!(outcome(&reports, "modules: vsock transport"), StepOutcome::Skipped(why) if why.contains("no /proc/modules"))
+    );
+}
+
+#[tokio::test]
+async fn a_failed_dhcp_is_a_non_critical_failure_and_a_scratch_root_skips_it() {
+    let sys = System::new();
+    sys.spawner.script_exit("/bin/busybox", ExitStatus::Code(1));
+    let plan = standard_plan(&AgentConfig::default());
+    let reports = sys.runner().run_phase(&plan, Phase::Late).await;
+    let dhcp = reports.iter().find(|r| r.name == "dhcp primary NIC").unwrap();
+    assert!(!dhcp.critical);
+    assert!(matches!(&dhcp.outcome, StepOutcome::Failed(why) if why.contains("eth0")));
+    let scratch = InitRunner::new(sys.runner().ops.clone(), "/scratch");
+    let reports = scratch.run_phase(&plan, Phase::Late).await;
+    assert!(matches!(outcome(&reports, "dhcp primary NIC"), StepOutcome::Skipped(_)));
+}
+
+#[tokio::test]
+async fn every_step_lands_in_the_boot_report() {
+    let sys = System::new();
+    let plan = standard_plan(&AgentConfig::default());
+    let boot = BootRecorder::new("b", true, 0.0);
+    for report in run_all(&sys.runner(), &plan).await {
+        report.record(&boot);
+    }
+    let snapshot = boot.snapshot();
+    assert_eq!(snapshot.steps.len(), plan.len());
+    assert_eq!(snapshot.steps[0].name, "mount /proc");
+    assert!(snapshot.steps.iter().all(|s| s.outcome == "ok"));
+}
+
+#[test]
+fn the_primary_nic_skips_virtual_interfaces() {
+    let names = ["veth1", "lo", "eth1", "docker0", "br-x", "eth0", "dummy0"].map(String::from);
+    assert_eq!(primary_interface(&names).as_deref(), Some("eth0"));
+    assert_eq!(primary_interface(&["lo".to_owned()]), None);
+}

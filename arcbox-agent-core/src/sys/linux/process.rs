@@ -1,0 +1,258 @@
+//! Processes: `waitpid(-1)` and `PR_SET_CHILD_SUBREAPER` for the reaper,
+//! the spawner whose children's exits come from the reaper (never from a
+//! `waitpid` of its own), and the /proc process table with `kill` for the
+//! ordered shutdown.
+
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::sync::oneshot;
+
+use crate::logging::{DEFAULT_LOG_FILES, DEFAULT_LOG_MAX_BYTES, RotatingFile, SharedLog};
+use crate::reaper::Reaper;
+use crate::sys::{
+    ChildProcess, ChildReaping, ExitStatus, ProcessEntry, ProcessSpawner, ProcessSpec, ProcessTable,
+    ReapResult, SignalOutcome, SysError,
+};
+
+/// `PF_KTHREAD` in /proc/<pid>/stat's flags field.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// `waitpid(-1, WNOHANG)` and `prctl(PR_SET_CHILD_SUBREAPER)`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxChildReaping;
+
+impl ChildReaping for LinuxChildReaping {
+    fn reap_one(&self) -> Result<ReapResult, SysError> {
+        loop {
+            return match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => Ok(exited(pid, ExitStatus::Code(code))),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => Ok(exited(pid, ExitStatus::Signal(sig as i32))),
+                Ok(WaitStatus::StillAlive) => Ok(ReapResult::NoneReady),
+                // Stops and continues are not exits (only reported with WUNTRACED).
+                Ok(_) => continue,
+                Err(Errno::ECHILD) => Ok(ReapResult::NoChildren),
+                Err(Errno::EINTR) => continue,
+                Err(errno) => Err(SysError::io("waitpid", "-1", errno.into())),
+            };
+        }
+    }
+
+    fn become_subreaper(&self) -> Result<(), SysError> {
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|errno| SysError::io("prctl", "PR_SET_CHILD_SUBREAPER", errno.into()))
+    }
+}
+
+fn exited(pid: Pid, status: ExitStatus) -> ReapResult {
+    ReapResult::Exited { pid: pid.as_raw().unsigned_abs(), status }
+}
+
+fn send_signal(pid: u32, signal: i32) -> Result<SignalOutcome, SysError> {
+    let sig =
+        Signal::try_from(signal).map_err(|errno| SysError::io("kill", pid.to_string(), errno.into()))?;
+    let raw = i32::try_from(pid).map_err(|_| SysError::Parse { what: "pid", detail: pid.to_string() })?;
+    match kill(Pid::from_raw(raw), sig) {
+        Ok(()) => Ok(SignalOutcome::Sent),
+        Err(Errno::ESRCH) => Ok(SignalOutcome::NoSuchProcess),
+        Err(errno) => Err(SysError::io("kill", pid.to_string(), errno.into())),
+    }
+}
+
+/// Starts children whose exit statuses come from the shared [`Reaper`].
+pub struct LinuxSpawner {
+    reaper: Arc<Reaper<LinuxChildReaping>>,
+}
+
+impl LinuxSpawner {
+    /// A spawner registering its children with `reaper`.
+    pub fn new(reaper: Arc<Reaper<LinuxChildReaping>>) -> Self {
+        Self { reaper }
+    }
+}
+
+/// Copies a child's output into its rotated log file on a small thread.
+fn pump(mut from: impl std::io::Read + Send + 'static, mut to: SharedLog) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.flush();
+    });
+}
+
+#[async_trait::async_trait]
+impl ProcessSpawner for LinuxSpawner {
+    async fn spawn(&self, spec: &ProcessSpec) -> Result<Box<dyn ChildProcess>, SysError> {
+        let log = match &spec.log_file {
+            Some(path) => Some(SharedLog::new(
+                RotatingFile::open(path, DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_FILES)
+                    .map_err(|e| SysError::io("open log", path, e))?,
+            )),
+            None => None,
+        };
+        let mut command = Command::new(&spec.program);
+        command.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null());
+        let output = || if log.is_some() { Stdio::piped() } else { Stdio::null() };
+        command.stdout(output()).stderr(output());
+        let (mut child, pid, exit) = self.reaper.spawn_registered(|| {
+            let child = command.spawn().map_err(|e| SysError::io("spawn", &spec.program, e))?;
+            let pid = child.id();
+            Ok::<_, SysError>((child, pid))
+        })?;
+        if let Some(log) = log {
+            if let Some(out) = child.stdout.take() {
+                pump(out, log.clone());
+            }
+            if let Some(err) = child.stderr.take() {
+                pump(err, log);
+            }
+        }
+        // `child` is dropped without waiting: the reaper owns its exit.
+        Ok(Box::new(ReapedChild { pid, exit: Some(exit), status: None }))
+    }
+}
+
+/// A child whose exit status arrives from the reaper.
+struct ReapedChild {
+    pid: u32,
+    exit: Option<oneshot::Receiver<ExitStatus>>,
+    status: Option<ExitStatus>,
+}
+
+impl ReapedChild {
+    fn poll_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none()
+            && let Some(rx) = self.exit.as_mut()
+            && let Ok(status) = rx.try_recv()
+        {
+            self.status = Some(status);
+            self.exit = None;
+        }
+        self.status
+    }
+}
+
+#[async_trait::async_trait]
+impl ChildProcess for ReapedChild {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    async fn wait(&mut self) -> Result<ExitStatus, SysError> {
+        if let Some(status) = self.poll_status() {
+            return Ok(status);
+        }
+        let rx = self.exit.take().ok_or(SysError::Unsupported("waiting twice on a child"))?;
+        let status = rx.await.map_err(|_| SysError::Unsupported("waiting after the reaper stopped"))?;
+        self.status = Some(status);
+        Ok(status)
+    }
+
+    fn signal(&self, signal: i32) -> Result<(), SysError> {
+        // Once reaped, the pid may belong to someone else: never signal it.
+        if self.status.is_some() {
+            return Ok(());
+        }
+        send_signal(self.pid, signal).map(|_| ())
+    }
+}
+
+/// /proc and `kill(2)` in this PID namespace.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxProcessTable;
+
+/// Parses /proc/<pid>/stat: `pid (comm) state ppid pgrp session tty tpgid flags ...`.
+pub fn parse_stat(pid: u32, stat: &str) -> Option<ProcessEntry> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_owned();
+    let rest: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    let state = *rest.first()?;
+    let ppid = rest.get(1)?.parse().ok()?;
+    let flags: u64 = rest.get(6)?.parse().ok()?;
+    Some(ProcessEntry { pid, ppid, name, kernel_thread: flags & PF_KTHREAD != 0, zombie: state == "Z" })
+}
+
+impl ProcessTable for LinuxProcessTable {
+    fn processes(&self) -> Result<Vec<ProcessEntry>, SysError> {
+        let proc = Path::new("/proc");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(proc).map_err(|e| SysError::io("readdir", proc, e))? {
+            let Ok(entry) = entry else { continue };
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let mut stat = String::new();
+            // A process can vanish between readdir and open: not an error.
+            let read =
+                std::fs::File::open(entry.path().join("stat")).and_then(|mut f| f.read_to_string(&mut stat));
+            if read.is_ok()
+                && let Some(p) = parse_stat(pid, &stat)
+            {
+                out.push(p);
+            }
+        }
+        out.sort_by_key(|p| p.pid);
+        Ok(out)
+    }
+
+    fn kill(&self, pid: u32, signal: i32) -> Result<SignalOutcome, SysError> {
+        send_signal(pid, signal)
+    }
+
+    fn own_pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_parse_names_with_spaces_and_kernel_threads() {
+        let user = parse_stat(42, "42 (my (odd) daemon) S 1 42 42 0 -1 4194560 100 0").unwrap();
+        assert_eq!(
+            (user.name.as_str(), user.ppid, user.kernel_thread, user.zombie),
+            ("my (odd) daemon", 1, false, false)
+        );
+        let kthread = parse_stat(2, "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0").unwrap();
+        assert!(kthread.kernel_thread);
+        let zombie = parse_stat(9, "9 (sh) Z 1 9 9 0 -1 4194316 0 0").unwrap();
+        assert!(zombie.zombie);
+    }
+
+    #[test]
+    fn the_table_lists_this_process() {
+        let me = std::process::id();
+        let table = LinuxProcessTable.processes().unwrap();
+        assert!(table.iter().any(|p| p.pid == me && !p.kernel_thread));
+    }
+
+    #[tokio::test]
+    async fn a_spawned_child_gets_its_exit_code_from_the_reaper() {
+        let reaper = Reaper::new(LinuxChildReaping);
+        let spawner = LinuxSpawner::new(Arc::clone(&reaper));
+        let spec = ProcessSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "exit 3".into()],
+            ..Default::default()
+        };
+        let mut child = spawner.spawn(&spec).await.unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&reaper).run(stop.clone()));
+        let status =
+            tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+        assert_eq!(status, ExitStatus::Code(3));
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
