@@ -11,6 +11,7 @@
 //! - [`protocol`]: frame codec, message type codes, error payload, protobuf messages.
 //! - [`rpc`]: router, connection and accept loops; [`rpc::handlers`] has one module per request family.
 //! - [`runtime`]: the EnsureRuntime state machine over a [`runtime::RuntimeBackend`].
+//! - [`storage`]: the Btrfs data disk (blank detection, subvolumes, mounts).
 //! - [`transport`]: listeners (guest), connector (host), addresses.
 //! - [`client`]: the async host client.
 //! - [`boot`]: the boot report.
@@ -40,6 +41,7 @@ pub mod reaper;
 pub mod rpc;
 pub mod runtime;
 pub mod shutdown;
+pub mod storage;
 pub mod sys;
 pub mod transport;
 

@@ -1,6 +1,7 @@
 //! In-memory fakes of the OS traits, shared by the simulator and tests.
 
 mod clock;
+mod disk;
 mod files;
 mod mount;
 mod power;
@@ -10,6 +11,7 @@ mod system;
 mod system_info;
 
 pub use clock::FakeClock;
+pub use disk::FakeDisk;
 pub use files::FakeFiles;
 pub use mount::FakeMount;
 pub use power::FakePower;

@@ -99,7 +99,16 @@ impl<B: RuntimeBackend> RuntimeManager<B> {
             let mut phase = self.lock();
             match &*phase {
                 RuntimePhase::Ready { endpoint, message } => {
-                    return ready_response(endpoint, message, STATUS_REUSED);
+                    return match self.backend.degraded() {
+                        None => ready_response(endpoint, message, STATUS_REUSED),
+                        // Supervision is bringing a daemon back: not usable now.
+                        Some(reason) => RuntimeEnsureResponse {
+                            ready: false,
+                            endpoint: String::new(),
+                            message: format!("runtime degraded: {reason}"),
+                            status: STATUS_STARTING.to_owned(),
+                        },
+                    };
                 }
                 RuntimePhase::Starting => Some(Ok(false)),
                 RuntimePhase::NotStarted | RuntimePhase::Failed { .. } if start_if_needed => {

@@ -2,11 +2,16 @@
 //! that can start and probe containerd + dockerd, and the
 //! [`RuntimeManager`] state machine that makes EnsureRuntime idempotent.
 
+pub mod daemon;
+pub mod events;
 mod manager;
 mod probed;
+mod supervised;
 
+pub use events::ReadinessEvents;
 pub use manager::{EnsureMode, RuntimeManager, RuntimePhase};
 pub use probed::{ProbedRuntime, RuntimeSockets};
+pub use supervised::{CONTAINERD_CONFIG, DataDiskStep, RUNTIME_BINARIES, RuntimeLayout, SupervisedRuntime};
 
 use crate::protocol::proto::agent::{RuntimeEnsureResponse, RuntimeStatusResponse};
 
@@ -34,4 +39,9 @@ pub trait RuntimeBackend: Send + Sync + 'static {
     async fn probe(&self) -> RuntimeEnsureResponse;
     /// Per-service status.
     async fn status(&self) -> RuntimeStatusResponse;
+    /// Why a runtime that started fine is not usable now (a supervised
+    /// daemon died and is restarting); `None` when healthy.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 }

@@ -10,9 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use crate::protocol::proto::agent::SystemInfo;
 
+mod disk;
 #[cfg(target_os = "linux")]
 pub mod linux;
 
+pub use disk::DiskOps;
 
 /// Errors from an OS operation, with the operation and path that failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,12 @@ pub trait SocketProbe: Send + Sync + 'static {
     async fn tcp_connectable(&self, addr: SocketAddr, timeout: Duration) -> bool;
     /// Sends `GET <path>` over the Unix socket and returns the HTTP status code.
     async fn http_get_status(&self, socket: &Path, path: &str, timeout: Duration) -> Result<u16, SysError>;
+    /// Waits until `path` exists, woken by the kernel (inotify) rather than
+    /// by polling; `false` if it did not appear within `timeout`.
+    async fn wait_for_path(&self, path: &Path, timeout: Duration) -> bool;
+    /// Calls containerd's Version API (gRPC) over its socket and returns
+    /// the version string: readiness by a real API call, not a bare connect.
+    async fn containerd_version(&self, socket: &Path, timeout: Duration) -> Result<String, SysError>;
 }
 
 /// Filesystem flags for [`MountOps::mount`], a subset of `MS_*`.

@@ -2,7 +2,9 @@
 //! that makes syscalls or reads /proc.
 
 mod clock;
+mod disk;
 mod files;
+mod grpc;
 mod limits;
 mod modules;
 mod mount;
@@ -11,8 +13,10 @@ mod power;
 mod probe;
 mod process;
 mod system_info;
+mod watch;
 
 pub use clock::LinuxClock;
+pub use disk::LinuxDisk;
 pub use files::LinuxFiles;
 pub use limits::LinuxLimits;
 pub use modules::LinuxModules;

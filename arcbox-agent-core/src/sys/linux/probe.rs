@@ -52,6 +52,16 @@ impl SocketProbe for LinuxSocketProbe {
             detail: String::from_utf8_lossy(&line).into_owned(),
         })
     }
+
+    async fn wait_for_path(&self, path: &Path, timeout: Duration) -> bool {
+        super::watch::wait_for_path(path, timeout).await
+    }
+
+    async fn containerd_version(&self, socket: &Path, timeout: Duration) -> Result<String, SysError> {
+        tokio::time::timeout(timeout, super::grpc::containerd_version(socket))
+            .await
+            .map_err(|_| SysError::io("containerd Version", socket, std::io::ErrorKind::TimedOut.into()))?
+    }
 }
 
 /// The status code of `HTTP/1.x NNN ...`.

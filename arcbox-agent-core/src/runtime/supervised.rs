@@ -1,0 +1,376 @@
+//! The real container runtime: containerd then dockerd, started and
+//! supervised by the agent on the data disk.
+//!
+//! Start sequence (each failure reports why): reuse a Docker API that
+//! already answers; find the binaries (runtime bin dir, then PATH); bring
+//! the data disk up; create the runtime directories and containerd's
+//! config; start containerd and wait for its Version API; start dockerd
+//! and wait for `/_ping`. Both stay supervised afterwards.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::daemon::{Daemon, DaemonSnapshot, DaemonSpec, Readiness, api_answers};
+use super::events::{ReadinessEvents, kind};
+use super::{ProbedRuntime, RuntimeBackend, RuntimeSockets, SERVICE_ERROR, SERVICE_NOT_READY, SERVICE_READY};
+use super::{STATUS_FAILED, STATUS_STARTED};
+use crate::protocol::proto::agent::{RuntimeEnsureResponse, RuntimeStatusResponse, ServiceStatus};
+use crate::sys::{FileOps, ProcessSpawner, ProcessSpec, SocketProbe};
+
+/// Binaries the runtime needs.
+pub const RUNTIME_BINARIES: [&str; 4] = ["containerd", "containerd-shim-runc-v2", "runc", "dockerd"];
+
+/// containerd's config: v2, with the CRI plugin's CNI dirs shared with k3s.
+pub const CONTAINERD_CONFIG: &str = r#"version = 2
+
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "/var/lib/rancher/k3s/data/cni"
+  conf_dir = "/var/lib/rancher/k3s/agent/etc/cni/net.d"
+  max_conf_num = 1
+"#;
+
+/// Where the runtime lives (defaults are the reference's).
+#[derive(Debug, Clone)]
+pub struct RuntimeLayout {
+    /// Preferred directory of the runtime binaries (then `PATH`).
+    pub bin_dir: PathBuf,
+    /// `PATH` used to find binaries when they are not in `bin_dir`.
+    pub search_path: String,
+    /// Sockets and the host endpoint.
+    pub sockets: RuntimeSockets,
+    /// containerd's config file.
+    pub containerd_config: PathBuf,
+    /// containerd's state dir.
+    pub containerd_state: PathBuf,
+    /// dockerd's exec root.
+    pub docker_exec_root: PathBuf,
+    /// dockerd's data root.
+    pub docker_data_root: PathBuf,
+    /// Directories created before the daemons start.
+    pub dirs: Vec<PathBuf>,
+    /// Directory for `containerd.log` and `dockerd.log` (rotated).
+    pub log_dir: PathBuf,
+    /// How long containerd may take to answer.
+    pub containerd_timeout: Duration,
+    /// How long dockerd may take to answer.
+    pub docker_timeout: Duration,
+}
+
+impl Default for RuntimeLayout {
+    fn default() -> Self {
+        let dirs = [
+            "/run/containerd",
+            "/var/run/docker",
+            "/etc/docker",
+            "/etc/containerd",
+            "/run/arcbox",
+            "/var/lib/rancher/k3s/agent/etc/cni/net.d",
+            "/var/lib/rancher/k3s/data/cni",
+        ];
+        Self {
+            bin_dir: PathBuf::from("/arcbox/runtime/bin"),
+            search_path: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+            sockets: RuntimeSockets::default(),
+            containerd_config: PathBuf::from("/etc/containerd/config.toml"),
+            containerd_state: PathBuf::from("/run/containerd"),
+            docker_exec_root: PathBuf::from("/var/run/docker"),
+            docker_data_root: PathBuf::from("/var/lib/docker"),
+            dirs: dirs.iter().map(PathBuf::from).collect(),
+            log_dir: PathBuf::from("/arcbox/log"),
+            containerd_timeout: Duration::from_secs(30),
+            docker_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Brings the data disk up before the daemons start.
+#[async_trait::async_trait]
+pub trait DataDiskStep: Send + Sync + 'static {
+    /// Ensures the data disk; `Ok` carries a one-line description.
+    async fn ensure(&self) -> Result<String, String>;
+}
+
+#[async_trait::async_trait]
+impl<M, F, P, D> DataDiskStep for crate::storage::DataDisk<M, F, P, D>
+where
+    M: crate::sys::MountOps,
+    F: FileOps,
+    P: ProcessSpawner,
+    D: crate::sys::DiskOps,
+{
+    async fn ensure(&self) -> Result<String, String> {
+        let device = self.config().device.display().to_string();
+        match crate::storage::DataDisk::ensure(self).await {
+            Ok(r) if r.formatted => Ok(format!("{device} formatted and mounted")),
+            Ok(r) if r.mounted.is_empty() => Ok(format!("{device} mounted")),
+            Ok(_) => Ok(format!("{device} mounted now")),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+}
+
+/// The supervised runtime.
+pub struct SupervisedRuntime<S, P, F> {
+    spawner: Arc<S>,
+    probe: Arc<P>,
+    files: Arc<F>,
+    layout: RuntimeLayout,
+    events: ReadinessEvents,
+    data_disk: Option<Arc<dyn DataDiskStep>>,
+    daemons: Mutex<Daemons>,
+    /// Reports on a runtime the agent did not start.
+    external: ProbedRuntime<P>,
+}
+
+#[derive(Default)]
+struct Daemons {
+    containerd: Option<Arc<Daemon>>,
+    dockerd: Option<Arc<Daemon>>,
+    data_disk: Option<String>,
+}
+
+impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> SupervisedRuntime<S, P, F> {
+    /// A runtime laid out as `layout`, with an optional data disk step.
+    pub fn new(
+        spawner: Arc<S>,
+        probe: Arc<P>,
+        files: Arc<F>,
+        layout: RuntimeLayout,
+        events: ReadinessEvents,
+        data_disk: Option<Arc<dyn DataDiskStep>>,
+    ) -> Self {
+        let external = ProbedRuntime::new(Arc::clone(&probe), layout.sockets.clone());
+        Self {
+            spawner,
+            probe,
+            files,
+            layout,
+            events,
+            data_disk,
+            daemons: Mutex::new(Daemons::default()),
+            external,
+        }
+    }
+
+    fn daemons(&self) -> std::sync::MutexGuard<'_, Daemons> {
+        self.daemons.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Finds `name` in the bin dir, then on the search path.
+    fn find_binary(&self, name: &str) -> Option<PathBuf> {
+        std::iter::once(self.layout.bin_dir.as_path())
+            .chain(self.layout.search_path.split(':').map(Path::new))
+            .map(|dir| dir.join(name))
+            .find(|p| self.files.exists(p))
+    }
+
+    /// The daemons' log directory: the configured one (the host share) when
+    /// it exists, else /tmp, as the reference falls back.
+    fn log_dir(&self) -> PathBuf {
+        if self.files.exists(&self.layout.log_dir) {
+            self.layout.log_dir.clone()
+        } else {
+            PathBuf::from("/tmp")
+        }
+    }
+
+    fn daemon_spec(
+        &self,
+        name: &'static str,
+        program: PathBuf,
+        args: Vec<String>,
+        readiness: Readiness,
+    ) -> DaemonSpec {
+        let path = format!("{}:{}", self.layout.bin_dir.display(), self.layout.search_path);
+        DaemonSpec {
+            name,
+            process: ProcessSpec {
+                program,
+                args,
+                env: vec![("PATH".to_owned(), path)],
+                log_file: Some(self.log_dir().join(format!("{name}.log"))),
+            },
+            ready_timeout: match readiness {
+                Readiness::ContainerdApi(_) => self.layout.containerd_timeout,
+                Readiness::DockerPing(_) => self.layout.docker_timeout,
+            },
+            readiness,
+        }
+    }
+
+    /// Returns the running supervisor for a daemon, or starts one.
+    fn supervise(&self, slot: fn(&mut Daemons) -> &mut Option<Arc<Daemon>>, spec: DaemonSpec) -> Arc<Daemon> {
+        let mut daemons = self.daemons();
+        let entry = slot(&mut daemons);
+        if let Some(existing) = entry.as_ref().filter(|d| !d.snapshot().gave_up) {
+            return Arc::clone(existing);
+        }
+        let daemon =
+            Daemon::start(spec, Arc::clone(&self.spawner), Arc::clone(&self.probe), self.events.clone());
+        *entry = Some(Arc::clone(&daemon));
+        daemon
+    }
+
+    async fn start_sequence(&self) -> Result<String, String> {
+        let docker = Readiness::DockerPing(self.layout.sockets.docker.clone());
+        if self.daemons().dockerd.is_none() && api_answers(self.probe.as_ref(), &docker).await {
+            return Ok("docker API already answering".to_owned());
+        }
+        let mut binaries = Vec::new();
+        let mut missing = Vec::new();
+        for name in RUNTIME_BINARIES {
+            match self.find_binary(name) {
+                Some(path) => binaries.push(path),
+                None => missing.push(name),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(format!(
+                "missing runtime binaries: {} (looked in {} and PATH)",
+                missing.join(", "),
+                self.layout.bin_dir.display()
+            ));
+        }
+        if let Some(disk) = &self.data_disk {
+            let outcome = disk.ensure().await.map_err(|e| format!("data disk: {e}"))?;
+            self.daemons().data_disk = Some(outcome);
+        }
+        for dir in &self.layout.dirs {
+            self.files.create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        self.files
+            .write_file(&self.layout.containerd_config, CONTAINERD_CONFIG.as_bytes(), 0o644)
+            .map_err(|e| e.to_string())?;
+
+        let containerd_socket = self.layout.sockets.containerd[0].clone();
+        let containerd_api = Readiness::ContainerdApi(containerd_socket.clone());
+        let containerd_running =
+            self.daemons().containerd.is_none() && api_answers(self.probe.as_ref(), &containerd_api).await;
+        if !containerd_running {
+            let args = vec![
+                "--config".to_owned(),
+                self.layout.containerd_config.display().to_string(),
+                "--address".to_owned(),
+                containerd_socket.display().to_string(),
+                "--state".to_owned(),
+                self.layout.containerd_state.display().to_string(),
+            ];
+            let spec = self.daemon_spec("containerd", binaries[0].clone(), args, containerd_api);
+            let daemon = self.supervise(|d| &mut d.containerd, spec);
+            daemon
+                .wait_ready(self.layout.containerd_timeout)
+                .await
+                .map_err(|e| format!("containerd: {e}"))?;
+        }
+        let args = vec![
+            format!("--host=unix://{}", self.layout.sockets.docker.display()),
+            format!("--containerd={}", containerd_socket.display()),
+            format!("--exec-root={}", self.layout.docker_exec_root.display()),
+            format!("--data-root={}", self.layout.docker_data_root.display()),
+            "--userland-proxy=false".to_owned(),
+        ];
+        let spec = self.daemon_spec("dockerd", binaries[3].clone(), args, docker);
+        let daemon = self.supervise(|d| &mut d.dockerd, spec);
+        daemon.wait_ready(self.layout.docker_timeout).await.map_err(|e| format!("dockerd: {e}"))?;
+        Ok("containerd and dockerd ready".to_owned())
+    }
+}
+
+fn service_status(name: &str, snapshot: &DaemonSnapshot) -> ServiceStatus {
+    let status = if snapshot.ready {
+        SERVICE_READY
+    } else if snapshot.gave_up {
+        SERVICE_ERROR
+    } else {
+        SERVICE_NOT_READY
+    };
+    ServiceStatus {
+        name: name.to_owned(),
+        status: status.to_owned(),
+        detail: snapshot.detail.clone(),
+        pid: snapshot.pid,
+        uptime_secs: snapshot.started_at.map_or(0, |t| t.elapsed().as_secs()),
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> RuntimeBackend for SupervisedRuntime<S, P, F> {
+    async fn start(&self) -> RuntimeEnsureResponse {
+        self.events.publish(kind::RUNTIME_STARTING, "", "start requested", 0);
+        match self.start_sequence().await {
+            Ok(message) => {
+                self.events.publish(kind::RUNTIME_READY, "", message.clone(), 0);
+                RuntimeEnsureResponse {
+                    ready: true,
+                    endpoint: self.layout.sockets.endpoint.clone(),
+                    message,
+                    status: STATUS_STARTED.to_owned(),
+                }
+            }
+            Err(message) => {
+                self.events.publish(kind::RUNTIME_FAILED, "", message.clone(), 0);
+                RuntimeEnsureResponse {
+                    ready: false,
+                    endpoint: String::new(),
+                    message,
+                    status: STATUS_FAILED.to_owned(),
+                }
+            }
+        }
+    }
+
+    async fn probe(&self) -> RuntimeEnsureResponse {
+        self.external.probe().await
+    }
+
+    async fn status(&self) -> RuntimeStatusResponse {
+        let (containerd, dockerd, disk) = {
+            let d = self.daemons();
+            (d.containerd.clone(), d.dockerd.clone(), d.data_disk.clone())
+        };
+        let mut status = match (containerd, dockerd) {
+            (None, None) => self.external.status().await,
+            (containerd, dockerd) => {
+                let services: Vec<ServiceStatus> = [("containerd", containerd), ("dockerd", dockerd)]
+                    .into_iter()
+                    .map(|(name, d)| match d {
+                        Some(d) => service_status(name, &d.snapshot()),
+                        None => ServiceStatus {
+                            name: name.to_owned(),
+                            status: SERVICE_NOT_READY.to_owned(),
+                            detail: "not started by the agent".to_owned(),
+                            ..Default::default()
+                        },
+                    })
+                    .collect();
+                RuntimeStatusResponse {
+                    containerd_ready: services[0].status == SERVICE_READY,
+                    docker_ready: services[1].status == SERVICE_READY,
+                    endpoint: self.layout.sockets.endpoint.clone(),
+                    detail: services
+                        .iter()
+                        .map(|s| format!("{}: {}", s.name, s.detail))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    services,
+                    state: String::new(),
+                }
+            }
+        };
+        if let Some(disk) = disk {
+            status.detail.push_str(&format!("; data disk: {disk}"));
+        }
+        status
+    }
+
+    fn degraded(&self) -> Option<String> {
+        let d = self.daemons();
+        [&d.containerd, &d.dockerd]
+            .into_iter()
+            .flatten()
+            .map(|d| d.snapshot())
+            .find(|s| !s.ready)
+            .map(|s| s.detail)
+    }
+}

@@ -1,0 +1,265 @@
+//! The supervised runtime against stand-in daemons that are real
+//! processes: a containerd that answers the Version gRPC call over HTTP/2
+//! and a dockerd that answers `GET /_ping`, each ready after a set delay.
+//! They run through the real spawner and reaper, with inotify readiness.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arcbox_agent_core::reaper::Reaper;
+use arcbox_agent_core::runtime::events::kind;
+use arcbox_agent_core::runtime::{
+    EnsureMode, ReadinessEvents, RuntimeLayout, RuntimeManager, RuntimeSockets, SupervisedRuntime,
+};
+use arcbox_agent_core::sys::linux::{LinuxChildReaping, LinuxFiles, LinuxSocketProbe, LinuxSpawner};
+use tokio_util::sync::CancellationToken;
+
+const STANDIN_ENV: &str = "ARCBOX_STANDIN";
+
+/// Entry point of the stand-in daemons (this test binary re-executed by a
+/// wrapper script); ignored in normal runs.
+#[test]
+#[ignore = "stand-in daemon entry point, started by the other tests"]
+fn standin_entry() {
+    let Ok(role) = std::env::var(STANDIN_ENV) else { return };
+    let args = std::env::var("ARCBOX_STANDIN_ARGS").unwrap_or_default();
+    let delay: u64 = std::env::var("ARCBOX_STANDIN_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let exit_code: Option<i32> = std::env::var("ARCBOX_STANDIN_EXIT").ok().and_then(|v| v.parse().ok());
+    std::thread::sleep(Duration::from_millis(delay));
+    if let Some(code) = exit_code {
+        std::process::exit(code);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        match role.as_str() {
+            "containerd" => serve_containerd(&flag_value(&args, "--address").unwrap()).await,
+            "dockerd" => serve_docker(&flag_value(&args, "--host=unix://").unwrap()).await,
+            other => panic!("unknown stand-in {other}"),
+        }
+    });
+}
+
+fn flag_value(args: &str, flag: &str) -> Option<PathBuf> {
+    let mut words = args.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == flag {
+            return words.next().map(PathBuf::from);
+        }
+        if let Some(v) = word.strip_prefix(flag) {
+            return Some(PathBuf::from(v));
+        }
+    }
+    None
+}
+
+async fn serve_containerd(socket: &Path) {
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket).unwrap();
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            let Ok(mut conn) = h2::server::handshake(stream).await else { return };
+            while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                // VersionResponse { version: "standin", revision: "0" }
+                let payload = [0x0a, 7, b's', b't', b'a', b'n', b'd', b'i', b'n', 0x12, 1, b'0'];
+                let mut framed = vec![0u8, 0, 0, 0, payload.len() as u8];
+                framed.extend_from_slice(&payload);
+                let response = http::Response::builder().status(200).body(()).unwrap();
+                let mut send = respond.send_response(response, false).unwrap();
+                send.send_data(bytes::Bytes::from(framed), false).unwrap();
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                send.send_trailers(trailers).unwrap();
+            }
+        });
+    }
+}
+
+async fn serve_docker(socket: &Path) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket).unwrap();
+    loop {
+        let (mut s, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK").await;
+        });
+    }
+}
+
+/// One reaper for the whole test process (two would steal each other's children).
+fn reaper() -> Arc<Reaper<LinuxChildReaping>> {
+    static REAPER: OnceLock<Arc<Reaper<LinuxChildReaping>>> = OnceLock::new();
+    Arc::clone(REAPER.get_or_init(|| {
+        let reaper = Reaper::new(LinuxChildReaping);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let running = Arc::clone(&reaper);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let run = tokio::spawn(running.run(CancellationToken::new()));
+                tx.send(()).unwrap();
+                let _ = run.await;
+            });
+        });
+        rx.recv().unwrap();
+        reaper
+    }))
+}
+
+/// A bin dir of wrapper scripts that start this binary as stand-ins.
+struct Standins {
+    dir: tempfile::TempDir,
+}
+
+impl Standins {
+    fn new(containerd_delay_ms: u64, docker_delay_ms: u64, docker_exit: Option<i32>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let script = |name: &str, delay: u64, exit: Option<i32>| {
+            let exit = exit.map(|c| format!("ARCBOX_STANDIN_EXIT={c} ")).unwrap_or_default();
+            let text = format!(
+                "#!/bin/sh\n{STANDIN_ENV}={name} ARCBOX_STANDIN_ARGS=\"$*\" ARCBOX_STANDIN_DELAY_MS={delay} {exit}exec {} standin_entry --exact --ignored --nocapture --test-threads=1\n",
+                exe.display()
+            );
+            let path = bin.join(name);
+            std::fs::write(&path, text).unwrap();
+            std::os::unix::fs::PermissionsExt::set_mode(
+                &mut std::fs::metadata(&path).unwrap().permissions(),
+                0o755,
+            );
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        };
+        script("containerd", containerd_delay_ms, None);
+        script("dockerd", docker_delay_ms, docker_exit);
+        for helper in ["runc", "containerd-shim-runc-v2"] {
+            script(helper, 0, Some(0));
+        }
+        Self { dir }
+    }
+
+    fn layout(&self) -> RuntimeLayout {
+        let root = self.dir.path();
+        RuntimeLayout {
+            bin_dir: root.join("bin"),
+            search_path: String::new(),
+            sockets: RuntimeSockets {
+                containerd: vec![root.join("run/containerd/containerd.sock")],
+                docker: root.join("run/docker.sock"),
+                endpoint: "vsock:2375".to_owned(),
+            },
+            containerd_config: root.join("etc/containerd/config.toml"),
+            containerd_state: root.join("run/containerd"),
+            docker_exec_root: root.join("run/docker"),
+            docker_data_root: root.join("lib/docker"),
+            dirs: vec![root.join("run/containerd"), root.join("etc/containerd"), root.join("log")],
+            log_dir: root.join("log"),
+            containerd_timeout: Duration::from_secs(10),
+            docker_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+type Runtime = SupervisedRuntime<LinuxSpawner, LinuxSocketProbe, LinuxFiles>;
+
+fn runtime(standins: &Standins, events: &ReadinessEvents) -> Arc<RuntimeManager<Runtime>> {
+    let backend = SupervisedRuntime::new(
+        Arc::new(LinuxSpawner::new(reaper())),
+        Arc::new(LinuxSocketProbe),
+        Arc::new(LinuxFiles),
+        standins.layout(),
+        events.clone(),
+        None,
+    );
+    RuntimeManager::new(Arc::new(backend))
+}
+
+const WAIT: EnsureMode = EnsureMode::Wait(Duration::from_secs(20));
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_then_dockerd_start_and_report_pids() {
+    let standins = Standins::new(150, 250, None);
+    let events = ReadinessEvents::default();
+    let manager = runtime(&standins, &events);
+    let answer = manager.ensure(true, WAIT).await;
+    assert!(answer.ready, "{}", answer.message);
+    assert_eq!(answer.status, "started");
+    assert_eq!(answer.endpoint, "vsock:2375");
+    let status = manager.status().await;
+    assert!(status.containerd_ready && status.docker_ready, "{status:?}");
+    assert!(status.services.iter().all(|s| s.pid > 0 && s.status == "ready"), "{status:?}");
+    let config = std::fs::read_to_string(standins.layout().containerd_config).unwrap();
+    assert!(config.starts_with("version = 2"));
+    let log = std::fs::read_to_string(standins.dir.path().join("log/containerd.log")).unwrap_or_default();
+    assert!(log.contains("standin_entry"), "daemon output not captured: {log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_dockerd_shows_at_once_and_comes_back() {
+    let standins = Standins::new(0, 100, None);
+    let events = ReadinessEvents::default();
+    let manager = runtime(&standins, &events);
+    assert!(manager.ensure(true, WAIT).await.ready);
+    let before = manager.status().await.services[1].pid;
+    let mut rx = events.subscribe();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(before as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    // The exit is seen through SIGCHLD and the reaper, not a probe interval.
+    let killed_at = Instant::now();
+    loop {
+        let event =
+            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("no exit event").unwrap();
+        if event.kind == kind::DAEMON_EXITED {
+            assert_eq!((event.service.as_str(), event.pid), ("dockerd", before));
+            assert!(event.reason.contains("signal 9"), "{}", event.reason);
+            break;
+        }
+    }
+    assert!(killed_at.elapsed() < Duration::from_secs(2), "exit noticed late: {:?}", killed_at.elapsed());
+    let status = manager.status().await;
+    assert!(!status.docker_ready, "status still says ready after the kill");
+    let degraded = manager.ensure(true, EnsureMode::NonBlocking).await;
+    assert!(!degraded.ready, "EnsureRuntime answered ready while dockerd was down");
+    loop {
+        let event =
+            tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("not restarted").unwrap();
+        if event.kind == kind::DAEMON_READY && event.service == "dockerd" {
+            assert_ne!(event.pid, before);
+            break;
+        }
+    }
+    let again = manager.ensure(true, WAIT).await;
+    assert_eq!((again.ready, again.status.as_str()), (true, "reused"));
+    let status = manager.status().await;
+    assert!(status.docker_ready);
+    assert!(status.services[1].pid != before && status.services[1].pid > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_dockerd_fails_the_start_with_the_reason() {
+    let standins = Standins::new(0, 0, Some(3));
+    let events = ReadinessEvents::default();
+    let manager = runtime(&standins, &events);
+    let answer = manager.ensure(true, WAIT).await;
+    assert!(!answer.ready);
+    assert_eq!(answer.status, "failed");
+    assert!(answer.message.contains("dockerd: gave up after 3 failed starts"), "{}", answer.message);
+    assert!(answer.message.contains("exit code 3"), "{}", answer.message);
+    let status = manager.status().await;
+    assert_eq!(status.services[1].status, "error");
+}
+
+#[tokio::test]
+async fn missing_binaries_are_named() {
+    let standins = Standins::new(0, 0, None);
+    std::fs::remove_file(standins.dir.path().join("bin/runc")).unwrap();
+    let manager = runtime(&standins, &ReadinessEvents::default());
+    let answer = manager.ensure(true, WAIT).await;
+    assert_eq!(answer.status, "failed");
+    assert!(answer.message.starts_with("missing runtime binaries: runc"), "{}", answer.message);
+}
