@@ -209,3 +209,52 @@ async fn the_agent_serves_over_tcp_for_development() {
     assert_eq!(client.ping(None).await.unwrap().message, "pong");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn watch_readiness_pushes_agent_and_runtime_events_without_polling() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut watcher = client_for(&sim.address).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watching = tokio::spawn(async move {
+        watcher
+            .watch_readiness(Some(Duration::from_secs(10)), |event| {
+                let done = event.kind == "runtime_ready";
+                tx.send(event).unwrap();
+                !done
+            })
+            .await
+    });
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(first.kind, "agent_ready");
+    let mut client = client_for(&sim.address).await;
+    assert_eq!(client.ensure_runtime(true).await.unwrap().status, "starting");
+    let mut kinds = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap() {
+        kinds.push(event.kind.clone());
+        if event.kind == "runtime_ready" {
+            assert_eq!(event.reason, "containerd and dockerd ready");
+            assert!(event.time_unix_nanos > 0);
+            break;
+        }
+    }
+    assert_eq!(kinds, ["runtime_starting", "runtime_ready"]);
+    watching.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_watcher_joining_late_learns_the_current_phase_first() {
+    let sim = sim_server(Scenario::RuntimeFails);
+    let mut client = client_for(&sim.address).await;
+    client.ensure_runtime_wait(Duration::from_secs(10)).await.unwrap();
+    let mut seen = Vec::new();
+    client
+        .watch_readiness(Some(Duration::from_secs(5)), |event| {
+            seen.push((event.kind, event.reason));
+            seen.len() < 2
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen[0].0, "agent_ready");
+    assert_eq!(seen[1].0, "runtime_failed");
+    assert!(seen[1].1.contains("dockerd exited"), "{}", seen[1].1);
+}

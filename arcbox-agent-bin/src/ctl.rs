@@ -59,6 +59,15 @@ enum Command {
     },
     /// Show the runtime's per-service status.
     Status,
+    /// Print readiness events as they happen (agent, runtime, daemons).
+    Watch {
+        /// Exit 0 once an event of this kind arrives (e.g. runtime_ready).
+        #[arg(long)]
+        until: Option<String>,
+        /// Give up (exit 4) after this many seconds without an event.
+        #[arg(long)]
+        idle_timeout: Option<u64>,
+    },
     /// Show the guest's boot report (init steps and timings).
     BootReport,
     /// Expose the guest's Docker API as a local Unix socket for the Docker
@@ -209,6 +218,28 @@ async fn run(args: &Args) -> Result<ExitCode, ClientError> {
                 }
                 text.trim_end().to_owned()
             });
+        }
+        Command::Watch { until, idle_timeout } => {
+            let started = Instant::now();
+            client
+                .watch_readiness(idle_timeout.map(Duration::from_secs), |event| {
+                    let done = until.as_deref() == Some(event.kind.as_str());
+                    out.emit(&event, || {
+                        let mut line = format!("[{:8.3}s] {}", started.elapsed().as_secs_f64(), event.kind);
+                        if !event.service.is_empty() {
+                            line.push_str(&format!(" {}", event.service));
+                        }
+                        if event.pid != 0 {
+                            line.push_str(&format!(" (pid {})", event.pid));
+                        }
+                        if !event.reason.is_empty() {
+                            line.push_str(&format!(": {}", event.reason));
+                        }
+                        line
+                    });
+                    !done
+                })
+                .await?;
         }
         Command::DockerProxy { .. } => unreachable!("handled before connecting"),
         Command::Shutdown { timeout } => {

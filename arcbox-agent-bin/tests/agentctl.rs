@@ -165,3 +165,22 @@ fn docker_proxy_relays_http_and_half_close_to_the_target() {
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     assert!(answer.ends_with("seen 37 bytes"), "{answer}");
 }
+
+#[test]
+fn watch_prints_events_until_the_runtime_is_ready() {
+    let sim = sim(Scenario::SlowRuntime);
+    let watcher = Command::new(env!("CARGO_BIN_EXE_arcbox-agentctl"))
+        .args(["--connect", &sim.address, "watch", "--until", "runtime_ready", "--idle-timeout", "30"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let start = agentctl(&sim.address, &["ensure-runtime"]);
+    assert!(stdout(&start).contains("runtime starting"), "{start:?}");
+    let out = watcher.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    let kinds: Vec<&str> =
+        text.lines().filter_map(|l| l.split_once("] ")?.1.split([' ', ':']).next()).collect();
+    assert_eq!(kinds, ["agent_ready", "runtime_starting", "runtime_ready"], "{text}");
+}

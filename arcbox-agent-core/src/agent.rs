@@ -11,10 +11,10 @@ use crate::boot::BootRecorder;
 use crate::protocol::MessageType;
 use crate::rpc::handlers::{
     AgentIdentity, BootReportHandler, DEFAULT_CLOCK_STEP_THRESHOLD, EnsureRuntimeHandler, PingHandler,
-    RuntimeStatusHandler, ShutdownHandler, SystemInfoHandler,
+    RuntimeStatusHandler, ShutdownHandler, SystemInfoHandler, WatchReadinessHandler,
 };
 use crate::rpc::{Router, Server, ServerConfig, ServerStats};
-use crate::runtime::{RuntimeBackend, RuntimeManager};
+use crate::runtime::{ReadinessEvents, RuntimeBackend, RuntimeManager};
 use crate::sys::{Clock, PowerControl, SystemInfoSource};
 use crate::transport::Transport;
 
@@ -30,6 +30,8 @@ pub struct AgentParts<C, S, B, P> {
     pub power: Arc<P>,
     /// Boot milestones and init steps.
     pub boot: BootRecorder,
+    /// Readiness events (share one instance with the runtime backend).
+    pub events: ReadinessEvents,
     /// Steps of less than this are not applied to the clock.
     pub clock_step_threshold: Duration,
 }
@@ -37,7 +39,15 @@ pub struct AgentParts<C, S, B, P> {
 impl<C, S, B, P> AgentParts<C, S, B, P> {
     /// Parts with the default clock threshold.
     pub fn new(clock: Arc<C>, system: Arc<S>, runtime: Arc<B>, power: Arc<P>, boot: BootRecorder) -> Self {
-        Self { clock, system, runtime, power, boot, clock_step_threshold: DEFAULT_CLOCK_STEP_THRESHOLD }
+        Self {
+            clock,
+            system,
+            runtime,
+            power,
+            boot,
+            events: ReadinessEvents::default(),
+            clock_step_threshold: DEFAULT_CLOCK_STEP_THRESHOLD,
+        }
     }
 }
 
@@ -48,6 +58,8 @@ pub struct Agent {
     identity: Arc<AgentIdentity>,
     stats: Arc<ServerStats>,
     boot: BootRecorder,
+    /// Cancelled when serving stops, to end long-lived streams.
+    stopping: CancellationToken,
 }
 
 impl Agent {
@@ -61,7 +73,8 @@ impl Agent {
     {
         let identity = AgentIdentity::new(boot_id);
         let stats = Arc::new(ServerStats::default());
-        let runtime = RuntimeManager::new(parts.runtime);
+        let runtime = RuntimeManager::with_events(parts.runtime, parts.events.clone());
+        let stopping = CancellationToken::new();
         let mut router = Router::new();
         router
             .unary(
@@ -75,8 +88,12 @@ impl Agent {
             .unary(MessageType::EnsureRuntimeRequest, EnsureRuntimeHandler::new(Arc::clone(&runtime)))
             .unary(MessageType::RuntimeStatusRequest, RuntimeStatusHandler::new(Arc::clone(&runtime)))
             .streaming(MessageType::ShutdownRequest, ShutdownHandler::new(parts.power))
-            .unary(MessageType::BootReportRequest, BootReportHandler::new(parts.boot.clone()));
-        let agent = Self { router, identity, stats, boot: parts.boot };
+            .unary(MessageType::BootReportRequest, BootReportHandler::new(parts.boot.clone()))
+            .streaming(
+                MessageType::WatchReadinessRequest,
+                WatchReadinessHandler::new(parts.events, Arc::clone(&runtime), stopping.clone()),
+            );
+        let agent = Self { router, identity, stats, boot: parts.boot, stopping };
         (agent, runtime)
     }
 
@@ -101,6 +118,14 @@ impl Agent {
     /// Serves on `transport` until `shutdown`, recording listener-ready.
     pub async fn serve<T: Transport>(self, transport: T, config: ServerConfig, shutdown: CancellationToken) {
         let boot = self.boot.clone();
+        let stopping = self.stopping.clone();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                stopping.cancel();
+            }
+        });
         let server = self.into_server(config);
         boot.mark_listener_ready();
         tracing::info!(address = transport.local_address(), "agent listening");

@@ -232,13 +232,28 @@ pub struct AgentSection {
 pub struct RuntimeConfig {
     /// Docker API vsock port (`arcbox.guest_docker_vsock_port=`).
     pub docker_vsock_port: u32,
-    /// Docker data block device (`arcbox.docker_data_device=`).
+    /// Docker data block device (`arcbox.docker_data_device=`; default
+    /// `/dev/arcboxhvc1` when present, else `/dev/vdb`).
     pub docker_data_device: Option<PathBuf>,
+    /// Format a data device that holds something else
+    /// (`arcbox_agent.data_disk_allow_wipe=`). Off: data is never lost silently.
+    pub data_disk_allow_wipe: bool,
+    /// Use no data disk: the runtime keeps its data on the root filesystem
+    /// (`arcbox_agent.data_disk=off`).
+    pub data_disk_disabled: bool,
+    /// Preferred directory of the runtime binaries (`arcbox_agent.runtime_bin_dir=`), then PATH.
+    pub bin_dir: PathBuf,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { docker_vsock_port: 2375, docker_data_device: None }
+        Self {
+            docker_vsock_port: 2375,
+            docker_data_device: None,
+            data_disk_allow_wipe: false,
+            data_disk_disabled: false,
+            bin_dir: PathBuf::from("/arcbox/runtime/bin"),
+        }
     }
 }
 
@@ -321,6 +336,11 @@ impl AgentConfig {
             "arcbox.guest_docker_vsock_port" => self.runtime.docker_vsock_port = parse_num(key, value)?,
             "arcbox.docker_data_device" => self.runtime.docker_data_device = Some(value.into()),
             "arcbox_agent.ready_port" => self.agent.ready_port = Some(parse_num(key, value)?),
+            "arcbox_agent.data_disk_allow_wipe" => {
+                self.runtime.data_disk_allow_wipe = parse_bool(key, value)?
+            }
+            "arcbox_agent.data_disk" => self.runtime.data_disk_disabled = !parse_bool(key, value)?,
+            "arcbox_agent.runtime_bin_dir" => self.runtime.bin_dir = value.into(),
             "arcbox_agent.log" => self.log.filter = value.into(),
             "arcbox_agent.modules" => self.modules.enabled = parse_bool(key, value)?,
             "arcbox_agent.load" => self.modules.devices.extend(list(value)),

@@ -21,6 +21,8 @@ use arcbox_agent_core::boot::BootRecorder;
 use arcbox_agent_core::config::{AgentConfig, DEFAULT_CONFIG_PATH};
 use arcbox_agent_core::init::{InitRunner, Phase, StepReport, standard_plan};
 use arcbox_agent_core::rpc::ServerConfig;
+use arcbox_agent_core::runtime::ReadinessEvents;
+use arcbox_agent_core::runtime::events::kind;
 use arcbox_agent_core::transport::{Address, AnyListener};
 use arcbox_agent_core::{Agent, new_boot_id};
 use clap::{Parser, Subcommand};
@@ -133,13 +135,21 @@ async fn run(args: Args, pid1: bool, init_mode: bool) -> std::process::ExitCode 
             return std::process::ExitCode::from(64);
         }
     };
-    let (agent, _runtime) = Agent::new(wiring::agent_parts(boot.clone(), Arc::clone(&power)), &boot_id);
+    let events = ReadinessEvents::default();
+    let parts =
+        wiring::agent_parts(&config, boot.clone(), Arc::clone(&power), Arc::clone(&reaper), events.clone());
+    let (agent, _runtime) = Agent::new(parts, &boot_id);
     let listener = match bind_with_retry(&listen, pid1).await {
         Some(l) => l,
         None => return std::process::ExitCode::from(71),
     };
     let server_config = ServerConfig { max_frame_bytes: args.max_frame_bytes, ..ServerConfig::default() };
     let serving = tokio::spawn(agent.serve(listener, server_config, stop.clone()));
+    tokio::spawn({
+        let (config, stop) = (config.clone(), stop.clone());
+        async move { wiring::serve_docker_proxy(&config, stop).await }
+    });
+    events.publish(kind::AGENT_READY, "", "serving", std::process::id());
     if let Some(port) = args.ready_port.or(config.agent.ready_port) {
         announce_ready(port, &boot_id).await;
     }

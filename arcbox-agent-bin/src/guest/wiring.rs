@@ -9,16 +9,21 @@ use arcbox_agent_core::AgentParts;
 use arcbox_agent_core::boot::BootRecorder;
 use arcbox_agent_core::config::AgentConfig;
 use arcbox_agent_core::init::InitOps;
+use arcbox_agent_core::proxy::{ProxyStats, serve_proxy};
 use arcbox_agent_core::reaper::Reaper;
-use arcbox_agent_core::runtime::{ProbedRuntime, RuntimeSockets};
+use arcbox_agent_core::runtime::{
+    DataDiskStep, ReadinessEvents, RuntimeLayout, RuntimeSockets, SupervisedRuntime,
+};
 use arcbox_agent_core::shutdown::{
     OrderedPower, ShutdownOps, ShutdownPolicy, ShutdownSequence, standard_daemons,
 };
+use arcbox_agent_core::storage::{DataDisk, DataDiskConfig, data_device};
 use arcbox_agent_core::sys::PowerControl;
 use arcbox_agent_core::sys::linux::{
-    LinuxChildReaping, LinuxClock, LinuxFiles, LinuxLimits, LinuxModules, LinuxMount, LinuxNetwork,
-    LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
+    LinuxChildReaping, LinuxClock, LinuxDisk, LinuxFiles, LinuxLimits, LinuxModules, LinuxMount,
+    LinuxNetwork, LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
 };
+use arcbox_agent_core::transport::{Address, AnyListener, VSOCK_CID_ANY};
 use tokio_util::sync::CancellationToken;
 
 /// Init ops for the kernel phase, before the reaper exists (no step of
@@ -113,11 +118,61 @@ pub fn watch_signals(power: Arc<GuestPower>, init_mode: bool, grace: Duration) {
     }
 }
 
-/// The standard handlers' parts over the Linux implementations.
+/// The supervised runtime over the Linux implementations.
+pub type GuestRuntime = SupervisedRuntime<LinuxSpawner, LinuxSocketProbe, LinuxFiles>;
+
+/// The standard handlers' parts over the Linux implementations: the
+/// supervised containerd/dockerd on the data disk, sharing `events` with
+/// the WatchReadiness stream.
 pub fn agent_parts(
+    config: &AgentConfig,
     boot: BootRecorder,
     power: Arc<GuestPower>,
-) -> AgentParts<LinuxClock, LinuxSystemInfo, ProbedRuntime<LinuxSocketProbe>, GuestPower> {
-    let runtime = ProbedRuntime::new(Arc::new(LinuxSocketProbe), RuntimeSockets::default());
-    AgentParts::new(Arc::new(LinuxClock), Arc::new(LinuxSystemInfo), Arc::new(runtime), power, boot)
+    reaper: Arc<Reaper<LinuxChildReaping>>,
+    events: ReadinessEvents,
+) -> AgentParts<LinuxClock, LinuxSystemInfo, GuestRuntime, GuestPower> {
+    let spawner = Arc::new(LinuxSpawner::new(reaper));
+    let files = Arc::new(LinuxFiles);
+    let mut layout = RuntimeLayout { bin_dir: config.runtime.bin_dir.clone(), ..RuntimeLayout::default() };
+    layout.sockets.endpoint = format!("vsock:{}", config.runtime.docker_vsock_port);
+    layout.log_dir.clone_from(&config.log.daemon_dir);
+    let data_disk: Option<Arc<dyn DataDiskStep>> = if config.runtime.data_disk_disabled {
+        None
+    } else {
+        let device = data_device(config.runtime.docker_data_device.as_deref(), |p| p.exists());
+        let disk_config = DataDiskConfig {
+            device,
+            allow_wipe: config.runtime.data_disk_allow_wipe,
+            ..DataDiskConfig::default()
+        };
+        Some(Arc::new(DataDisk::new(
+            Arc::new(LinuxMount),
+            Arc::clone(&files),
+            Arc::clone(&spawner),
+            Arc::new(LinuxDisk),
+            disk_config,
+        )))
+    };
+    let runtime =
+        SupervisedRuntime::new(spawner, Arc::new(LinuxSocketProbe), files, layout, events.clone(), data_disk);
+    let mut parts =
+        AgentParts::new(Arc::new(LinuxClock), Arc::new(LinuxSystemInfo), Arc::new(runtime), power, boot);
+    parts.events = events;
+    parts
+}
+
+/// Serves the Docker API proxy: guest vsock port to dockerd's socket.
+pub async fn serve_docker_proxy(config: &AgentConfig, stop: CancellationToken) {
+    let port = config.runtime.docker_vsock_port;
+    let address = Address::Vsock { cid: VSOCK_CID_ANY, port };
+    let listener = match AnyListener::bind(&address).await {
+        Ok(l) => l,
+        Err(err) => {
+            tracing::warn!(%err, port, "no Docker API proxy");
+            return;
+        }
+    };
+    tracing::info!(port, "Docker API proxy listening");
+    let target = Address::Unix(RuntimeSockets::default().docker);
+    serve_proxy(listener, target, Arc::new(ProxyStats::default()), stop).await;
 }

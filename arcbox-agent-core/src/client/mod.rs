@@ -17,9 +17,9 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 pub use error::ClientError;
 
 use crate::protocol::proto::agent::{
-    AgentPingRequest, AgentPingResponse, BootReport, BootReportRequest, Empty, RuntimeEnsureRequest,
-    RuntimeEnsureResponse, RuntimeStatusRequest, RuntimeStatusResponse, ShutdownRequest, ShutdownResponse,
-    SystemInfo,
+    AgentPingRequest, AgentPingResponse, BootReport, BootReportRequest, Empty, ReadinessEvent,
+    RuntimeEnsureRequest, RuntimeEnsureResponse, RuntimeStatusRequest, RuntimeStatusResponse,
+    ShutdownRequest, ShutdownResponse, SystemInfo, WatchReadinessRequest,
 };
 use crate::protocol::{
     DEFAULT_MAX_FRAME_BYTES, ErrorPayload, Frame, MessageType, encode_header, encode_parts, response_code,
@@ -179,6 +179,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
     pub async fn shutdown(&mut self, timeout_secs: u32) -> Result<ShutdownResponse, ClientError> {
         let request = ShutdownRequest { timeout_seconds: timeout_secs };
         self.call(MessageType::ShutdownRequest, &request).await
+    }
+
+    /// Streams readiness events (extension): calls `on_event` for each
+    /// until it returns `false`. The agent first reports its own readiness
+    /// and the runtime's current phase, then every change. `idle_timeout`
+    /// bounds the wait for each event (`None`: wait as long as it takes).
+    pub async fn watch_readiness(
+        &mut self,
+        idle_timeout: Option<Duration>,
+        mut on_event: impl FnMut(ReadinessEvent) -> bool + Send,
+    ) -> Result<(), ClientError> {
+        // A year stands for "no limit" without overflowing timer arithmetic.
+        let idle = idle_timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600));
+        let expected = MessageType::ReadinessEvent.code();
+        self.call_streaming(MessageType::WatchReadinessRequest, &WatchReadinessRequest {}, idle, |frame| {
+            expect_type(&frame, expected)?;
+            let event =
+                <ReadinessEvent as prost::Message>::decode(frame.payload).map_err(ClientError::Decode)?;
+            Ok(on_event(event))
+        })
+        .await
     }
 
     /// Reads the boot report (extension).

@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use tokio::sync::watch;
 
+use super::events::{ReadinessEvents, kind};
 use super::{RuntimeBackend, STATUS_FAILED, STATUS_REUSED, STATUS_STARTED, STATUS_STARTING};
 use crate::protocol::proto::agent::{RuntimeEnsureResponse, RuntimeStatusResponse};
 
@@ -61,6 +62,8 @@ pub enum EnsureMode {
 /// Owns the runtime's phase and drives starts through a [`RuntimeBackend`].
 pub struct RuntimeManager<B> {
     backend: Arc<B>,
+    /// Phase changes are published here (WatchReadiness).
+    events: ReadinessEvents,
     phase: Mutex<RuntimePhase>,
     /// Bumped (with the phase) each time a start finishes, to wake waiters.
     finished: watch::Sender<u64>,
@@ -69,8 +72,14 @@ pub struct RuntimeManager<B> {
 impl<B: RuntimeBackend> RuntimeManager<B> {
     /// A manager in the `NotStarted` phase.
     pub fn new(backend: Arc<B>) -> Arc<Self> {
+        Self::with_events(backend, ReadinessEvents::default())
+    }
+
+    /// A manager that publishes its phase changes to `events`.
+    pub fn with_events(backend: Arc<B>, events: ReadinessEvents) -> Arc<Self> {
         Arc::new(Self {
             backend,
+            events,
             phase: Mutex::new(RuntimePhase::NotStarted),
             finished: watch::Sender::new(0),
         })
@@ -126,6 +135,7 @@ impl<B: RuntimeBackend> RuntimeManager<B> {
             Some(Err(last_failure)) => return self.probe_after_failure(&last_failure).await,
         };
         if started_here {
+            self.events.publish(kind::RUNTIME_STARTING, "", "start requested", 0);
             self.spawn_start();
         }
         let EnsureMode::Wait(limit) = mode else {
@@ -192,7 +202,15 @@ impl<B: RuntimeBackend> RuntimeManager<B> {
                 Ok(response) => RuntimePhase::Failed { message: response.message },
                 Err(_) => RuntimePhase::Failed { message: "runtime start panicked".to_owned() },
             };
-            tracing::info!(phase = next.name(), "runtime start finished");
+            match &next {
+                RuntimePhase::Ready { message, .. } => {
+                    this.events.publish(kind::RUNTIME_READY, "", message.clone(), 0)
+                }
+                RuntimePhase::Failed { message } => {
+                    this.events.publish(kind::RUNTIME_FAILED, "", message.clone(), 0)
+                }
+                RuntimePhase::NotStarted | RuntimePhase::Starting => {}
+            }
             *this.lock() = next;
             this.finished.send_modify(|n| *n += 1);
         });

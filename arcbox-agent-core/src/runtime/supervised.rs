@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::daemon::{Daemon, DaemonSnapshot, DaemonSpec, Readiness, api_answers};
-use super::events::{ReadinessEvents, kind};
+use super::events::ReadinessEvents;
 use super::{ProbedRuntime, RuntimeBackend, RuntimeSockets, SERVICE_ERROR, SERVICE_NOT_READY, SERVICE_READY};
 use super::{STATUS_FAILED, STATUS_STARTED};
 use crate::protocol::proto::agent::{RuntimeEnsureResponse, RuntimeStatusResponse, ServiceStatus};
@@ -297,26 +297,20 @@ fn service_status(name: &str, snapshot: &DaemonSnapshot) -> ServiceStatus {
 #[async_trait::async_trait]
 impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> RuntimeBackend for SupervisedRuntime<S, P, F> {
     async fn start(&self) -> RuntimeEnsureResponse {
-        self.events.publish(kind::RUNTIME_STARTING, "", "start requested", 0);
+        // Runtime-wide events come from the RuntimeManager; daemon events from supervision.
         match self.start_sequence().await {
-            Ok(message) => {
-                self.events.publish(kind::RUNTIME_READY, "", message.clone(), 0);
-                RuntimeEnsureResponse {
-                    ready: true,
-                    endpoint: self.layout.sockets.endpoint.clone(),
-                    message,
-                    status: STATUS_STARTED.to_owned(),
-                }
-            }
-            Err(message) => {
-                self.events.publish(kind::RUNTIME_FAILED, "", message.clone(), 0);
-                RuntimeEnsureResponse {
-                    ready: false,
-                    endpoint: String::new(),
-                    message,
-                    status: STATUS_FAILED.to_owned(),
-                }
-            }
+            Ok(message) => RuntimeEnsureResponse {
+                ready: true,
+                endpoint: self.layout.sockets.endpoint.clone(),
+                message,
+                status: STATUS_STARTED.to_owned(),
+            },
+            Err(message) => RuntimeEnsureResponse {
+                ready: false,
+                endpoint: String::new(),
+                message,
+                status: STATUS_FAILED.to_owned(),
+            },
         }
     }
 

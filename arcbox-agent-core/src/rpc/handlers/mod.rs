@@ -2,12 +2,14 @@
 
 mod boot_report;
 mod ping;
+mod readiness;
 mod runtime;
 mod shutdown;
 mod system_info;
 
 pub use boot_report::BootReportHandler;
 pub use ping::{DEFAULT_CLOCK_STEP_THRESHOLD, PingHandler, unix_time_parts};
+pub use readiness::WatchReadinessHandler;
 pub use runtime::{DEFAULT_ENSURE_WAIT, EnsureRuntimeHandler, RuntimeStatusHandler};
 pub use shutdown::{DEFAULT_SHUTDOWN_GRACE, ShutdownHandler};
 pub use system_info::SystemInfoHandler;
