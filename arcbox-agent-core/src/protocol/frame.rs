@@ -162,6 +162,15 @@ pub fn try_decode(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<F
     if buf.len() < total {
         return Ok(None);
     }
+    // Validate the trace length before consuming anything: an error leaves
+    // the buffer untouched, as the contract says.
+    let body = &buf[FRAME_HEADER_BYTES..total];
+    if let Some(trace_len) = body.first_chunk::<TRACE_LEN_FIELD_BYTES>().map(|b| u16::from_be_bytes(*b)) {
+        let available = body.len() - TRACE_LEN_FIELD_BYTES;
+        if usize::from(trace_len) > available {
+            return Err(FrameError::TraceOverrun { trace_len, available });
+        }
+    }
     let mut frame = buf.split_to(total).freeze();
     frame.advance(LENGTH_FIELD_BYTES);
     let msg_type = frame.get_u32();
@@ -170,10 +179,8 @@ pub fn try_decode(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<F
     if frame.len() < TRACE_LEN_FIELD_BYTES {
         return Ok(Some(Frame { msg_type, trace_id: Bytes::new(), payload: frame }));
     }
+    // Checked above: the trace fits in the frame.
     let trace_len = frame.get_u16();
-    if usize::from(trace_len) > frame.len() {
-        return Err(FrameError::TraceOverrun { trace_len, available: frame.len() });
-    }
     let trace_id = frame.split_to(usize::from(trace_len));
     Ok(Some(Frame { msg_type, trace_id, payload: frame }))
 }
@@ -255,6 +262,14 @@ mod tests {
             try_decode(&mut buf, DEFAULT_MAX_FRAME_BYTES),
             Err(FrameError::TraceOverrun { trace_len: 9, available: 1 })
         );
+    }
+
+    #[test]
+    fn a_trace_overrun_leaves_the_buffer_untouched() {
+        let bytes = [0, 0, 0, 7, 0, 0, 0, 1, 0xff, 0xff, b'x', 0xAA];
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert!(try_decode(&mut buf, DEFAULT_MAX_FRAME_BYTES).is_err());
+        assert_eq!(&buf[..], &bytes[..]);
     }
 
     #[test]
