@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Runs the criterion benches (frame codec, Ping round trip) with bounded
+# times and prints a compact summary: the hardware, then per stack the
+# CPU cost per call on a current-thread runtime and the throughput of 16
+# concurrent connections, each as a ratio to the raw echo of the same run.
+#
+# Usage: scripts/bench.sh [rpc|codec|all]       (default: all)
+# Environment:
+#   BENCH_WARMUP=1    criterion warm-up seconds per benchmark
+#   BENCH_MEASURE=3   criterion measurement seconds per benchmark
+#   BENCH_RUNS=1      runs of the RPC bench; the table shows the median of the runs
+# Figures and method: docs/BENCHMARKS.md.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+what="${1:-all}"
+warmup="${BENCH_WARMUP:-1}"
+measure="${BENCH_MEASURE:-3}"
+runs="${BENCH_RUNS:-1}"
+criterion_dir="${CARGO_TARGET_DIR:-target}/criterion"
+results="$(mktemp -d)"
+trap 'rm -rf "$results"' EXIT
+
+case "$what" in
+    all | rpc | codec) ;;
+    *) echo "usage: $0 [rpc|codec|all]" >&2; exit 2 ;;
+esac
+
+echo "== hardware"
+echo "cpus:   $(nproc) ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'))"
+echo "kernel: $(uname -r)"
+echo "rustc:  $(rustc --version)"
+echo "load:   $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min; other work on the machine skews every figure)"
+echo
+
+# point estimate (ns) of `mean` or `median` in a criterion estimates.json
+estimate() {
+    sed -E "s/.*\"$2\":\{\"confidence_interval\":\{[^}]*\},\"point_estimate\":([0-9.eE+-]+).*/\1/" "$1"
+}
+
+bench() {
+    local name="$1"
+    rm -rf "$criterion_dir/${name}_"*
+    cargo bench -q -p arcbox-agent-suite --bench "$name" -- \
+        --warm-up-time "$warmup" --measurement-time "$measure" --noplot >"$results/$name.log" 2>&1 || {
+        cat "$results/$name.log" >&2
+        exit 1
+    }
+}
+
+if [[ "$what" != rpc ]]; then
+    bench frame_codec
+    echo "== frame codec: encode + decode of one frame (13-byte trace id)"
+    printf '%-8s %10s %14s %12s\n' payload "wire" "time/frame" "throughput"
+    for size in 0B 64B 4KiB 1MiB; do
+        f="$criterion_dir/frame_codec_encode_decode/$size/new/estimates.json"
+        wire=$(grep -oE '"Bytes":[0-9]+' "$criterion_dir/frame_codec_encode_decode/$size/new/benchmark.json" |
+            cut -d: -f2)
+        mean=$(estimate "$f" mean)
+        awk -v s="$size" -v m="$mean" -v w="${wire:-0}" 'BEGIN {
+            t = (m >= 1000) ? sprintf("%.2f us", m / 1000) : sprintf("%.1f ns", m);
+            printf "%-8s %8d B %14s %9.2f GiB/s\n", s, w, t, (w / (m / 1e9)) / (1024 ^ 3) }'
+    done
+    echo
+fi
+
+if [[ "$what" != codec ]]; then
+    for run in $(seq 1 "$runs"); do
+        bench rpc_roundtrip
+        grep -m1 'Ping exchange' "$results/rpc_roundtrip.log" >"$results/shape" || true
+        for group in cost_current_thread conn16_current_thread conn16_multi_thread2; do
+            for stack in raw_echo arcbox ttrpc; do
+                f="$criterion_dir/rpc_roundtrip_$group/$stack/new/estimates.json"
+                echo "$group $stack $(estimate "$f" mean) $(estimate "$f" median)" >>"$results/rpc.$run"
+            done
+        done
+    done
+    # median over runs of each (group, stack, statistic)
+    cat "$results"/rpc.* | awk '
+        { key = $1 " " $2; n[key]++; mean[key, n[key]] = $3; med[key, n[key]] = $4 }
+        function median(arr, key, cnt,   i, j, t, v) {
+            for (i = 1; i <= cnt; i++) v[i] = arr[key, i]
+            for (i = 1; i <= cnt; i++) for (j = i + 1; j <= cnt; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+            return (cnt % 2) ? v[(cnt + 1) / 2] : (v[cnt / 2] + v[cnt / 2 + 1]) / 2
+        }
+        END { for (key in n) print key, median(mean, key, n[key]), median(med, key, n[key]) }' >"$results/rpc.median"
+
+    value() { awk -v g="$1" -v s="$2" -v c="$3" '$1 == g && $2 == s { print $c }' "$results/rpc.median"; }
+    echo "== Ping round trip over a Unix socket ($(sed 's/^Ping exchange: //' "$results/shape"); median of $runs run(s))"
+    echo "cost = client + server on one current-thread runtime, sequential calls (CPU per call)"
+    echo "16 conn = 16 connections calling concurrently, calls/s (ct: current-thread runtime, mt2: 2 workers)"
+    printf '%-9s %11s %11s %7s   %12s %7s   %12s %7s\n' \
+        stack "cost mean" "cost p50" "vs raw" "16conn ct/s" "vs raw" "16conn mt2/s" "vs raw"
+    raw_cost=$(value cost_current_thread raw_echo 3)
+    raw_ct=$(value conn16_current_thread raw_echo 3)
+    raw_mt=$(value conn16_multi_thread2 raw_echo 3)
+    for stack in raw_echo arcbox ttrpc; do
+        awk -v s="$stack" -v cm="$(value cost_current_thread "$stack" 3)" -v cp="$(value cost_current_thread "$stack" 4)" \
+            -v ct="$(value conn16_current_thread "$stack" 3)" -v mt="$(value conn16_multi_thread2 "$stack" 3)" \
+            -v rc="$raw_cost" -v rct="$raw_ct" -v rmt="$raw_mt" 'BEGIN {
+            printf "%-9s %8.2f us %8.2f us %6.2fx   %12.0f %6.2fx   %12.0f %6.2fx\n",
+                s, cm / 1000, cp / 1000, cm / rc, 1e9 / ct, rct / ct, 1e9 / mt, rmt / mt }'
+    done
+    echo "(cost p50 = criterion's median over samples of the mean time per call; vs raw: cost ratio, lower"
+    echo " is better; throughput ratio = calls/s over the raw echo's, higher is better)"
+fi
