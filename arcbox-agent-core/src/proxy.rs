@@ -21,7 +21,7 @@ use crate::transport::{Address, AnyStream, Transport, connect_once};
 
 /// Relay buffer per direction (the reference used 8 KiB; larger buffers
 /// move image layers with fewer syscalls, and stay bounded).
-pub const RELAY_BUFFER_BYTES: usize = 64 * 1024;
+pub const RELAY_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Bytes moved by one relayed connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -23,8 +23,11 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A daemon that ran this long before dying restarts after [`INITIAL_BACKOFF`] again.
 const STABLE_RUN: Duration = Duration::from_secs(30);
-/// Pause between API checks once the socket exists.
-const API_RETRY: Duration = Duration::from_millis(5);
+/// First pause between API checks once the socket exists (a socket file
+/// appears at bind(), a moment before listen()); doubles up to [`API_RETRY_MAX`].
+const API_RETRY_FIRST: Duration = Duration::from_millis(1);
+/// Longest pause between API checks (a daemon still initialising).
+const API_RETRY_MAX: Duration = Duration::from_millis(50);
 /// Deadline of one API check.
 const API_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -264,6 +267,7 @@ pub async fn wait_until_ready<P: SocketProbe + ?Sized>(
     if !probe.wait_for_path(socket, limit).await {
         return false;
     }
+    let mut pause = API_RETRY_FIRST;
     loop {
         if api_answers(probe, readiness).await {
             return true;
@@ -271,7 +275,8 @@ pub async fn wait_until_ready<P: SocketProbe + ?Sized>(
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(API_RETRY).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(API_RETRY_MAX);
     }
 }
 
