@@ -1,0 +1,371 @@
+//! Suite 1: the agent as PID 1 of a real micro-VM (TCG QEMU, a Debian cloud
+//! kernel), reached over real virtio-vsock through vhost-device-vsock.
+//!
+//! Every test is `#[ignore]`d: each boots a VM (about 2 s under TCG after
+//! the first build). Run them with `scripts/vm.sh e2e`, or
+//! `cargo test --test vm_e2e -- --ignored --test-threads=1`.
+//! `bench_boot_to_ready` only measures when `ARCBOX_VM_BENCH=1`
+//! (`scripts/vm.sh bench`).
+
+#[path = "support/vm.rs"]
+mod vm;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arcbox_agent_core::client::{AgentClient, ConnectOptions};
+use arcbox_agent_core::protocol::ErrorCode;
+use arcbox_agent_core::transport::Address;
+use tokio::io::AsyncWriteExt as _;
+
+use vm::{ERROR_MSG_TYPE, RPC_PORT, Vm, VmOptions, decode_error, encode_frame, read_frame};
+
+const PING_REQUEST: u32 = 0x0001;
+const PING_RESPONSE: u32 = 0x1001;
+const READ_TIMEOUT: Duration = Duration::from_secs(15);
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
+fn boot(options: VmOptions) -> Vm {
+    Vm::start(options).unwrap_or_else(|e| panic!("VM did not boot: {e}"))
+}
+
+async fn client(vm: &Vm) -> AgentClient {
+    let address = Address::parse(&vm.address()).expect("hvsock address parses");
+    AgentClient::connect(&address, ConnectOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", vm.address()))
+}
+
+fn unix_nanos(t: SystemTime) -> i128 {
+    t.duration_since(UNIX_EPOCH).expect("after 1970").as_nanos() as i128
+}
+
+/// Sends `bytes` on a fresh guest connection and reads the one answer frame.
+async fn raw_exchange(vm: &Vm, bytes: &[u8]) -> vm::RawFrame {
+    let mut stream = vm.connect_raw(RPC_PORT).await.expect("hybrid connect");
+    stream.write_all(bytes).await.expect("write frame");
+    read_frame(&mut stream, READ_TIMEOUT).await.expect("an answer frame")
+}
+
+fn assert_error_frame(frame: &vm::RawFrame, code: i32) {
+    assert_eq!(frame.msg_type, ERROR_MSG_TYPE, "expected an Error frame, got {frame:?}");
+    let (got, message) = decode_error(&frame.payload).expect("error payload decodes");
+    assert_eq!(got, code, "error code (message: {message:?})");
+    assert!(!message.is_empty(), "error message is empty");
+}
+
+/// A ping on a new connection still works.
+async fn assert_still_serving(vm: &Vm) {
+    let answer = raw_exchange(vm, &encode_frame(PING_REQUEST, b"still-alive", &[])).await;
+    assert_eq!(answer.msg_type, PING_RESPONSE, "{answer:?}");
+    assert_eq!(answer.trace_id, b"still-alive", "trace id is echoed");
+}
+
+#[tokio::test]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn ping_with_a_host_time_moves_the_guest_clock() {
+    let vm = boot(VmOptions::default());
+    let mut agent = client(&vm).await;
+
+    // A time no RTC would give the guest, so the step is unambiguous.
+    let target = SystemTime::now() + Duration::from_secs(30 * 24 * 3600);
+    let sent = Instant::now();
+    let pong = agent.ping(Some(target)).await.expect("ping");
+    assert!(pong.clock.starts_with("stepped +"), "clock outcome: {:?}", pong.clock);
+    let info = agent.system_info().await.expect("system info");
+    let expected = unix_nanos(target) + sent.elapsed().as_nanos() as i128;
+    let off = (i128::from(info.time_unix_nanos) - expected).abs();
+    assert!(off < 3_000_000_000, "guest clock is {off} ns away from the host time sent");
+
+    // And back to the real host time (a step backwards).
+    let pong = agent.ping(Some(SystemTime::now())).await.expect("ping");
+    assert!(pong.clock.starts_with("stepped -"), "clock outcome: {:?}", pong.clock);
+    let info = agent.system_info().await.expect("system info");
+    let off = (i128::from(info.time_unix_nanos) - unix_nanos(SystemTime::now())).abs();
+    assert!(off < 2_000_000_000, "guest clock is {off} ns away from host time");
+}
+
+#[tokio::test]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn system_info_reports_the_booted_kernel_memory_cpus_and_addresses() {
+    // Not the defaults, so the figures are seen to follow the VM's options.
+    let (smp, mib) = (3, 384);
+    let vm = boot(VmOptions::default().smp(smp).memory_mib(mib));
+    let mut agent = client(&vm).await;
+    let info = agent.system_info().await.expect("system info");
+
+    assert_eq!(info.kernel_version, vm.assets().kernel_release, "uname release of the booted kernel");
+    assert_eq!(info.cpu_count, smp);
+    // MemTotal is -m less what the kernel reserves for itself (its image,
+    // page tables, memmap): about 40-60 MiB for this kernel at this size.
+    let total_mib = info.total_memory >> 20;
+    let low = u64::from(mib) * 3 / 4;
+    assert!(
+        (low..=u64::from(mib)).contains(&total_mib),
+        "total memory {total_mib} MiB not within {low}..={mib} MiB"
+    );
+    assert!(info.available_memory <= info.total_memory);
+    // No NIC is attached: loopback is excluded, so the list is empty.
+    assert!(info.ip_addresses.is_empty(), "addresses: {:?}", info.ip_addresses);
+    assert_eq!(info.boot_id, vm.boot_id(), "boot id matches the READY line");
+    assert!(info.agent_rss_bytes > 0, "the agent reports its RSS");
+}
+
+#[tokio::test]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn system_info_lists_the_address_dhcp_gave_the_nic() {
+    let vm = boot(VmOptions::default().nic());
+    let mut agent = client(&vm).await;
+    // DHCP runs after the listener is up: poll until init is complete.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent.boot_report().await.expect("boot report").init_complete_us == 0 {
+        assert!(Instant::now() < deadline, "init did not complete in 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let info = agent.system_info().await.expect("system info");
+    // QEMU user networking leases 10.0.2.15 to the first client, and its
+    // router advertisements may add a SLAAC address in fec0::/64 too.
+    let addrs = &info.ip_addresses;
+    assert!(addrs.iter().any(|a| a == "10.0.2.15"), "no DHCP address in {addrs:?}");
+    for addr in addrs {
+        assert!(addr == "10.0.2.15" || addr.starts_with("fec0::"), "unexpected address {addr} in {addrs:?}");
+    }
+}
+
+#[tokio::test]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn the_agent_loads_the_vsock_modules_itself_when_the_trampoline_does_not() {
+    // The trampoline skips its insmods; the agent must load virtio and
+    // vsock with finit_module from the image's modules.dep before binding.
+    let vm = boot(VmOptions::default().cmdline("arcbox_vm.no_modules"));
+    let mut agent = client(&vm).await;
+    agent.ping(None).await.expect("ping");
+    let report = agent.boot_report().await.expect("boot report");
+    let step = report
+        .steps
+        .iter()
+        .find(|s| s.name.contains("vsock"))
+        .unwrap_or_else(|| panic!("no vsock module step in {:?}", report.steps));
+    assert_eq!(step.outcome, "ok", "{step:?}");
+}
+
+#[tokio::test]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn malformed_frames_are_answered_400_and_the_agent_keeps_serving() {
+    let vm = boot(VmOptions::default());
+
+    // A length that cannot even hold the message type.
+    let too_short = [0u8, 0, 0, 3, 0, 0, 0];
+    assert_error_frame(&raw_exchange(&vm, &too_short).await, ErrorCode::BAD_REQUEST);
+
+    // A trace id length that runs past the end of the frame.
+    let mut overrun = encode_frame(PING_REQUEST, b"", b"xy");
+    overrun[8..10].copy_from_slice(&200u16.to_be_bytes());
+    assert_error_frame(&raw_exchange(&vm, &overrun).await, ErrorCode::BAD_REQUEST);
+
+    // A message type nobody knows: 400, and the same connection goes on.
+    let mut stream = vm.connect_raw(RPC_PORT).await.expect("hybrid connect");
+    stream.write_all(&encode_frame(0x0EEE, b"t1", b"junk")).await.expect("write");
+    let answer = read_frame(&mut stream, READ_TIMEOUT).await.expect("answer");
+    assert_error_frame(&answer, ErrorCode::BAD_REQUEST);
+    stream.write_all(&encode_frame(PING_REQUEST, b"t2", &[])).await.expect("write");
+    let answer = read_frame(&mut stream, READ_TIMEOUT).await.expect("answer");
+    assert_eq!(answer.msg_type, PING_RESPONSE);
+
+    assert_still_serving(&vm).await;
+}
+
+#[tokio::test]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn a_frame_claiming_1_gib_is_answered_413_and_the_agent_keeps_serving() {
+    let vm = boot(VmOptions::default());
+    // Header only: the agent must refuse on the length field, before
+    // allocating or waiting for a body that never comes.
+    let mut header = Vec::new();
+    header.extend_from_slice(&(1u32 << 30).to_be_bytes());
+    header.extend_from_slice(&PING_REQUEST.to_be_bytes());
+    assert_error_frame(&raw_exchange(&vm, &header).await, ErrorCode::PAYLOAD_TOO_LARGE);
+    assert_still_serving(&vm).await;
+
+    let mut agent = client(&vm).await;
+    let info = agent.system_info().await.expect("system info");
+    assert!(
+        info.agent_rss_bytes < 64 << 20,
+        "agent RSS {} bytes: did it allocate the claimed GiB?",
+        info.agent_rss_bytes
+    );
+}
+
+#[tokio::test]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn fifty_concurrent_connections_each_get_answers() {
+    let vm = boot(VmOptions::default());
+    let address = Address::parse(&vm.address()).expect("address");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let address = address.clone();
+        tasks.spawn(async move {
+            let options = ConnectOptions {
+                connect_timeout: Duration::from_secs(30),
+                call_timeout: Duration::from_secs(30),
+                ..ConnectOptions::default()
+            };
+            let mut agent = AgentClient::connect(&address, options)
+                .await
+                .map_err(|e| format!("connection {i}: connect: {e}"))?;
+            for _ in 0..3 {
+                agent.ping(None).await.map_err(|e| format!("connection {i}: ping: {e}"))?;
+            }
+            let info = agent.system_info().await.map_err(|e| format!("connection {i}: info: {e}"))?;
+            Ok::<_, String>(info.agent_requests_served)
+        });
+    }
+    let mut answered = 0;
+    while let Some(result) = tasks.join_next().await {
+        let served = result.expect("task").unwrap_or_else(|e| panic!("{e}"));
+        assert!(served >= 4, "the agent counts this connection's requests ({served})");
+        answered += 1;
+    }
+    assert_eq!(answered, 50);
+}
+
+#[tokio::test]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn shutdown_rpc_powers_the_vm_off_within_a_deadline() {
+    let mut vm = boot(VmOptions::default());
+    let mut agent = client(&vm).await;
+    let answer = agent.shutdown(2).await.expect("shutdown accepted");
+    assert!(answer.accepted);
+    let asked = Instant::now();
+    let status = vm
+        .wait_exit(SHUTDOWN_DEADLINE)
+        .expect("wait for QEMU")
+        .unwrap_or_else(|| panic!("QEMU still running {SHUTDOWN_DEADLINE:?} after Shutdown"));
+    // -no-reboot: a guest power-off (or reboot) ends QEMU with status 0.
+    assert!(status.success(), "QEMU exit status {status}");
+    eprintln!("QEMU exited {:?} after the Shutdown answer", asked.elapsed());
+    // A panic would also end QEMU (panic=-1 with -no-reboot): rule it out.
+    let console = vm.console();
+    assert!(!console.contains("Kernel panic"), "guest panicked:\n{console}");
+    assert!(console.contains("reboot: Power down"), "no power-off in the console:\n{console}");
+}
+
+#[tokio::test]
+#[ignore = "builds and boots the Debian rootfs image (minutes on first run)"]
+async fn debian_rootfs_image_serves_over_vsock_with_the_runtime_binaries() {
+    let vm = boot(VmOptions::default().rootfs().memory_mib(2048).ready_timeout(Duration::from_secs(180)));
+    eprintln!("rootfs image ready after {:?}", vm.ready_after());
+    let mut agent = client(&vm).await;
+    agent.ping(Some(SystemTime::now())).await.expect("ping");
+    let info = agent.system_info().await.expect("system info");
+    assert_eq!(info.kernel_version, vm.assets().kernel_release);
+    assert_eq!(info.boot_id, vm.boot_id());
+    let status = agent.runtime_status().await.expect("runtime status");
+    eprintln!("runtime status: {status:?}");
+    let services: Vec<&str> = status.services.iter().map(|s| s.name.as_str()).collect();
+    for service in ["containerd", "dockerd"] {
+        assert!(services.contains(&service), "runtime status lacks {service}: {status:?}");
+    }
+    // The runtime binaries are in the image the agent booted from.
+    let image = vm.assets().rootfs.as_ref().expect("rootfs image");
+    for binary in ["/usr/sbin/dockerd", "/usr/bin/containerd", "/usr/sbin/runc", "/usr/sbin/mkfs.btrfs"] {
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", &format!("stat {binary}")])
+            .arg(image)
+            .output()
+            .expect("run debugfs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Type: regular"), "{binary} missing from the image: {text}");
+    }
+}
+
+/// Boot-to-ready figures: median of 5 boots with min and max. Run by
+/// `scripts/vm.sh bench`; a no-op unless `ARCBOX_VM_BENCH=1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run with scripts/vm.sh bench"]
+async fn bench_boot_to_ready() {
+    if std::env::var_os("ARCBOX_VM_BENCH").is_none() {
+        eprintln!("set ARCBOX_VM_BENCH=1 (scripts/vm.sh bench) to measure");
+        return;
+    }
+    let boots: usize = std::env::var("ARCBOX_VM_BENCH_BOOTS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let mut ready = Vec::new();
+    let mut first_ping = Vec::new();
+    let mut listener_ready = Vec::new();
+    let mut init_complete = Vec::new();
+    let mut kernel_to_agent = Vec::new();
+    let mut rss = None;
+    for i in 0..boots {
+        let vm = tokio::task::block_in_place(|| boot(VmOptions::default()));
+        let mut agent = client(&vm).await;
+        agent.ping(None).await.expect("ping");
+        let pinged = vm.started().elapsed();
+        ready.push(vm.ready_after());
+        first_ping.push(pinged);
+        // Init goes on after the listener is up: wait for it to finish.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut report = agent.boot_report().await;
+        while matches!(&report, Ok(r) if r.init_complete_us == 0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            report = agent.boot_report().await;
+        }
+        match report {
+            Ok(report) if report.init_complete_us == 0 => eprintln!("boot {i}: init not complete after 30 s"),
+            Ok(report) => {
+                listener_ready.push(Duration::from_micros(report.listener_ready_us));
+                init_complete.push(Duration::from_micros(report.init_complete_us));
+                kernel_to_agent.push(Duration::from_secs_f64(report.kernel_uptime_at_start_secs.max(0.0)));
+            }
+            Err(e) => eprintln!("boot {i}: no boot report ({e})"),
+        }
+        eprintln!("boot {i}: READY {:?}, first ping answered {pinged:?}", vm.ready_after());
+        if i == 0 {
+            let idle = agent.system_info().await.expect("system info").agent_rss_bytes;
+            let started = Instant::now();
+            for _ in 0..1000 {
+                agent.ping(None).await.expect("ping");
+            }
+            let rate = 1000.0 / started.elapsed().as_secs_f64();
+            let busy = agent.system_info().await.expect("system info").agent_rss_bytes;
+            rss = Some((idle, busy, rate));
+        }
+        tokio::task::block_in_place(|| drop(vm));
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(str::to_owned))
+        .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("hardware: {cores} cores, {cpu}; QEMU TCG, microvm, -smp 2 -m 512M");
+    println!(
+        "host load average after the run: {}",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    let show = |name: &str, samples: &mut Vec<Duration>| {
+        if samples.is_empty() {
+            println!("{name:<40} n/a");
+            return;
+        }
+        let (median, min, max) = vm::summarize(samples);
+        println!(
+            "{name:<40} median {:>8.1} ms  min {:>8.1} ms  max {:>8.1} ms  (n={})",
+            median.as_secs_f64() * 1e3,
+            min.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3,
+            samples.len()
+        );
+    };
+    show("QEMU start -> READY dial", &mut ready);
+    show("QEMU start -> first Ping answered", &mut first_ping);
+    show("kernel start -> agent start (uptime)", &mut kernel_to_agent);
+    show("agent start -> listener ready", &mut listener_ready);
+    show("agent start -> init complete", &mut init_complete);
+    if let Some((idle, busy, rate)) = rss {
+        println!(
+            "agent RSS: idle {:.1} MiB, after 1000 Pings {:.1} MiB ({rate:.0} sequential Pings/s)",
+            idle as f64 / f64::from(1 << 20),
+            busy as f64 / f64::from(1 << 20)
+        );
+    }
+}
