@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use arcbox_agent_core::reaper::Reaper;
 use arcbox_agent_core::runtime::events::kind;
 use arcbox_agent_core::runtime::{
-    EnsureMode, ReadinessEvents, RuntimeLayout, RuntimeManager, RuntimeSockets, SupervisedRuntime,
+    EnsureMode, ReadinessEvents, RuntimeBackend, RuntimeLayout, RuntimeManager, RuntimeSockets,
+    SupervisedRuntime,
 };
 use arcbox_agent_core::sys::linux::{LinuxChildReaping, LinuxFiles, LinuxSocketProbe, LinuxSpawner};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,11 @@ fn standin_entry() {
         match role.as_str() {
             "containerd" => serve_containerd(&flag_value(&args, "--address").unwrap()).await,
             "dockerd" => serve_docker(&flag_value(&args, "--host=unix://").unwrap()).await,
+            // `k3s ctr ... namespaces remove k8s.io` succeeds at once.
+            "k3s" if args.starts_with("ctr ") => {
+                std::fs::write(std::env::var("ARCBOX_STANDIN_CTR_LOG").unwrap(), args.as_bytes()).unwrap()
+            }
+            "k3s" => serve_k3s(&flag_value(&args, "--write-kubeconfig=").unwrap()).await,
             other => panic!("unknown stand-in {other}"),
         }
     });
@@ -90,6 +96,17 @@ async fn serve_docker(socket: &Path) {
     }
 }
 
+/// A k3s API stand-in: writes the kubeconfig, then accepts TCP on the
+/// port from the environment.
+async fn serve_k3s(kubeconfig: &Path) {
+    let port: u16 = std::env::var("ARCBOX_STANDIN_K3S_PORT").unwrap().parse().unwrap();
+    std::fs::write(kubeconfig, "apiVersion: v1\nclusters: []\n").unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    loop {
+        let _ = listener.accept().await.unwrap();
+    }
+}
+
 /// One reaper for the whole test process (two would steal each other's children).
 fn reaper() -> Arc<Reaper<LinuxChildReaping>> {
     static REAPER: OnceLock<Arc<Reaper<LinuxChildReaping>>> = OnceLock::new();
@@ -136,6 +153,7 @@ impl Standins {
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         };
         script("containerd", containerd_delay_ms, None);
+        script("k3s", 100, None);
         script("dockerd", docker_delay_ms, docker_exit);
         for helper in ["runc", "containerd-shim-runc-v2"] {
             script(helper, 0, Some(0));
@@ -197,6 +215,30 @@ async fn containerd_then_dockerd_start_and_report_pids() {
     assert!(config.starts_with("version = 2"));
     let log = std::fs::read_to_string(standins.dir.path().join("log/containerd.log")).unwrap_or_default();
     assert!(log.contains("standin_entry"), "daemon output not captured: {log:?}");
+    stop_all(&manager, &status).await;
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn is_running(pid: u32) -> bool {
+    pid != 0
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+}
+
+/// Terminates the stand-ins and checks they are gone.
+async fn stop_all(
+    manager: &RuntimeManager<Runtime>,
+    status: &arcbox_agent_core::protocol::proto::agent::RuntimeStatusResponse,
+) {
+    manager.backend().stop_all(Duration::from_secs(2)).await;
+    for service in &status.services {
+        assert!(
+            !is_running(service.pid),
+            "{} (pid {}) still running after stop_all",
+            service.name,
+            service.pid
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,6 +280,7 @@ async fn a_killed_dockerd_shows_at_once_and_comes_back() {
     let status = manager.status().await;
     assert!(status.docker_ready);
     assert!(status.services[1].pid != before && status.services[1].pid > 0);
+    stop_all(&manager, &status).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,6 +295,7 @@ async fn a_crash_looping_dockerd_fails_the_start_with_the_reason() {
     assert!(answer.message.contains("exit code 3"), "{}", answer.message);
     let status = manager.status().await;
     assert_eq!(status.services[1].status, "error");
+    stop_all(&manager, &status).await;
 }
 
 #[tokio::test]
@@ -262,4 +306,85 @@ async fn missing_binaries_are_named() {
     let answer = manager.ensure(true, WAIT).await;
     assert_eq!(answer.status, "failed");
     assert!(answer.message.starts_with("missing runtime binaries: runc"), "{}", answer.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k3s_starts_without_blocking_then_stops_and_deletes_its_state() {
+    use arcbox_agent_core::runtime::{K3s, K3sLayout};
+    let standins = Standins::new(0, 0, None);
+    let root = standins.dir.path();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // SAFETY-free: the stand-in reads these through the wrapper's environment.
+    let ctr_log = root.join("ctr.log");
+    let wrapper = root.join("bin/k3s");
+    let text = std::fs::read_to_string(&wrapper).unwrap().replacen(
+        "exec ",
+        &format!("ARCBOX_STANDIN_K3S_PORT={port} ARCBOX_STANDIN_CTR_LOG={} exec ", ctr_log.display()),
+        1,
+    );
+    std::fs::write(&wrapper, text).unwrap();
+    let state_dirs = [root.join("k3s"), root.join("kubelet"), root.join("cni")];
+    for dir in &state_dirs {
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/state"), b"x").unwrap();
+    }
+    let events = ReadinessEvents::default();
+    let spawner = Arc::new(LinuxSpawner::new(reaper()));
+    let runtime = Arc::new(SupervisedRuntime::new(
+        Arc::clone(&spawner),
+        Arc::new(LinuxSocketProbe),
+        Arc::new(LinuxFiles),
+        standins.layout(),
+        events.clone(),
+        None,
+    ));
+    let layout = K3sLayout {
+        data_dir: root.join("k3s"),
+        kubeconfig: root.join("k3s/k3s.yaml"),
+        pid_file: root.join("run/k3s.pid"),
+        api: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        delete_dirs: state_dirs.to_vec(),
+        start_timeout: Duration::from_secs(10),
+        stop_grace: Duration::from_secs(2),
+        ..K3sLayout::default()
+    };
+    let runtime_for_cleanup = Arc::clone(&runtime);
+    let k3s =
+        K3s::new(runtime, spawner, Arc::new(LinuxSocketProbe), Arc::new(LinuxFiles), layout, events.clone());
+    let manager = RuntimeManager::with_events(Arc::new(k3s), events);
+    let first = manager.ensure(true, EnsureMode::NonBlocking).await;
+    assert_eq!(first.status, "starting", "Start must not block");
+    let ready = manager.ensure(true, WAIT).await;
+    assert!(ready.ready, "{}", ready.message);
+    assert_eq!(ready.endpoint, "https://127.0.0.1:16443");
+    let k3s = manager.backend();
+    assert!(k3s.api_ready().await);
+    assert!(k3s.kubeconfig().unwrap().starts_with("apiVersion: v1"));
+    let pid: u32 = std::fs::read_to_string(root.join("run/k3s.pid")).unwrap().trim().parse().unwrap();
+    let status = manager.status().await;
+    let service = status.services.iter().find(|s| s.name == "k3s").unwrap();
+    assert_eq!((service.pid, service.status.as_str()), (pid, "ready"));
+    assert!(status.services.iter().any(|s| s.name == "containerd" && s.status == "ready"), "{status:?}");
+
+    let (stopped, detail) = k3s.stop().await;
+    assert!(stopped, "{detail}");
+    manager.reset();
+    assert!(!is_running(pid), "k3s (pid {pid}) still running after Stop");
+    assert!(!k3s.api_ready().await, "the API still answers after Stop");
+    assert!(!root.join("run/k3s.pid").exists());
+
+    let detail = k3s.delete().await;
+    assert!(detail.contains("k8s.io namespace removed"), "{detail}");
+    let ctr = std::fs::read_to_string(&ctr_log).unwrap();
+    assert!(ctr.starts_with("ctr --address ") && ctr.ends_with("namespaces remove k8s.io"), "{ctr}");
+    for dir in &state_dirs {
+        assert!(dir.exists(), "Delete must keep the mount point {}", dir.display());
+        assert!(std::fs::read_dir(dir).unwrap().next().is_none(), "{} not emptied", dir.display());
+    }
+    // After Stop the state machine starts k3s again.
+    assert!(manager.ensure(true, WAIT).await.ready);
+    assert!(k3s.stop().await.0);
+    let before_cleanup = RuntimeBackend::status(runtime_for_cleanup.as_ref()).await;
+    runtime_for_cleanup.stop_all(Duration::from_secs(2)).await;
+    assert!(before_cleanup.services.iter().all(|s| !is_running(s.pid)), "containerd left running");
 }

@@ -21,12 +21,17 @@ use arcbox_agent_core::boot::BootRecorder;
 use arcbox_agent_core::config::{AgentConfig, DEFAULT_CONFIG_PATH};
 use arcbox_agent_core::init::{InitRunner, Phase, StepReport, standard_plan};
 use arcbox_agent_core::rpc::ServerConfig;
-use arcbox_agent_core::runtime::ReadinessEvents;
+use arcbox_agent_core::rpc::handlers::register_kubernetes;
 use arcbox_agent_core::runtime::events::kind;
+use arcbox_agent_core::runtime::{K3sLayout, ReadinessEvents, RuntimeSockets};
+use arcbox_agent_core::sys::linux::LinuxSpawner;
 use arcbox_agent_core::transport::{Address, AnyListener};
 use arcbox_agent_core::{Agent, new_boot_id};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+
+/// vsock port of the Kubernetes API proxy (to k3s on 127.0.0.1:6443).
+pub const KUBERNETES_VSOCK_PORT: u32 = 16443;
 
 /// Default RPC listen address: vsock port 1024 on any CID.
 pub const DEFAULT_LISTEN: &str = "vsock:any:1024";
@@ -136,19 +141,26 @@ async fn run(args: Args, pid1: bool, init_mode: bool) -> std::process::ExitCode 
         }
     };
     let events = ReadinessEvents::default();
-    let parts =
-        wiring::agent_parts(&config, boot.clone(), Arc::clone(&power), Arc::clone(&reaper), events.clone());
-    let (agent, _runtime) = Agent::new(parts, &boot_id);
+    let spawner = Arc::new(LinuxSpawner::new(Arc::clone(&reaper)));
+    let (parts, runtime) =
+        wiring::agent_parts(&config, boot.clone(), Arc::clone(&power), Arc::clone(&spawner), events.clone());
+    let (mut agent, _runtime) = Agent::new(parts, &boot_id);
+    register_kubernetes(agent.router_mut(), wiring::kubernetes(runtime, spawner, events.clone()));
     let listener = match bind_with_retry(&listen, pid1).await {
         Some(l) => l,
         None => return std::process::ExitCode::from(71),
     };
     let server_config = ServerConfig { max_frame_bytes: args.max_frame_bytes, ..ServerConfig::default() };
     let serving = tokio::spawn(agent.serve(listener, server_config, stop.clone()));
-    tokio::spawn({
-        let (config, stop) = (config.clone(), stop.clone());
-        async move { wiring::serve_docker_proxy(&config, stop).await }
-    });
+    let docker_socket = Address::Unix(RuntimeSockets::default().docker);
+    tokio::spawn(wiring::serve_vsock_proxy(
+        "docker",
+        config.runtime.docker_vsock_port,
+        docker_socket,
+        stop.clone(),
+    ));
+    let k3s_api = Address::Tcp(K3sLayout::default().api.to_string());
+    tokio::spawn(wiring::serve_vsock_proxy("kubernetes", KUBERNETES_VSOCK_PORT, k3s_api, stop.clone()));
     events.publish(kind::AGENT_READY, "", "serving", std::process::id());
     if let Some(port) = args.ready_port.or(config.agent.ready_port) {
         announce_ready(port, &boot_id).await;

@@ -11,8 +11,9 @@ use arcbox_agent_core::config::AgentConfig;
 use arcbox_agent_core::init::InitOps;
 use arcbox_agent_core::proxy::{ProxyStats, serve_proxy};
 use arcbox_agent_core::reaper::Reaper;
+use arcbox_agent_core::rpc::handlers::K3sManager;
 use arcbox_agent_core::runtime::{
-    DataDiskStep, ReadinessEvents, RuntimeLayout, RuntimeSockets, SupervisedRuntime,
+    DataDiskStep, K3s, K3sLayout, ReadinessEvents, RuntimeLayout, RuntimeManager, SupervisedRuntime,
 };
 use arcbox_agent_core::shutdown::{
     OrderedPower, ShutdownOps, ShutdownPolicy, ShutdownSequence, standard_daemons,
@@ -123,15 +124,14 @@ pub type GuestRuntime = SupervisedRuntime<LinuxSpawner, LinuxSocketProbe, LinuxF
 
 /// The standard handlers' parts over the Linux implementations: the
 /// supervised containerd/dockerd on the data disk, sharing `events` with
-/// the WatchReadiness stream.
+/// the WatchReadiness stream. Also returns the runtime, which k3s shares.
 pub fn agent_parts(
     config: &AgentConfig,
     boot: BootRecorder,
     power: Arc<GuestPower>,
-    reaper: Arc<Reaper<LinuxChildReaping>>,
+    spawner: Arc<LinuxSpawner>,
     events: ReadinessEvents,
-) -> AgentParts<LinuxClock, LinuxSystemInfo, GuestRuntime, GuestPower> {
-    let spawner = Arc::new(LinuxSpawner::new(reaper));
+) -> (AgentParts<LinuxClock, LinuxSystemInfo, GuestRuntime, GuestPower>, Arc<GuestRuntime>) {
     let files = Arc::new(LinuxFiles);
     let mut layout = RuntimeLayout { bin_dir: config.runtime.bin_dir.clone(), ..RuntimeLayout::default() };
     layout.sockets.endpoint = format!("vsock:{}", config.runtime.docker_vsock_port);
@@ -153,26 +153,47 @@ pub fn agent_parts(
             disk_config,
         )))
     };
-    let runtime =
-        SupervisedRuntime::new(spawner, Arc::new(LinuxSocketProbe), files, layout, events.clone(), data_disk);
+    let runtime = Arc::new(SupervisedRuntime::new(
+        spawner,
+        Arc::new(LinuxSocketProbe),
+        files,
+        layout,
+        events.clone(),
+        data_disk,
+    ));
     let mut parts =
-        AgentParts::new(Arc::new(LinuxClock), Arc::new(LinuxSystemInfo), Arc::new(runtime), power, boot);
+        AgentParts::new(Arc::new(LinuxClock), Arc::new(LinuxSystemInfo), Arc::clone(&runtime), power, boot);
     parts.events = events;
-    parts
+    (parts, runtime)
 }
 
-/// Serves the Docker API proxy: guest vsock port to dockerd's socket.
-pub async fn serve_docker_proxy(config: &AgentConfig, stop: CancellationToken) {
-    let port = config.runtime.docker_vsock_port;
+/// k3s on the runtime's containerd, with its own start state machine.
+pub fn kubernetes(
+    runtime: Arc<GuestRuntime>,
+    spawner: Arc<LinuxSpawner>,
+    events: ReadinessEvents,
+) -> K3sManager<LinuxSpawner, LinuxSocketProbe, LinuxFiles> {
+    let k3s = K3s::new(
+        runtime,
+        spawner,
+        Arc::new(LinuxSocketProbe),
+        Arc::new(LinuxFiles),
+        K3sLayout::default(),
+        events.clone(),
+    );
+    RuntimeManager::with_events(Arc::new(k3s), events)
+}
+
+/// Serves a vsock port as a byte proxy to `target` (Docker API, Kubernetes API).
+pub async fn serve_vsock_proxy(name: &'static str, port: u32, target: Address, stop: CancellationToken) {
     let address = Address::Vsock { cid: VSOCK_CID_ANY, port };
     let listener = match AnyListener::bind(&address).await {
         Ok(l) => l,
         Err(err) => {
-            tracing::warn!(%err, port, "no Docker API proxy");
+            tracing::warn!(%err, port, name, "proxy not available");
             return;
         }
     };
-    tracing::info!(port, "Docker API proxy listening");
-    let target = Address::Unix(RuntimeSockets::default().docker);
+    tracing::info!(port, name, target = %target, "proxy listening");
     serve_proxy(listener, target, Arc::new(ProxyStats::default()), stop).await;
 }

@@ -124,6 +124,14 @@ impl FileOps for FakeFiles {
         Ok(names)
     }
 
+    fn remove_all(&self, path: &Path) -> Result<(), SysError> {
+        let mut s = self.lock();
+        s.files.retain(|p, _| !p.starts_with(path));
+        s.dirs.retain(|p| !p.starts_with(path));
+        s.links.retain(|p, _| !p.starts_with(path));
+        Ok(())
+    }
+
     fn is_read_only(&self, path: &Path) -> Result<bool, SysError> {
         Ok(self.lock().read_only.contains(path))
     }

@@ -38,6 +38,8 @@ pub enum Readiness {
     ContainerdApi(PathBuf),
     /// dockerd: the socket appears and `GET /_ping` answers 200.
     DockerPing(PathBuf),
+    /// k3s: its API port accepts TCP connections.
+    Tcp(std::net::SocketAddr),
 }
 
 /// One supervised daemon.
@@ -75,6 +77,9 @@ pub struct Daemon {
     spec: DaemonSpec,
     state: watch::Sender<DaemonSnapshot>,
     stop: CancellationToken,
+    /// Fired by [`Daemon::terminate`]; the grace is set before.
+    terminate: CancellationToken,
+    terminate_grace: std::sync::Mutex<Duration>,
 }
 
 impl Daemon {
@@ -89,6 +94,8 @@ impl Daemon {
             spec,
             state: watch::Sender::new(DaemonSnapshot { detail: "starting".to_owned(), ..Default::default() }),
             stop: CancellationToken::new(),
+            terminate: CancellationToken::new(),
+            terminate_grace: std::sync::Mutex::new(Duration::ZERO),
         });
         tokio::spawn(Arc::clone(&daemon).supervise(spawner, probe, events));
         daemon
@@ -107,6 +114,15 @@ impl Daemon {
     /// Stops supervising (the process itself is left to the shutdown sequence).
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Stops the daemon for good: SIGTERM, then SIGKILL after `grace`;
+    /// returns once it has exited (or the supervisor has ended).
+    pub async fn terminate(&self, grace: Duration) {
+        *self.terminate_grace.lock().unwrap_or_else(|p| p.into_inner()) = grace;
+        self.terminate.cancel();
+        let mut rx = self.state.subscribe();
+        let _ = tokio::time::timeout(grace + Duration::from_secs(5), rx.wait_for(|s| s.pid == 0)).await;
     }
 
     /// Waits until the daemon is ready; the error says why it is not.
@@ -172,16 +188,34 @@ impl Daemon {
                             tokio::select! {
                                 status = &mut exit => Outcome::ExitedAfterReady(status.ok()),
                                 () = self.stop.cancelled() => Outcome::Stopped,
+                                () = self.terminate.cancelled() => Outcome::Terminate,
                             }
                         } else {
                             Outcome::NotReady
                         }
                     }
                     () = self.stop.cancelled() => Outcome::Stopped,
+                    () = self.terminate.cancelled() => Outcome::Terminate,
                 }
             };
             let reason = match outcome {
                 Outcome::Stopped => return,
+                Outcome::Terminate => {
+                    let grace = *self.terminate_grace.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = child.signal(libc::SIGTERM);
+                    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                        let _ = child.signal(libc::SIGKILL);
+                        let _ = child.wait().await;
+                    }
+                    self.update(|s| {
+                        s.pid = 0;
+                        s.ready = false;
+                        s.started_at = None;
+                        s.detail = "stopped on request".to_owned();
+                    });
+                    events.publish(kind::DAEMON_EXITED, name, "stopped on request", pid);
+                    return;
+                }
                 Outcome::NotReady => {
                     // A hung start: kill it so the next try starts clean.
                     let _ = child.signal(libc::SIGKILL);
@@ -240,6 +274,7 @@ impl Daemon {
 }
 
 enum Outcome {
+    Terminate,
     ExitedBeforeReady(Option<ExitStatus>),
     ExitedAfterReady(Option<ExitStatus>),
     NotReady,
@@ -261,11 +296,14 @@ pub async fn wait_until_ready<P: SocketProbe + ?Sized>(
     limit: Duration,
 ) -> bool {
     let deadline = Instant::now() + limit;
-    let socket = match readiness {
-        Readiness::ContainerdApi(s) | Readiness::DockerPing(s) => s,
-    };
-    if !probe.wait_for_path(socket, limit).await {
-        return false;
+    match readiness {
+        Readiness::ContainerdApi(socket) | Readiness::DockerPing(socket) => {
+            if !probe.wait_for_path(socket, limit).await {
+                return false;
+            }
+        }
+        // A TCP port has no file to watch: the backoff below polls it.
+        Readiness::Tcp(_) => {}
     }
     let mut pause = API_RETRY_FIRST;
     loop {
@@ -287,5 +325,6 @@ pub async fn api_answers<P: SocketProbe + ?Sized>(probe: &P, readiness: &Readine
         Readiness::DockerPing(socket) => {
             matches!(probe.http_get_status(socket, "/_ping", API_CALL_TIMEOUT).await, Ok(200))
         }
+        Readiness::Tcp(addr) => probe.tcp_connectable(*addr, API_CALL_TIMEOUT).await,
     }
 }

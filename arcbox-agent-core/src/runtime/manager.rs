@@ -167,6 +167,16 @@ impl<B: RuntimeBackend> RuntimeManager<B> {
         answer
     }
 
+    /// Forgets a settled outcome (after the service was stopped on
+    /// request), so the next start-capable call starts again. A start in
+    /// progress is left alone.
+    pub fn reset(&self) {
+        let mut phase = self.lock();
+        if !matches!(*phase, RuntimePhase::Starting) {
+            *phase = RuntimePhase::NotStarted;
+        }
+    }
+
     /// Handles RuntimeStatus: the backend's view plus the phase.
     pub async fn status(&self) -> RuntimeStatusResponse {
         let mut status = self.backend.status().await;

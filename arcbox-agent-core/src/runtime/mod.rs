@@ -4,11 +4,13 @@
 
 pub mod daemon;
 pub mod events;
+mod kubernetes;
 mod manager;
 mod probed;
 mod supervised;
 
 pub use events::ReadinessEvents;
+pub use kubernetes::{K3s, K3sLayout};
 pub use manager::{EnsureMode, RuntimeManager, RuntimePhase};
 pub use probed::{ProbedRuntime, RuntimeSockets};
 pub use supervised::{CONTAINERD_CONFIG, DataDiskStep, RUNTIME_BINARIES, RuntimeLayout, SupervisedRuntime};

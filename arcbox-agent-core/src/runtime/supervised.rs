@@ -20,6 +20,8 @@ use crate::sys::{FileOps, ProcessSpawner, ProcessSpec, SocketProbe};
 
 /// Binaries the runtime needs.
 pub const RUNTIME_BINARIES: [&str; 4] = ["containerd", "containerd-shim-runc-v2", "runc", "dockerd"];
+/// Binaries containerd alone needs (k3s uses it without dockerd).
+pub const CONTAINERD_BINARIES: [&str; 3] = ["containerd", "containerd-shim-runc-v2", "runc"];
 
 /// containerd's config: v2, with the CRI plugin's CNI dirs shared with k3s.
 pub const CONTAINERD_CONFIG: &str = r#"version = 2
@@ -175,7 +177,9 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> SupervisedRuntime<S, P, F> {
         }
     }
 
-    fn daemon_spec(
+    /// A supervised daemon's spec: PATH with the bin dir first, output to
+    /// `<log dir>/<name>.log`.
+    pub fn daemon_spec(
         &self,
         name: &'static str,
         program: PathBuf,
@@ -193,7 +197,7 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> SupervisedRuntime<S, P, F> {
             },
             ready_timeout: match readiness {
                 Readiness::ContainerdApi(_) => self.layout.containerd_timeout,
-                Readiness::DockerPing(_) => self.layout.docker_timeout,
+                Readiness::DockerPing(_) | Readiness::Tcp(_) => self.layout.docker_timeout,
             },
             readiness,
         }
@@ -212,17 +216,15 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> SupervisedRuntime<S, P, F> {
         daemon
     }
 
-    async fn start_sequence(&self) -> Result<String, String> {
-        let docker = Readiness::DockerPing(self.layout.sockets.docker.clone());
-        if self.daemons().dockerd.is_none() && api_answers(self.probe.as_ref(), &docker).await {
-            return Ok("docker API already answering".to_owned());
-        }
-        let mut binaries = Vec::new();
+    /// Finds the binaries, brings the data disk up and lays out the
+    /// directories and containerd's config. Returns the binaries' paths.
+    async fn prepare(&self, names: &[&str]) -> Result<Vec<PathBuf>, String> {
+        let mut found = Vec::new();
         let mut missing = Vec::new();
-        for name in RUNTIME_BINARIES {
+        for name in names {
             match self.find_binary(name) {
-                Some(path) => binaries.push(path),
-                None => missing.push(name),
+                Some(path) => found.push(path),
+                None => missing.push(*name),
             }
         }
         if !missing.is_empty() {
@@ -242,27 +244,67 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> SupervisedRuntime<S, P, F> {
         self.files
             .write_file(&self.layout.containerd_config, CONTAINERD_CONFIG.as_bytes(), 0o644)
             .map_err(|e| e.to_string())?;
+        Ok(found)
+    }
 
+    /// Makes sure containerd answers (starting and supervising it if it
+    /// does not), on the prepared data disk. k3s shares this containerd.
+    pub async fn ensure_containerd(&self) -> Result<(), String> {
+        let binaries = self.prepare(&CONTAINERD_BINARIES).await?;
         let containerd_socket = self.layout.sockets.containerd[0].clone();
         let containerd_api = Readiness::ContainerdApi(containerd_socket.clone());
-        let containerd_running =
+        let running_outside =
             self.daemons().containerd.is_none() && api_answers(self.probe.as_ref(), &containerd_api).await;
-        if !containerd_running {
-            let args = vec![
-                "--config".to_owned(),
-                self.layout.containerd_config.display().to_string(),
-                "--address".to_owned(),
-                containerd_socket.display().to_string(),
-                "--state".to_owned(),
-                self.layout.containerd_state.display().to_string(),
-            ];
-            let spec = self.daemon_spec("containerd", binaries[0].clone(), args, containerd_api);
-            let daemon = self.supervise(|d| &mut d.containerd, spec);
-            daemon
-                .wait_ready(self.layout.containerd_timeout)
-                .await
-                .map_err(|e| format!("containerd: {e}"))?;
+        if running_outside {
+            return Ok(());
         }
+        let args = vec![
+            "--config".to_owned(),
+            self.layout.containerd_config.display().to_string(),
+            "--address".to_owned(),
+            containerd_socket.display().to_string(),
+            "--state".to_owned(),
+            self.layout.containerd_state.display().to_string(),
+        ];
+        let spec = self.daemon_spec("containerd", binaries[0].clone(), args, containerd_api);
+        let daemon = self.supervise(|d| &mut d.containerd, spec);
+        daemon.wait_ready(self.layout.containerd_timeout).await.map_err(|e| format!("containerd: {e}"))
+    }
+
+    /// Stops supervising and terminates dockerd, then containerd (SIGTERM,
+    /// SIGKILL after `grace`), for embedders and tests that own the
+    /// lifecycle; the guest's ordered shutdown does the same by pid.
+    pub async fn stop_all(&self, grace: Duration) {
+        let (dockerd, containerd) = {
+            let mut d = self.daemons();
+            (d.dockerd.take(), d.containerd.take())
+        };
+        for daemon in [dockerd, containerd].into_iter().flatten() {
+            daemon.terminate(grace).await;
+        }
+    }
+
+    /// Finds a binary the way the runtime does (bin dir, then PATH).
+    pub fn binary(&self, name: &str) -> Result<PathBuf, String> {
+        self.find_binary(name).ok_or_else(|| {
+            format!("missing runtime binaries: {name} (looked in {} and PATH)", self.layout.bin_dir.display())
+        })
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &RuntimeLayout {
+        &self.layout
+    }
+
+    async fn start_sequence(&self) -> Result<String, String> {
+        let docker = Readiness::DockerPing(self.layout.sockets.docker.clone());
+        if self.daemons().dockerd.is_none() && api_answers(self.probe.as_ref(), &docker).await {
+            return Ok("docker API already answering".to_owned());
+        }
+        // Check every binary first, so one message names all that are missing.
+        self.prepare(&RUNTIME_BINARIES).await?;
+        self.ensure_containerd().await?;
+        let containerd_socket = &self.layout.sockets.containerd[0];
         let args = vec![
             format!("--host=unix://{}", self.layout.sockets.docker.display()),
             format!("--containerd={}", containerd_socket.display()),
@@ -270,7 +312,7 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> SupervisedRuntime<S, P, F> {
             format!("--data-root={}", self.layout.docker_data_root.display()),
             "--userland-proxy=false".to_owned(),
         ];
-        let spec = self.daemon_spec("dockerd", binaries[3].clone(), args, docker);
+        let spec = self.daemon_spec("dockerd", self.binary("dockerd")?, args, docker);
         let daemon = self.supervise(|d| &mut d.dockerd, spec);
         daemon.wait_ready(self.layout.docker_timeout).await.map_err(|e| format!("dockerd: {e}"))?;
         Ok("containerd and dockerd ready".to_owned())

@@ -272,6 +272,8 @@ pub trait FileOps: Send + Sync + 'static {
     fn symlink(&self, target: &Path, link: &Path) -> Result<CreateOutcome, SysError>;
     /// Names in a directory, sorted.
     fn list_dir(&self, path: &Path) -> Result<Vec<String>, SysError>;
+    /// Removes a file, symlink or directory tree; a missing path is fine.
+    fn remove_all(&self, path: &Path) -> Result<(), SysError>;
     /// Whether the filesystem holding `path` is mounted read-only.
     fn is_read_only(&self, path: &Path) -> Result<bool, SysError>;
     /// Flushes every filesystem (`sync()`).

@@ -1,6 +1,7 @@
 //! One handler module per request family.
 
 mod boot_report;
+mod kubernetes;
 mod ping;
 mod readiness;
 mod runtime;
@@ -8,6 +9,7 @@ mod shutdown;
 mod system_info;
 
 pub use boot_report::BootReportHandler;
+pub use kubernetes::{K3sManager, register_kubernetes};
 pub use ping::{DEFAULT_CLOCK_STEP_THRESHOLD, PingHandler, unix_time_parts};
 pub use readiness::WatchReadinessHandler;
 pub use runtime::{DEFAULT_ENSURE_WAIT, EnsureRuntimeHandler, RuntimeStatusHandler};

@@ -63,6 +63,16 @@ impl FileOps for LinuxFiles {
         Ok(names)
     }
 
+    fn remove_all(&self, path: &Path) -> Result<(), SysError> {
+        let result = match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+            Ok(_) => std::fs::remove_file(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| SysError::io("remove", path, e))
+    }
+
     fn is_read_only(&self, path: &Path) -> Result<bool, SysError> {
         let stat =
             nix::sys::statvfs::statvfs(path).map_err(|errno| SysError::io("statvfs", path, errno.into()))?;

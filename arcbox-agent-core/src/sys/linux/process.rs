@@ -152,8 +152,11 @@ impl ChildProcess for ReapedChild {
         if let Some(status) = self.poll_status() {
             return Ok(status);
         }
-        let rx = self.exit.take().ok_or(SysError::Unsupported("waiting twice on a child"))?;
+        // Await the receiver in place: a wait() dropped mid-way (as in a
+        // select!) leaves it for the next wait() instead of losing the exit.
+        let rx = self.exit.as_mut().ok_or(SysError::Unsupported("waiting after the reaper stopped"))?;
         let status = rx.await.map_err(|_| SysError::Unsupported("waiting after the reaper stopped"))?;
+        self.exit = None;
         self.status = Some(status);
         Ok(status)
     }
