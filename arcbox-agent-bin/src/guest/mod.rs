@@ -125,10 +125,6 @@ async fn run(args: Args, pid1: bool, init_mode: bool) -> std::process::ExitCode 
     let runner = InitRunner::new(wiring::init_ops(Arc::clone(&reaper)), config.init.root.clone());
     if init_mode {
         record(&boot, &runner.run_phase(&plan, Phase::Early).await);
-        match late_file.attach(&config.log) {
-            Ok(()) => tracing::info!(file = %config.log.file.display(), "logging to file"),
-            Err(why) => tracing::info!(why, "no log file"),
-        }
     }
 
     let power = Arc::new(wiring::guest_power(&config, pid1, init_mode, stop.clone()));
@@ -141,9 +137,17 @@ async fn run(args: Args, pid1: bool, init_mode: bool) -> std::process::ExitCode 
         }
     };
     let events = ReadinessEvents::default();
+    // Runtime starts wait for this: cancelled once the init plan is done.
+    let init_done = CancellationToken::new();
     let spawner = Arc::new(LinuxSpawner::new(Arc::clone(&reaper)));
-    let (parts, runtime) =
-        wiring::agent_parts(&config, boot.clone(), Arc::clone(&power), Arc::clone(&spawner), events.clone());
+    let (parts, runtime) = wiring::agent_parts(
+        &config,
+        boot.clone(),
+        Arc::clone(&power),
+        Arc::clone(&spawner),
+        events.clone(),
+        init_done.clone(),
+    );
     let (mut agent, _runtime) = Agent::new(parts, &boot_id);
     register_kubernetes(agent.router_mut(), wiring::kubernetes(runtime, spawner, events.clone()));
     let listener = match bind_with_retry(&listen, pid1).await {
@@ -167,8 +171,14 @@ async fn run(args: Args, pid1: bool, init_mode: bool) -> std::process::ExitCode 
     }
     if init_mode {
         record(&boot, &runner.run_phase(&plan, Phase::Late).await);
+        // The log file lives on the host share, mounted by a late step.
+        match late_file.attach(&config.log) {
+            Ok(()) => tracing::info!(file = %config.log.file.display(), "logging to file"),
+            Err(why) => tracing::info!(why, "no log file"),
+        }
     }
     boot.mark_init_complete();
+    init_done.cancel();
     log_boot_report(&boot);
     // The server only ends when the stop token fires (shutdown).
     let _ = serving.await;

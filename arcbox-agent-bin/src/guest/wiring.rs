@@ -131,6 +131,7 @@ pub fn agent_parts(
     power: Arc<GuestPower>,
     spawner: Arc<LinuxSpawner>,
     events: ReadinessEvents,
+    init_done: CancellationToken,
 ) -> (AgentParts<LinuxClock, LinuxSystemInfo, GuestRuntime, GuestPower>, Arc<GuestRuntime>) {
     let files = Arc::new(LinuxFiles);
     let mut layout = RuntimeLayout { bin_dir: config.runtime.bin_dir.clone(), ..RuntimeLayout::default() };
@@ -153,14 +154,10 @@ pub fn agent_parts(
             disk_config,
         )))
     };
-    let runtime = Arc::new(SupervisedRuntime::new(
-        spawner,
-        Arc::new(LinuxSocketProbe),
-        files,
-        layout,
-        events.clone(),
-        data_disk,
-    ));
+    let runtime = Arc::new(
+        SupervisedRuntime::new(spawner, Arc::new(LinuxSocketProbe), files, layout, events.clone(), data_disk)
+            .with_start_gate(init_done),
+    );
     let mut parts =
         AgentParts::new(Arc::new(LinuxClock), Arc::new(LinuxSystemInfo), Arc::clone(&runtime), power, boot);
     parts.events = events;

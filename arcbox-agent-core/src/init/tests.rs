@@ -100,6 +100,10 @@ fn the_plan_orders_kernel_filesystems_modules_tmpfs_etc_and_network() {
     assert_eq!(phase("modules: vsock transport"), Phase::Early);
     assert_eq!(phase("dhcp primary NIC"), Phase::Late);
     assert_eq!(phase("modules: storage"), Phase::Late);
+    // Device modules, the NIC and the shares come after the listener.
+    for late in ["modules: devices", "link up primary NIC", "share arcbox"] {
+        assert_eq!(phase(late), Phase::Late, "{late}");
+    }
     assert!(plan[pos("share arcbox")].critical && !plan[pos("share users")].critical);
 }
 
@@ -198,7 +202,7 @@ async fn a_missing_optional_share_is_skipped_and_a_missing_required_share_fails(
     sys.mount.fail_at("/Users", libc::ENOENT);
     sys.mount.fail_at("/arcbox", libc::ENODEV);
     let plan = standard_plan(&AgentConfig::default());
-    let reports = sys.runner().run_phase(&plan, Phase::Early).await;
+    let reports = sys.runner().run_phase(&plan, Phase::Late).await;
     assert!(
         matches!(outcome(&reports, "share users"), StepOutcome::Skipped(why) if why.contains("optional share absent"))
     );

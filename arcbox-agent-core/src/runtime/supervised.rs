@@ -17,6 +17,7 @@ use super::{ProbedRuntime, RuntimeBackend, RuntimeSockets, SERVICE_ERROR, SERVIC
 use super::{STATUS_FAILED, STATUS_STARTED};
 use crate::protocol::proto::agent::{RuntimeEnsureResponse, RuntimeStatusResponse, ServiceStatus};
 use crate::sys::{FileOps, ProcessSpawner, ProcessSpec, SocketProbe};
+use tokio_util::sync::CancellationToken;
 
 /// Binaries the runtime needs.
 pub const RUNTIME_BINARIES: [&str; 4] = ["containerd", "containerd-shim-runc-v2", "runc", "dockerd"];
@@ -123,7 +124,14 @@ pub struct SupervisedRuntime<S, P, F> {
     daemons: Mutex<Daemons>,
     /// Reports on a runtime the agent did not start.
     external: ProbedRuntime<P>,
+    /// Cancelled when the guest's init plan is done (devices, shares):
+    /// starts wait for it, so an early EnsureRuntime cannot race the
+    /// block-device module.
+    start_gate: Option<CancellationToken>,
 }
+
+/// How long a start waits for the guest's init plan to finish.
+pub const START_GATE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Daemons {
@@ -152,7 +160,14 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> SupervisedRuntime<S, P, F> {
             data_disk,
             daemons: Mutex::new(Daemons::default()),
             external,
+            start_gate: None,
         }
+    }
+
+    /// Makes starts wait until `gate` is cancelled (the guest's init is done).
+    pub fn with_start_gate(mut self, gate: CancellationToken) -> Self {
+        self.start_gate = Some(gate);
+        self
     }
 
     fn daemons(&self) -> std::sync::MutexGuard<'_, Daemons> {
@@ -219,6 +234,11 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> SupervisedRuntime<S, P, F> {
     /// Finds the binaries, brings the data disk up and lays out the
     /// directories and containerd's config. Returns the binaries' paths.
     async fn prepare(&self, names: &[&str]) -> Result<Vec<PathBuf>, String> {
+        if let Some(gate) = &self.start_gate {
+            tokio::time::timeout(START_GATE_TIMEOUT, gate.cancelled())
+                .await
+                .map_err(|_| format!("guest init did not finish within {}s", START_GATE_TIMEOUT.as_secs()))?;
+        }
         let mut found = Vec::new();
         let mut missing = Vec::new();
         for name in names {
