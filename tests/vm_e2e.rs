@@ -247,6 +247,81 @@ async fn shutdown_rpc_powers_the_vm_off_within_a_deadline() {
     let console = vm.console();
     assert!(!console.contains("Kernel panic"), "guest panicked:\n{console}");
     assert!(console.contains("reboot: Power down"), "no power-off in the console:\n{console}");
+    // The ordered sequence, each step logged with its time, in order.
+    let order = ["stop dockerd", "stop k3s", "stop containerd", "stop other processes", "sync", "power off"];
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|step| {
+            console
+                .find(&format!("step=\"{step}\""))
+                .or_else(|| console.find(&format!("step={step} ")))
+                .unwrap_or_else(|| panic!("shutdown step {step:?} not logged:\n{console}"))
+        })
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "shutdown steps out of order:\n{console}");
+}
+
+#[tokio::test]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn the_boot_report_lists_every_init_step_and_the_listener_came_first() {
+    let vm = boot(VmOptions::default().nic());
+    let mut agent = client(&vm).await;
+    // Init completes after the late steps (DHCP); wait for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let report = agent.boot_report().await.expect("boot report");
+        if report.init_complete_us > 0 || Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(report.pid1, "the agent is PID 1 in this image");
+    assert!(report.init_complete_us > 0, "init never completed: {report:?}");
+    assert!(report.listener_ready_us > 0 && report.listener_ready_us < report.init_complete_us);
+    let names: Vec<&str> = report.steps.iter().map(|s| s.name.as_str()).collect();
+    for expected in [
+        "mount /proc",
+        "modules: vsock transport",
+        "tmpfs /etc",
+        "write /etc/resolv.conf",
+        "mount cgroup2",
+        "mount devpts",
+        "link up lo",
+        "modules: devices",
+        "link up primary NIC",
+        "dhcp primary NIC",
+        "modules: storage",
+    ] {
+        assert!(names.contains(&expected), "step {expected:?} missing from {names:?}");
+    }
+    for step in &report.steps {
+        assert!(["ok", "skipped", "failed"].contains(&step.outcome.as_str()), "{step:?}");
+        assert!(step.outcome == "ok" || !step.reason.is_empty(), "{step:?} has no reason");
+        assert!(!(step.critical && step.outcome == "failed"), "critical step failed: {step:?}");
+    }
+    // The listener was up before the slow steps finished.
+    let dhcp = report.steps.iter().find(|s| s.name == "dhcp primary NIC").unwrap();
+    assert_eq!(dhcp.outcome, "ok", "{dhcp:?}");
+    assert!(report.listener_ready_us < dhcp.finished_at_us, "listener after DHCP: {report:?}");
+    eprintln!(
+        "agent start -> listener ready {} us, -> init complete {} us",
+        report.listener_ready_us, report.init_complete_us
+    );
+}
+
+#[tokio::test]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn the_agent_stays_small_after_a_thousand_requests() {
+    let vm = boot(VmOptions::default());
+    let mut agent = client(&vm).await;
+    let idle = agent.system_info().await.expect("info").agent_rss_bytes;
+    for _ in 0..1000 {
+        agent.ping(None).await.expect("ping");
+    }
+    let after = agent.system_info().await.expect("info").agent_rss_bytes;
+    eprintln!("agent RSS: idle {} KiB, after 1000 RPCs {} KiB", idle >> 10, after >> 10);
+    assert!(idle > 0 && idle < 10 << 20, "idle RSS {idle} over 10 MiB");
+    assert!(after < 10 << 20, "RSS {after} over 10 MiB after 1000 RPCs");
 }
 
 #[tokio::test]

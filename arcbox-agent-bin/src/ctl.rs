@@ -59,6 +59,11 @@ enum Command {
     },
     /// Show the runtime's per-service status.
     Status,
+    /// Kubernetes (k3s) on the guest: start (non-blocking), stop, delete, status, kubeconfig.
+    K8s {
+        #[arg(value_enum)]
+        action: K8sAction,
+    },
     /// Print readiness events as they happen (agent, runtime, daemons).
     Watch {
         /// Exit 0 once an event of this kind arrives (e.g. runtime_ready).
@@ -87,6 +92,15 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         timeout: u32,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum K8sAction {
+    Start,
+    Stop,
+    Delete,
+    Status,
+    Kubeconfig,
 }
 
 /// Entry point of the binary.
@@ -241,6 +255,7 @@ async fn run(args: &Args) -> Result<ExitCode, ClientError> {
                 })
                 .await?;
         }
+        Command::K8s { action } => kubernetes(&mut client, &out, *action).await?,
         Command::DockerProxy { .. } => unreachable!("handled before connecting"),
         Command::Shutdown { timeout } => {
             let answer = client.shutdown(*timeout).await?;
@@ -253,6 +268,43 @@ async fn run(args: &Args) -> Result<ExitCode, ClientError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn kubernetes(client: &mut AgentClient, out: &Output, action: K8sAction) -> Result<(), ClientError> {
+    use arcbox_agent_core::protocol::proto::agent as pb;
+    match action {
+        K8sAction::Start => {
+            let r: pb::KubernetesStartResponse =
+                client.call(MessageType::KubernetesStartRequest, &pb::KubernetesStartRequest {}).await?;
+            out.emit(&r, || {
+                format!("running {}, api ready {} ({}): {}", r.running, r.api_ready, r.endpoint, r.detail)
+            });
+        }
+        K8sAction::Stop => {
+            let r: pb::KubernetesStopResponse =
+                client.call(MessageType::KubernetesStopRequest, &pb::KubernetesStopRequest {}).await?;
+            out.emit(&r, || format!("stopped {}: {}", r.stopped, r.detail));
+        }
+        K8sAction::Delete => {
+            let r: pb::KubernetesDeleteResponse =
+                client.call(MessageType::KubernetesDeleteRequest, &pb::KubernetesDeleteRequest {}).await?;
+            out.emit(&r, || r.detail.clone());
+        }
+        K8sAction::Status => {
+            let r: pb::KubernetesStatusResponse =
+                client.call(MessageType::KubernetesStatusRequest, &pb::KubernetesStatusRequest {}).await?;
+            out.emit(&r, || {
+                format!("running {}, api ready {} ({}): {}", r.running, r.api_ready, r.endpoint, r.detail)
+            });
+        }
+        K8sAction::Kubeconfig => {
+            let r: pb::KubernetesKubeconfigResponse = client
+                .call(MessageType::KubernetesKubeconfigRequest, &pb::KubernetesKubeconfigRequest {})
+                .await?;
+            out.emit(&r, || r.kubeconfig.clone());
+        }
+    }
+    Ok(())
 }
 
 /// Serves a local Unix socket that relays each connection to the guest's

@@ -184,3 +184,13 @@ fn watch_prints_events_until_the_runtime_is_ready() {
         text.lines().filter_map(|l| l.split_once("] ")?.1.split([' ', ':']).next()).collect();
     assert_eq!(kinds, ["agent_ready", "runtime_starting", "runtime_ready"], "{text}");
 }
+
+#[test]
+fn an_unserved_request_exits_1_naming_the_type_and_code() {
+    // The simulator serves no Kubernetes: the agent's 501 reaches the user.
+    let sim = sim(Scenario::Healthy);
+    let out = agentctl(&sim.address, &["k8s", "status"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("agent error 501") && err.contains("KubernetesStatusRequest(0x0008)"), "{err}");
+}

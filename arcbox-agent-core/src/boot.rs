@@ -91,6 +91,7 @@ impl BootRecorder {
             reason: outcome.reason().to_owned(),
             duration_us: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
             critical,
+            finished_at_us: self.since_start_us(),
         };
         self.update(|r| r.steps.push(step));
     }
@@ -118,6 +119,8 @@ mod tests {
         assert!(r.listener_ready_us > 0 && r.init_complete_us >= r.listener_ready_us);
         assert_eq!(r.steps.len(), 2);
         assert_eq!(r.steps[0].duration_us, 40);
+        assert!(r.steps[0].finished_at_us <= r.listener_ready_us);
+        assert!(r.steps[1].finished_at_us >= r.listener_ready_us);
         assert_eq!((r.steps[1].outcome.as_str(), r.steps[1].reason.as_str()), ("skipped", "tag absent"));
     }
 
