@@ -51,12 +51,15 @@ pub async fn serve_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    // One cancellation future for the connection's life, not one per read.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
         let frame = match try_decode(&mut rbuf, config.max_frame_bytes) {
             Ok(Some(frame)) => frame,
-            Ok(None) => match read_more(&mut stream, &mut rbuf, config, shutdown).await {
+            Ok(None) => match read_more(&mut stream, &mut rbuf, config, cancelled.as_mut()).await {
                 ReadOutcome::Data => continue,
                 ReadOutcome::End(end) => return end,
             },
@@ -84,7 +87,7 @@ async fn read_more<S>(
     stream: &mut S,
     rbuf: &mut BytesMut,
     config: &ServerConfig,
-    shutdown: &CancellationToken,
+    shutdown: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
 ) -> ReadOutcome
 where
     S: AsyncRead + Unpin,
@@ -107,7 +110,7 @@ where
     };
     let result = tokio::select! {
         biased;
-        () = shutdown.cancelled() => return ReadOutcome::End(ConnectionEnd::Shutdown),
+        () = shutdown => return ReadOutcome::End(ConnectionEnd::Shutdown),
         result = read => result,
     };
     match result {

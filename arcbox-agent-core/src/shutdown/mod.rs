@@ -249,6 +249,8 @@ impl ShutdownSequence {
         reports.push(report("sync after unmount", started, StepOutcome::Ok));
         if self.policy.power_off {
             let started = Instant::now();
+            // A successful power-off never returns: log the step first.
+            tracing::info!(step = "power off", "shutdown step");
             let outcome = match self.ops.power.power_off() {
                 Ok(()) => StepOutcome::Ok,
                 Err(err) => StepOutcome::Failed(err.to_string()),
