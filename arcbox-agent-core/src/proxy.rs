@@ -44,6 +44,24 @@ where
     Ok(Relayed { to_target, from_target })
 }
 
+/// Relays between an accepted stream and the target connection: by
+/// splice(2) when both are Unix sockets (no user-space copies; the host
+/// side of the Docker proxy, whose target is a VMM's hybrid-vsock socket),
+/// else by copying with bounded buffers.
+async fn relay_streams<A>(client: &mut A, upstream: &mut AnyStream) -> std::io::Result<Relayed>
+where
+    A: AsyncRead + AsyncWrite + Unpin + std::any::Any,
+{
+    #[cfg(target_os = "linux")]
+    if let (Some(client), AnyStream::Unix(upstream)) =
+        ((client as &mut dyn std::any::Any).downcast_mut::<tokio::net::UnixStream>(), &*upstream)
+    {
+        let (to_target, from_target) = crate::sys::linux::splice::splice_relay(client, upstream).await?;
+        return Ok(Relayed { to_target, from_target });
+    }
+    relay(client, upstream).await
+}
+
 /// Counters of a running proxy.
 #[derive(Debug, Default)]
 pub struct ProxyStats {
@@ -93,7 +111,7 @@ pub async fn serve_proxy<T: Transport>(
             };
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                result = relay(&mut client, &mut upstream) => match result {
+                result = relay_streams(&mut client, &mut upstream) => match result {
                     Ok(moved) => {
                         stats.bytes.fetch_add(moved.to_target + moved.from_target, Ordering::Relaxed);
                         tracing::debug!(peer, to_target = moved.to_target, from_target = moved.from_target, "proxy connection closed");

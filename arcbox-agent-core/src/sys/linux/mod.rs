@@ -12,6 +12,7 @@ mod network;
 mod power;
 mod probe;
 mod process;
+pub mod splice;
 mod system_info;
 mod watch;
 
