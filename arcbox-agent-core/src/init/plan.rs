@@ -1,8 +1,9 @@
 //! The standard plan: the reference's `init_system()` (§4.2) as data, in
 //! order, plus what a Debian kernel needs first (kernel filesystems and
 //! modules). Each step names its phase: `Kernel` before anything else,
-//! `Early` before the RPC listener binds (fast steps, and the modules the
-//! listener needs), `Late` after it (DHCP, slow modules).
+//! `Early` before the RPC listener binds (only the vsock transport modules
+//! and the fd limit), `Late` after it (the rest: /etc, cgroups, devices,
+//! shares, DHCP, storage modules), while RPCs are already served.
 
 use std::path::PathBuf;
 
@@ -95,9 +96,12 @@ pub fn standard_plan(config: &AgentConfig) -> Vec<Step> {
         ));
     }
     plan.push(step("rlimit nofile", Early, false, Action::Nofile(init.nofile)));
+    // Everything below runs after the listener is up: none of it is needed
+    // to serve RPCs, and under TCG even cheap steps cost milliseconds each.
+    // Runtime starts wait for the whole plan (see SupervisedRuntime).
     for (target, mode) in [("/tmp", "1777"), ("/run", "0755"), ("/var", "0755"), ("/etc", "0755")] {
         let spec = spec("tmpfs", target, "tmpfs", NOSUID_NODEV, &format!("mode={mode}"));
-        plan.push(step(format!("tmpfs {target}"), Early, true, Action::Tmpfs { spec, policy: init.tmpfs }));
+        plan.push(step(format!("tmpfs {target}"), Late, true, Action::Tmpfs { spec, policy: init.tmpfs }));
     }
     let file = |path: &str, contents: String, keep_existing: bool| Action::WriteFile {
         path: path.into(),
@@ -108,22 +112,22 @@ pub fn standard_plan(config: &AgentConfig) -> Vec<Step> {
     plan.extend([
         step(
             "write /etc/resolv.conf",
-            Early,
+            Late,
             false,
             file("/etc/resolv.conf", resolv_conf(&init.nameservers), false),
         ),
-        step("write /etc/hosts", Early, false, Action::WriteHosts),
-        step("write /etc/passwd", Early, false, file("/etc/passwd", PASSWD.into(), true)),
-        step("write /etc/group", Early, false, file("/etc/group", GROUP.into(), true)),
+        step("write /etc/hosts", Late, false, Action::WriteHosts),
+        step("write /etc/passwd", Late, false, file("/etc/passwd", PASSWD.into(), true)),
+        step("write /etc/group", Late, false, file("/etc/group", GROUP.into(), true)),
         step(
             "write /etc/docker/daemon.json",
-            Early,
+            Late,
             false,
             file("/etc/docker/daemon.json", docker_daemon_json(&init.docker_dns, init.nofile), false),
         ),
         step(
             "link CA bundle",
-            Early,
+            Late,
             false,
             Action::Symlink {
                 target: init.ca_bundle.clone(),
@@ -132,7 +136,7 @@ pub fn standard_plan(config: &AgentConfig) -> Vec<Step> {
         ),
         step(
             "mkdir runtime dirs",
-            Early,
+            Late,
             false,
             Action::Mkdirs(
                 ["/var/lib/docker", "/var/run/docker", "/run/containerd", "/run/arcbox"]
@@ -142,7 +146,7 @@ pub fn standard_plan(config: &AgentConfig) -> Vec<Step> {
         ),
         step(
             "mount cgroup2",
-            Early,
+            Late,
             true,
             Action::MountUnless {
                 spec: spec("cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID_NODEV_NOEXEC, ""),
@@ -151,7 +155,7 @@ pub fn standard_plan(config: &AgentConfig) -> Vec<Step> {
         ),
         step(
             "mount devpts",
-            Early,
+            Late,
             true,
             Action::Mount(spec(
                 "devpts",
@@ -163,7 +167,7 @@ pub fn standard_plan(config: &AgentConfig) -> Vec<Step> {
         ),
         step(
             "mount /dev/shm",
-            Early,
+            Late,
             false,
             Action::Mount(spec("shm", "/dev/shm", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=1777")),
         ),
@@ -171,15 +175,14 @@ pub fn standard_plan(config: &AgentConfig) -> Vec<Step> {
     if init.ip_forward {
         plan.push(step(
             "sysctl net.ipv4.ip_forward",
-            Early,
+            Late,
             false,
             Action::Sysctl { key: "net.ipv4.ip_forward".into(), value: "1".into() },
         ));
     }
-    plan.push(step("link up lo", Early, true, Action::LinkUp(Link::Loopback)));
-    // After the listener: loading device modules (virtio_blk, virtio_net,
-    // virtiofs) is the slowest early work (~60 ms in a TCG guest), and
-    // nothing the listener needs depends on it.
+    plan.push(step("link up lo", Late, true, Action::LinkUp(Link::Loopback)));
+    // Device modules (virtio_blk, virtio_net, virtiofs: ~60 ms in a TCG
+    // guest), then the NIC and shares that need them.
     if config.modules.enabled {
         plan.push(step("modules: devices", Late, false, Action::Modules(config.modules.devices.clone())));
     }
