@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use arcbox_agent_core::reaper::Reaper;
 use arcbox_agent_core::runtime::events::kind;
 use arcbox_agent_core::runtime::{
-    EnsureMode, ReadinessEvents, RuntimeBackend, RuntimeLayout, RuntimeManager, RuntimeSockets,
+    DataDiskStep, EnsureMode, ReadinessEvents, RuntimeBackend, RuntimeLayout, RuntimeManager, RuntimeSockets,
     SupervisedRuntime,
 };
 use arcbox_agent_core::sys::linux::{LinuxChildReaping, LinuxFiles, LinuxSocketProbe, LinuxSpawner};
@@ -186,15 +186,39 @@ impl Standins {
 type Runtime = SupervisedRuntime<LinuxSpawner, LinuxSocketProbe, LinuxFiles>;
 
 fn runtime(standins: &Standins, events: &ReadinessEvents) -> Arc<RuntimeManager<Runtime>> {
+    runtime_with_disk(standins, events, None)
+}
+
+fn runtime_with_disk(
+    standins: &Standins,
+    events: &ReadinessEvents,
+    disk: Option<Arc<dyn DataDiskStep>>,
+) -> Arc<RuntimeManager<Runtime>> {
     let backend = SupervisedRuntime::new(
         Arc::new(LinuxSpawner::new(reaper())),
         Arc::new(LinuxSocketProbe),
         Arc::new(LinuxFiles),
         standins.layout(),
         events.clone(),
-        None,
+        disk,
     );
     RuntimeManager::new(Arc::new(backend))
+}
+
+/// A data disk that formats on its first call and finds it mounted after.
+#[derive(Default)]
+struct CountingDisk {
+    calls: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl DataDiskStep for CountingDisk {
+    async fn ensure(&self) -> Result<(String, bool), String> {
+        match self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Ok(("/dev/vdb formatted and mounted".to_owned(), true)),
+            _ => Ok(("/dev/vdb mounted".to_owned(), false)),
+        }
+    }
 }
 
 const WAIT: EnsureMode = EnsureMode::Wait(Duration::from_secs(20));
@@ -203,7 +227,8 @@ const WAIT: EnsureMode = EnsureMode::Wait(Duration::from_secs(20));
 async fn containerd_then_dockerd_start_and_report_pids() {
     let standins = Standins::new(150, 250, None);
     let events = ReadinessEvents::default();
-    let manager = runtime(&standins, &events);
+    let disk = Arc::new(CountingDisk::default());
+    let manager = runtime_with_disk(&standins, &events, Some(Arc::clone(&disk) as Arc<dyn DataDiskStep>));
     let answer = manager.ensure(true, WAIT).await;
     assert!(answer.ready, "{}", answer.message);
     assert_eq!(answer.status, "started");
@@ -211,6 +236,9 @@ async fn containerd_then_dockerd_start_and_report_pids() {
     let status = manager.status().await;
     assert!(status.containerd_ready && status.docker_ready, "{status:?}");
     assert!(status.services.iter().all(|s| s.pid > 0 && s.status == "ready"), "{status:?}");
+    // The data disk is brought up once per start, and its note survives.
+    assert_eq!(disk.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(status.detail.ends_with("data disk: /dev/vdb formatted and mounted"), "{}", status.detail);
     let config = std::fs::read_to_string(standins.layout().containerd_config).unwrap();
     assert!(config.starts_with("version = 2"));
     let log = std::fs::read_to_string(standins.dir.path().join("log/containerd.log")).unwrap_or_default();

@@ -90,8 +90,9 @@ impl Default for RuntimeLayout {
 /// Brings the data disk up before the daemons start.
 #[async_trait::async_trait]
 pub trait DataDiskStep: Send + Sync + 'static {
-    /// Ensures the data disk; `Ok` carries a one-line description.
-    async fn ensure(&self) -> Result<String, String>;
+    /// Ensures the data disk: a one-line description, and whether this
+    /// call changed anything (formatted or mounted something).
+    async fn ensure(&self) -> Result<(String, bool), String>;
 }
 
 #[async_trait::async_trait]
@@ -102,12 +103,12 @@ where
     P: ProcessSpawner,
     D: crate::sys::DiskOps,
 {
-    async fn ensure(&self) -> Result<String, String> {
+    async fn ensure(&self) -> Result<(String, bool), String> {
         let device = self.config().device.display().to_string();
         match crate::storage::DataDisk::ensure(self).await {
-            Ok(r) if r.formatted => Ok(format!("{device} formatted and mounted")),
-            Ok(r) if r.mounted.is_empty() => Ok(format!("{device} mounted")),
-            Ok(_) => Ok(format!("{device} mounted now")),
+            Ok(r) if r.formatted => Ok((format!("{device} formatted and mounted"), true)),
+            Ok(r) if r.mounted.is_empty() => Ok((format!("{device} mounted"), false)),
+            Ok(_) => Ok((format!("{device} mounted (existing btrfs)"), true)),
             Err(err) => Err(err.to_string()),
         }
     }
@@ -231,14 +232,8 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> SupervisedRuntime<S, P, F> {
         daemon
     }
 
-    /// Finds the binaries, brings the data disk up and lays out the
-    /// directories and containerd's config. Returns the binaries' paths.
-    async fn prepare(&self, names: &[&str]) -> Result<Vec<PathBuf>, String> {
-        if let Some(gate) = &self.start_gate {
-            tokio::time::timeout(START_GATE_TIMEOUT, gate.cancelled())
-                .await
-                .map_err(|_| format!("guest init did not finish within {}s", START_GATE_TIMEOUT.as_secs()))?;
-        }
+    /// Finds every binary in `names`, or names all that are missing.
+    fn find_binaries(&self, names: &[&str]) -> Result<Vec<PathBuf>, String> {
         let mut found = Vec::new();
         let mut missing = Vec::new();
         for name in names {
@@ -254,9 +249,24 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> SupervisedRuntime<S, P, F> {
                 self.layout.bin_dir.display()
             ));
         }
+        Ok(found)
+    }
+
+    /// Waits for the guest's init, brings the data disk up and lays out
+    /// the directories and containerd's config.
+    async fn prepare_storage(&self) -> Result<(), String> {
+        if let Some(gate) = &self.start_gate {
+            tokio::time::timeout(START_GATE_TIMEOUT, gate.cancelled())
+                .await
+                .map_err(|_| format!("guest init did not finish within {}s", START_GATE_TIMEOUT.as_secs()))?;
+        }
         if let Some(disk) = &self.data_disk {
-            let outcome = disk.ensure().await.map_err(|e| format!("data disk: {e}"))?;
-            self.daemons().data_disk = Some(outcome);
+            let (summary, changed) = disk.ensure().await.map_err(|e| format!("data disk: {e}"))?;
+            // A no-op call (already mounted) keeps the note of the call that did the work.
+            let mut daemons = self.daemons();
+            if changed || daemons.data_disk.is_none() {
+                daemons.data_disk = Some(summary);
+            }
         }
         for dir in &self.layout.dirs {
             self.files.create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -264,13 +274,14 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> SupervisedRuntime<S, P, F> {
         self.files
             .write_file(&self.layout.containerd_config, CONTAINERD_CONFIG.as_bytes(), 0o644)
             .map_err(|e| e.to_string())?;
-        Ok(found)
+        Ok(())
     }
 
     /// Makes sure containerd answers (starting and supervising it if it
     /// does not), on the prepared data disk. k3s shares this containerd.
     pub async fn ensure_containerd(&self) -> Result<(), String> {
-        let binaries = self.prepare(&CONTAINERD_BINARIES).await?;
+        let binaries = self.find_binaries(&CONTAINERD_BINARIES)?;
+        self.prepare_storage().await?;
         let containerd_socket = self.layout.sockets.containerd[0].clone();
         let containerd_api = Readiness::ContainerdApi(containerd_socket.clone());
         let running_outside =
@@ -322,7 +333,7 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> SupervisedRuntime<S, P, F> {
             return Ok("docker API already answering".to_owned());
         }
         // Check every binary first, so one message names all that are missing.
-        self.prepare(&RUNTIME_BINARIES).await?;
+        self.find_binaries(&RUNTIME_BINARIES)?;
         self.ensure_containerd().await?;
         let containerd_socket = &self.layout.sockets.containerd[0];
         let args = vec![
