@@ -73,7 +73,7 @@ fn ensure_runtime_wait_shows_progress_and_succeeds() {
     let out = agentctl(&sim.address, &["ensure-runtime", "--wait"]);
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);
-    assert!(text.contains("runtime reused: containerd and dockerd ready"), "{text}");
+    assert!(text.contains("runtime started: containerd and dockerd ready"), "{text}");
     assert!(text.contains("endpoint: vsock:2375"), "{text}");
     let progress = String::from_utf8_lossy(&out.stderr);
     assert!(progress.contains("containerd"), "no progress lines: {progress}");

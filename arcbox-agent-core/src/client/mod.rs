@@ -156,6 +156,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
     ) -> Result<RuntimeEnsureResponse, ClientError> {
         let started = std::time::Instant::now();
         let mut answer = self.ensure_runtime(true).await?;
+        // A start was in progress during this wait: a ready end is "started".
+        let saw_start = answer.status == crate::runtime::STATUS_STARTING;
         while !is_settled(&answer) && started.elapsed() < limit {
             tokio::time::sleep(poll).await;
             let status = self.runtime_status().await?;
@@ -166,6 +168,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
                 "" => self.ensure_runtime(true).await?,
                 _ => answer,
             };
+        }
+        if saw_start && answer.ready {
+            crate::runtime::STATUS_STARTED.clone_into(&mut answer.status);
         }
         Ok(answer)
     }

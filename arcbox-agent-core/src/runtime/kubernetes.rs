@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::daemon::{Daemon, Readiness, api_answers};
 use super::events::ReadinessEvents;
 use super::supervised::SupervisedRuntime;
-use super::{RuntimeBackend, SERVICE_NOT_READY, SERVICE_READY, STATUS_FAILED, STATUS_REUSED, STATUS_STARTED};
+use super::{RuntimeBackend, SERVICE_NOT_READY, SERVICE_READY, STATUS_FAILED, STATUS_REUSED};
 use crate::protocol::proto::agent::{RuntimeEnsureResponse, RuntimeStatusResponse, ServiceStatus};
 use crate::sys::{FileOps, ProcessSpawner, ProcessSpec, SocketProbe};
 
@@ -205,20 +205,7 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> K3s<S, P, F> {
 #[async_trait::async_trait]
 impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> RuntimeBackend for K3s<S, P, F> {
     async fn start(&self) -> RuntimeEnsureResponse {
-        match self.start_sequence().await {
-            Ok(message) => RuntimeEnsureResponse {
-                ready: true,
-                endpoint: self.layout.host_endpoint.clone(),
-                message,
-                status: STATUS_STARTED.to_owned(),
-            },
-            Err(message) => RuntimeEnsureResponse {
-                ready: false,
-                endpoint: String::new(),
-                message,
-                status: STATUS_FAILED.to_owned(),
-            },
-        }
+        super::start_answer(self.start_sequence().await, &self.layout.host_endpoint)
     }
 
     async fn probe(&self) -> RuntimeEnsureResponse {

@@ -32,6 +32,24 @@ pub const SERVICE_NOT_READY: &str = "not_ready";
 /// `ServiceStatus.status`: present but broken.
 pub const SERVICE_ERROR: &str = "error";
 
+/// The EnsureRuntime answer for the outcome of a start sequence.
+pub(crate) fn start_answer(outcome: Result<String, String>, endpoint: &str) -> RuntimeEnsureResponse {
+    match outcome {
+        Ok(message) => RuntimeEnsureResponse {
+            ready: true,
+            endpoint: endpoint.to_owned(),
+            message,
+            status: STATUS_STARTED.to_owned(),
+        },
+        Err(message) => RuntimeEnsureResponse {
+            ready: false,
+            endpoint: String::new(),
+            message,
+            status: STATUS_FAILED.to_owned(),
+        },
+    }
+}
+
 /// Starts and inspects the container runtime.
 #[async_trait::async_trait]
 pub trait RuntimeBackend: Send + Sync + 'static {

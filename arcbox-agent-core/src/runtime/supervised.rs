@@ -14,7 +14,6 @@ use std::time::Duration;
 use super::daemon::{Daemon, DaemonSnapshot, DaemonSpec, Readiness, api_answers};
 use super::events::ReadinessEvents;
 use super::{ProbedRuntime, RuntimeBackend, RuntimeSockets, SERVICE_ERROR, SERVICE_NOT_READY, SERVICE_READY};
-use super::{STATUS_FAILED, STATUS_STARTED};
 use crate::protocol::proto::agent::{RuntimeEnsureResponse, RuntimeStatusResponse, ServiceStatus};
 use crate::sys::{FileOps, ProcessSpawner, ProcessSpec, SocketProbe};
 use tokio_util::sync::CancellationToken;
@@ -371,20 +370,7 @@ fn service_status(name: &str, snapshot: &DaemonSnapshot) -> ServiceStatus {
 impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> RuntimeBackend for SupervisedRuntime<S, P, F> {
     async fn start(&self) -> RuntimeEnsureResponse {
         // Runtime-wide events come from the RuntimeManager; daemon events from supervision.
-        match self.start_sequence().await {
-            Ok(message) => RuntimeEnsureResponse {
-                ready: true,
-                endpoint: self.layout.sockets.endpoint.clone(),
-                message,
-                status: STATUS_STARTED.to_owned(),
-            },
-            Err(message) => RuntimeEnsureResponse {
-                ready: false,
-                endpoint: String::new(),
-                message,
-                status: STATUS_FAILED.to_owned(),
-            },
-        }
+        super::start_answer(self.start_sequence().await, &self.layout.sockets.endpoint)
     }
 
     async fn probe(&self) -> RuntimeEnsureResponse {
