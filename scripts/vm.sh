@@ -11,10 +11,14 @@
 #   rootfs            build the Debian rootfs image (docker.io, containerd, ...)
 #   prepare [--rootfs]  deps + build-agent + build-initramfs (+ rootfs); prints
 #                     key=value lines for tests/support/vm.rs
-#   run [--smp N] [--mem SIZE] [--rootfs] [--nic] [--append ARGS]
+#   run [--smp N] [--mem SIZE] [--rootfs] [--runtime] [--data-disk PATH]
+#       [--nic] [--append ARGS]
 #                     boot, wait for READY, print the hvsock: address, stay up
-#                     until Ctrl-C (or until the guest powers off)
-#   e2e [ARGS...]     cargo test --test vm_e2e -- --ignored --test-threads=1
+#                     until Ctrl-C (or until the guest powers off). --runtime:
+#                     the Debian rootfs plus a data disk (blank sparse 8 GiB,
+#                     or PATH, created if absent and kept), 2 vCPUs, 2 GiB
+#   e2e [ARGS...]     cargo test --test vm_e2e --test vm_runtime -- --ignored
+#                     --test-threads=1 (one VM at a time)
 #   bench             boot-to-ready figures (median of 5 boots, min, max)
 #
 # Environment:
@@ -37,6 +41,11 @@ OUT_DIR=$TARGET_DIR/vm
 AGENT_TARGET_DIR=$OUT_DIR/cargo
 RUST_TARGET=x86_64-unknown-linux-gnu
 VHOST_VERSION=0.3.0
+# vhost-device-vsock turns a host-side half-close into a full shutdown and
+# ignores the guest's (rust-vmm/vhost-device#874); this patch passes both on,
+# which the Docker API proxy needs (`docker run` without -i, `docker run -i`
+# with stdin). See docs/VM-HARNESS.md.
+VHOST_PATCH=$REPO_ROOT/scripts/vhost-device-vsock-half-close.patch
 GUEST_CID=3
 RPC_PORT=1024
 READY_PORT=1025
@@ -68,7 +77,7 @@ pkg_installed() {
 
 deps_apt() {
 	local missing=() p
-	for p in qemu-system-x86 busybox-static lz4 cpio socat "$@"; do
+	for p in qemu-system-x86 busybox-static lz4 cpio socat patch "$@"; do
 		pkg_installed "$p" || missing+=("$p")
 	done
 	[ "${#missing[@]}" -eq 0 ] && return 0
@@ -144,13 +153,46 @@ EOF
 	log "kernel $krel ($ver) ready"
 }
 
+vhost_dir() {
+	printf '%s/vhost-%s-%s\n' "$CACHE" "$VHOST_VERSION" "$(sha256sum <"$VHOST_PATCH" | cut -c1-12)"
+}
+
+# The crate's source as cargo unpacked it (a plain `cargo install` of the
+# same version unpacks it, so that is the fallback).
+unpacked_vhost_source() {
+	local d
+	for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"vhost-device-vsock-$VHOST_VERSION"; do
+		[ -f "$d/Cargo.toml" ] && printf '%s\n' "$d" && return 0
+	done
+	return 0
+}
+
+vhost_source() {
+	local home=${CARGO_HOME:-$HOME/.cargo} src
+	src=$(unpacked_vhost_source)
+	if [ -z "$src" ]; then
+		log "cargo install vhost-device-vsock $VHOST_VERSION (unpatched, for its source; about a minute)"
+		timeout 1200 cargo install --quiet --locked vhost-device-vsock \
+			--version "$VHOST_VERSION" --root "$CACHE/vhost" >&2
+		src=$(unpacked_vhost_source)
+	fi
+	[ -n "$src" ] || die "no source of vhost-device-vsock $VHOST_VERSION under $home/registry/src"
+	printf '%s\n' "$src"
+}
+
 deps_vhost() {
-	local bin=$CACHE/vhost/bin/vhost-device-vsock
-	[ -x "$bin" ] && return 0
-	log "cargo install vhost-device-vsock $VHOST_VERSION (about a minute)"
-	timeout 1200 cargo install --quiet --locked vhost-device-vsock \
-		--version "$VHOST_VERSION" --root "$CACHE/vhost" >&2
-	[ -x "$bin" ] || die "vhost-device-vsock did not install"
+	local dir
+	dir=$(vhost_dir)
+	[ -x "$dir/bin/vhost-device-vsock" ] && return 0
+	local src
+	src=$(vhost_source)
+	log "building vhost-device-vsock $VHOST_VERSION with $(basename "$VHOST_PATCH") (about a minute)"
+	rm -rf "$dir.src" && cp -r "$src" "$dir.src"
+	patch -d "$dir.src" -p1 --quiet <"$VHOST_PATCH" || die "cannot apply $VHOST_PATCH"
+	timeout 1200 cargo install --quiet --locked --offline --path "$dir.src" --root "$dir" >&2 ||
+		timeout 1200 cargo install --quiet --locked --path "$dir.src" --root "$dir" >&2
+	rm -rf "$dir.src"
+	[ -x "$dir/bin/vhost-device-vsock" ] || die "vhost-device-vsock did not install"
 }
 
 cmd_deps() {
@@ -159,6 +201,8 @@ cmd_deps() {
 	exec 9>"$CACHE/.deps.lock"
 	timeout 1800 flock 9 || die "timed out waiting for $CACHE/.deps.lock"
 	deps_apt "$@"
+	# The runtime suite drives the guest's dockerd with the host's Docker CLI.
+	have docker || deps_apt docker.io
 	deps_kernel
 	deps_vhost
 	exec 9>&-
@@ -368,6 +412,11 @@ cmd_rootfs() {
 	rm -rf "$tree/lib/modules"
 	mkdir -p "$tree/lib/modules"
 	cp -a "$KROOT/lib/modules/$KREL" "$tree/lib/modules/"
+	# The image's own kmod depmod: modprobe (dockerd's `modprobe bridge`, the
+	# kernel's request_module for nf_tables when iptables-nft runs) reads
+	# modules.dep.bin, which busybox depmod does not write ("Module bridge not
+	# found in directory ...", then "iptables: Failed to initialize nft").
+	chroot "$tree" /sbin/depmod -a "$KREL" || die "depmod in the rootfs failed"
 	mkdir -p "$OUT_DIR"
 	rm -f "$img"
 	local size_mb
@@ -388,7 +437,7 @@ cmd_prepare() {
 	local initramfs
 	initramfs=$(cmd_build_initramfs)
 	echo "qemu=$(command -v qemu-system-x86_64)"
-	echo "vhost=$CACHE/vhost/bin/vhost-device-vsock"
+	echo "vhost=$(vhost_dir)/bin/vhost-device-vsock"
 	echo "kernel=$VMLINUX"
 	echo "kernel_release=$KREL"
 	echo "kernel_package_version=$KVERSION"
@@ -458,7 +507,8 @@ cleanup() {
 boot_vm() {
 	local smp=$1 mem=$2 kernel=$3 initrd=$4 append=$5
 	shift 5
-	local uds=$RUN_DIR/vm.vsock vhost=$CACHE/vhost/bin/vhost-device-vsock
+	local uds=$RUN_DIR/vm.vsock vhost
+	vhost=$(vhost_dir)/bin/vhost-device-vsock
 	local timeout_s=${ARCBOX_VM_TIMEOUT:-60}
 	"$vhost" --vm "guest-cid=$GUEST_CID,socket=$RUN_DIR/vhost.sock,uds-path=$uds" \
 		>"$RUN_DIR/vhost.log" 2>&1 &
@@ -540,17 +590,23 @@ base_cmdline() {
 }
 
 cmd_run() {
-	local smp=2 mem=512M rootfs=0 append=""
+	local smp=2 mem="" rootfs=0 runtime=0 data_disk="" append=""
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--smp) smp=$2 && shift 2 ;;
 		--mem) mem=$2 && shift 2 ;;
 		--rootfs) rootfs=1 && shift ;;
+		--runtime) rootfs=1 runtime=1 && shift ;;
+		--data-disk) data_disk=$2 && shift 2 ;;
 		--append) append=$2 && shift 2 ;;
 		--nic) VM_NIC=1 && shift ;;
 		*) die "run: unknown option $1" ;;
 		esac
 	done
+	[ -z "$data_disk" ] || [ "$rootfs" = 1 ] || die "run: --data-disk needs --rootfs or --runtime"
+	# dockerd and containerd want room: the runtime VM gets 2 GiB.
+	if [ -z "$mem" ] && [ "$runtime" = 1 ]; then mem=2G; fi
+	mem=${mem:-512M}
 	cmd_deps
 	load_kernel_env
 	local initrd disks=()
@@ -562,24 +618,43 @@ cmd_run() {
 	fi
 	RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/arcbox-vm.XXXXXX")
 	if [ "$rootfs" = 1 ]; then
-		# The cached image stays pristine under a snapshot overlay.
-		truncate -s 8G "$RUN_DIR/data.img"
-		disks=("$OUT_DIR/rootfs.ext4:snapshot" "$RUN_DIR/data.img")
+		# The cached image stays pristine under a snapshot overlay. The data
+		# disk is blank and sparse unless given (then it is kept, so a second
+		# boot finds what the first one left).
+		if [ -z "$data_disk" ]; then
+			data_disk=$RUN_DIR/data.img
+			truncate -s 8G "$data_disk"
+		elif [ ! -e "$data_disk" ]; then
+			truncate -s 8G "$data_disk" || die "cannot create $data_disk"
+			log "data disk $data_disk: blank, 8 GiB sparse"
+		else
+			log "data disk $data_disk: reused ($(du -h "$data_disk" | cut -f1) used)"
+		fi
+		disks=("$OUT_DIR/rootfs.ext4:snapshot" "$data_disk")
 	fi
 	boot_vm "$smp" "$mem" "$VMLINUX" "$initrd" "$(base_cmdline) $append" "${disks[@]}" ||
 		die "boot failed (console: $RUN_DIR/console.log)"
 	log "ready in $((READY_NS / 1000000)) ms: $READY_LINE"
 	log "console: $RUN_DIR/console.log; Ctrl-C stops the VM"
+	if [ "$runtime" = 1 ]; then
+		local a=hvsock:$RUN_DIR/vm.vsock:$RPC_PORT
+		log "runtime: arcbox-agentctl --connect $a ensure-runtime --wait"
+		log "Docker:  arcbox-agentctl --connect $a docker-proxy --listen unix:$RUN_DIR/docker.sock &"
+		log "         DOCKER_HOST=unix://$RUN_DIR/docker.sock docker version"
+	fi
 	echo "hvsock:$RUN_DIR/vm.vsock:$RPC_PORT"
 	wait "$QEMU_PID" || true
 	QEMU_PID=""
 	log "QEMU exited"
 }
 
+# Both VM suites, one test binary after the other and one test (one VM) at a
+# time; --no-fail-fast so a failure in the first still runs the second.
 cmd_e2e() {
 	cmd_deps
 	cd "$REPO_ROOT"
-	timeout 3600 cargo test --test vm_e2e -- --ignored --test-threads=1 --skip bench_boot_to_ready "$@"
+	timeout 3600 cargo test --no-fail-fast --test vm_e2e --test vm_runtime -- \
+		--ignored --test-threads=1 --skip bench_boot_to_ready "$@"
 }
 
 cmd_bench() {

@@ -138,6 +138,10 @@ pub struct VmOptions {
     pub image: Image,
     /// Size of the blank data disk given to the rootfs image.
     pub data_disk_bytes: u64,
+    /// The rootfs image's data disk: `None` makes a blank one in the VM's
+    /// temp dir; a path is used as it is (created blank and sparse when
+    /// absent) and outlives the VM, so a second boot can reuse it.
+    pub data_disk: Option<PathBuf>,
     /// Attach a virtio-net NIC on QEMU user networking (restricted: DHCP
     /// and the host-side gateway only, no way out).
     pub nic: bool,
@@ -154,6 +158,7 @@ impl Default for VmOptions {
             disks: Vec::new(),
             image: Image::Initramfs,
             data_disk_bytes: 8 << 30,
+            data_disk: None,
             nic: false,
             ready_timeout: DEFAULT_READY_TIMEOUT,
         }
@@ -188,6 +193,18 @@ impl VmOptions {
     /// Boots the Debian rootfs image instead of the initramfs.
     pub fn rootfs(mut self) -> Self {
         self.image = Image::Rootfs;
+        self
+    }
+
+    /// The runtime VM: the Debian rootfs with a data disk, 2 vCPUs and
+    /// 2 GiB (containerd and dockerd), and a READY timeout for a loaded host.
+    pub fn runtime() -> Self {
+        Self::default().rootfs().smp(2).memory_mib(2048).ready_timeout(Duration::from_secs(180))
+    }
+
+    /// Uses (or creates) the rootfs image's data disk at `path`.
+    pub fn data_disk(mut self, path: impl Into<PathBuf>) -> Self {
+        self.data_disk = Some(path.into());
         self
     }
 
@@ -385,8 +402,11 @@ impl Vm {
                 let missing = || io::Error::other("assets prepared without --rootfs");
                 let rootfs = self.assets.rootfs.clone().ok_or_else(missing)?;
                 let initrd = self.assets.rootfs_initramfs.clone().ok_or_else(missing)?;
-                let data = self.dir.join("data.img");
-                fs::File::create(&data)?.set_len(self.options.data_disk_bytes)?;
+                let data = self.data_disk_path();
+                if self.options.data_disk.is_none() || !data.exists() {
+                    // Sparse: a blank disk costs no host space.
+                    fs::File::create(&data)?.set_len(self.options.data_disk_bytes)?;
+                }
                 Ok((initrd, vec![rootfs, data]))
             }
         }
@@ -404,6 +424,16 @@ impl Vm {
     /// `hvsock:<uds>:1024`, the address `arcbox-agentctl --connect` takes.
     pub fn address(&self) -> String {
         format!("hvsock:{}:{RPC_PORT}", self.uds_path().display())
+    }
+
+    /// The rootfs image's data disk (`/dev/vdb` in the guest).
+    pub fn data_disk_path(&self) -> PathBuf {
+        self.options.data_disk.clone().unwrap_or_else(|| self.dir.join("data.img"))
+    }
+
+    /// The VM's private temp dir (console log, sockets).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Host Unix socket that carries guest vsock (hybrid vsock).
