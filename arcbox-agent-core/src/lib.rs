@@ -10,7 +10,8 @@
 //! # Layout
 //! - [`protocol`]: frame codec, message type codes, error payload, protobuf messages.
 //! - [`rpc`]: router, connection and accept loops; [`rpc::handlers`] has one module per request family.
-//! - [`runtime`]: the EnsureRuntime state machine over a [`runtime::RuntimeBackend`].
+//! - [`runtime`]: the EnsureRuntime state machine over a [`runtime::RuntimeBackend`], the
+//!   supervised containerd/dockerd, k3s, and readiness events.
 //! - [`storage`]: the Btrfs data disk (blank detection, subvolumes, mounts).
 //! - [`transport`]: listeners (guest), connector (host), addresses.
 //! - [`client`]: the async host client.
