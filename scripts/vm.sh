@@ -654,7 +654,7 @@ cmd_e2e() {
 	cmd_deps
 	cd "$REPO_ROOT"
 	timeout 3600 cargo test --no-fail-fast --test vm_e2e --test vm_runtime -- \
-		--ignored --test-threads=1 --skip bench_boot_to_ready "$@"
+		--ignored --test-threads=1 --skip bench_ "$@"
 }
 
 cmd_bench() {
@@ -663,6 +663,9 @@ cmd_bench() {
 	log "hardware: $(nproc) cores, $(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo), TCG"
 	ARCBOX_VM_BENCH=1 timeout 1800 cargo test --test vm_e2e -- \
 		--ignored --exact bench_boot_to_ready --nocapture --test-threads=1
+	# The runtime image: EnsureRuntime -> Docker ready (a few minutes).
+	ARCBOX_VM_BENCH=1 timeout 1800 cargo test --test vm_runtime -- \
+		--ignored --exact bench_ensure_runtime_to_docker_ready --nocapture --test-threads=1
 }
 
 arm_traps() {

@@ -427,3 +427,33 @@ async fn a_second_boot_on_the_same_data_disk_mounts_it_and_keeps_the_image() {
     drop(docker);
     stop(vm);
 }
+
+/// EnsureRuntime -> Docker ready, median of several boots on blank data
+/// disks (formatting included); measures only with ARCBOX_VM_BENCH=1
+/// (`scripts/vm.sh bench`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run with scripts/vm.sh bench"]
+async fn bench_ensure_runtime_to_docker_ready() {
+    if std::env::var_os("ARCBOX_VM_BENCH").is_none() {
+        eprintln!("set ARCBOX_VM_BENCH=1 (scripts/vm.sh bench) to measure");
+        return;
+    }
+    let boots: usize = std::env::var("ARCBOX_VM_BENCH_BOOTS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let mut samples = Vec::new();
+    for i in 0..boots {
+        let vm = boot(VmOptions::runtime());
+        let mut agent = client(&vm).await;
+        let (took, _) = ensure_ready(&mut agent).await;
+        eprintln!("boot {i}: EnsureRuntime -> docker ready {took:?}");
+        samples.push(took);
+        stop(vm);
+    }
+    let (median, min, max) = vm::summarize(&mut samples);
+    println!(
+        "EnsureRuntime -> docker ready (blank disk, TCG -smp 2 -m 2G)  median {:.2} s  min {:.2} s  max {:.2} s  (n={})",
+        median.as_secs_f64(),
+        min.as_secs_f64(),
+        max.as_secs_f64(),
+        samples.len()
+    );
+}
