@@ -6,17 +6,13 @@
 mod root_ns;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use arcbox_agent_core::boot::StepOutcome;
 use arcbox_agent_core::config::{AgentConfig, ShareConfig};
 use arcbox_agent_core::init::{InitOps, InitRunner, Phase, StepReport, standard_plan};
 use arcbox_agent_core::reaper::Reaper;
-use arcbox_agent_core::sys::linux::{
-    LinuxChildReaping, LinuxFiles, LinuxLimits, LinuxModules, LinuxMount, LinuxNetwork, LinuxSpawner,
-    parse_mountinfo,
-};
+use arcbox_agent_core::sys::linux::{LinuxChildReaping, parse_mountinfo};
 use nix::mount::{MsFlags, mount};
 
 #[test]
@@ -69,14 +65,7 @@ fn init_plan_mounts_writes_and_is_idempotent_in_a_fresh_namespace() {
     let plan = standard_plan(&config);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let reaper = Reaper::new(LinuxChildReaping);
-    let ops = InitOps {
-        mount: Arc::new(LinuxMount),
-        files: Arc::new(LinuxFiles),
-        network: Arc::new(LinuxNetwork),
-        modules: Arc::new(LinuxModules),
-        limits: Arc::new(LinuxLimits),
-        spawner: Arc::new(LinuxSpawner::new(reaper)),
-    };
+    let ops = InitOps::linux(reaper);
     let runner = InitRunner::new(ops, &root);
     let run_all = || {
         rt.block_on(async {

@@ -21,8 +21,8 @@ use arcbox_agent_core::shutdown::{
 use arcbox_agent_core::storage::{DataDisk, DataDiskConfig, data_device};
 use arcbox_agent_core::sys::PowerControl;
 use arcbox_agent_core::sys::linux::{
-    LinuxChildReaping, LinuxClock, LinuxDisk, LinuxFiles, LinuxLimits, LinuxModules, LinuxMount,
-    LinuxNetwork, LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
+    LinuxChildReaping, LinuxClock, LinuxDisk, LinuxFiles, LinuxMount, LinuxPowerSwitch, LinuxProcessTable,
+    LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
 };
 use arcbox_agent_core::transport::{Address, AnyListener, VSOCK_CID_ANY};
 use tokio_util::sync::CancellationToken;
@@ -35,14 +35,7 @@ pub fn init_ops_without_spawner() -> InitOps {
 
 /// Init ops over the real system, spawning through `reaper`.
 pub fn init_ops(reaper: Arc<Reaper<LinuxChildReaping>>) -> InitOps {
-    InitOps {
-        mount: Arc::new(LinuxMount),
-        files: Arc::new(LinuxFiles),
-        network: Arc::new(LinuxNetwork),
-        modules: Arc::new(LinuxModules),
-        limits: Arc::new(LinuxLimits),
-        spawner: Arc::new(LinuxSpawner::new(reaper)),
-    }
+    InitOps::linux(reaper)
 }
 
 /// Starts the reaper task; in init mode and not PID 1, adopts orphans.

@@ -197,6 +197,24 @@ pub struct InitOps {
     pub spawner: Arc<dyn ProcessSpawner>,
 }
 
+#[cfg(target_os = "linux")]
+impl InitOps {
+    /// The real system, spawning through `reaper`.
+    pub fn linux(reaper: Arc<crate::reaper::Reaper<crate::sys::linux::LinuxChildReaping>>) -> Self {
+        use crate::sys::linux::{
+            LinuxFiles, LinuxLimits, LinuxModules, LinuxMount, LinuxNetwork, LinuxSpawner,
+        };
+        Self {
+            mount: Arc::new(LinuxMount),
+            files: Arc::new(LinuxFiles),
+            network: Arc::new(LinuxNetwork),
+            modules: Arc::new(LinuxModules),
+            limits: Arc::new(LinuxLimits),
+            spawner: Arc::new(LinuxSpawner::new(reaper)),
+        }
+    }
+}
+
 /// The first real NIC in sorted order: not `lo`, `dummy*`, `veth*`,
 /// `br-*`, `docker*` (the reference's rule).
 pub fn primary_interface(names: &[String]) -> Option<String> {

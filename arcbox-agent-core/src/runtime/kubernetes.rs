@@ -234,18 +234,7 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> RuntimeBackend for K3s<S, P,
             uptime_secs: snapshot.started_at.map_or(0, |t| t.elapsed().as_secs()),
         };
         let services: Vec<ServiceStatus> = containerd.into_iter().chain([k3s]).collect();
-        RuntimeStatusResponse {
-            containerd_ready: services.iter().any(|s| s.name == "containerd" && s.status == SERVICE_READY),
-            docker_ready: false,
-            endpoint: self.layout.host_endpoint.clone(),
-            detail: services
-                .iter()
-                .map(|s| format!("{}: {}", s.name, s.detail))
-                .collect::<Vec<_>>()
-                .join("; "),
-            services,
-            state: String::new(),
-        }
+        super::status_from_services(services, &self.layout.host_endpoint)
     }
 
     fn degraded(&self) -> Option<String> {

@@ -15,7 +15,7 @@ pub use manager::{EnsureMode, RuntimeManager, RuntimePhase};
 pub use probed::{ProbedRuntime, RuntimeSockets};
 pub use supervised::{CONTAINERD_CONFIG, DataDiskStep, RUNTIME_BINARIES, RuntimeLayout, SupervisedRuntime};
 
-use crate::protocol::proto::agent::{RuntimeEnsureResponse, RuntimeStatusResponse};
+use crate::protocol::proto::agent::{RuntimeEnsureResponse, RuntimeStatusResponse, ServiceStatus};
 
 /// `RuntimeEnsureResponse.status`: this call started the runtime.
 pub const STATUS_STARTED: &str = "started";
@@ -47,6 +47,20 @@ pub(crate) fn start_answer(outcome: Result<String, String>, endpoint: &str) -> R
             message,
             status: STATUS_FAILED.to_owned(),
         },
+    }
+}
+
+/// A RuntimeStatusResponse over per-service entries: readiness flags by
+/// service name, and a detail joining each service's own.
+pub(crate) fn status_from_services(services: Vec<ServiceStatus>, endpoint: &str) -> RuntimeStatusResponse {
+    let ready = |name: &str| services.iter().any(|s| s.name == name && s.status == SERVICE_READY);
+    RuntimeStatusResponse {
+        containerd_ready: ready("containerd"),
+        docker_ready: ready("dockerd"),
+        endpoint: endpoint.to_owned(),
+        detail: services.iter().map(|s| format!("{}: {}", s.name, s.detail)).collect::<Vec<_>>().join("; "),
+        services,
+        state: String::new(),
     }
 }
 

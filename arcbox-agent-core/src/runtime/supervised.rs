@@ -397,18 +397,7 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> RuntimeBackend for Supervise
                         },
                     })
                     .collect();
-                RuntimeStatusResponse {
-                    containerd_ready: services[0].status == SERVICE_READY,
-                    docker_ready: services[1].status == SERVICE_READY,
-                    endpoint: self.layout.sockets.endpoint.clone(),
-                    detail: services
-                        .iter()
-                        .map(|s| format!("{}: {}", s.name, s.detail))
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                    services,
-                    state: String::new(),
-                }
+                super::status_from_services(services, &self.layout.sockets.endpoint)
             }
         };
         if let Some(disk) = disk {
