@@ -27,7 +27,7 @@ const STABLE_RUN: Duration = Duration::from_secs(30);
 /// appears at bind(), a moment before listen()); doubles up to [`API_RETRY_MAX`].
 const API_RETRY_FIRST: Duration = Duration::from_millis(1);
 /// Longest pause between API checks (a daemon still initialising).
-const API_RETRY_MAX: Duration = Duration::from_millis(50);
+const API_RETRY_MAX: Duration = Duration::from_millis(10);
 /// Deadline of one API check.
 const API_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
