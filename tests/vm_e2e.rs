@@ -222,7 +222,9 @@ async fn fifty_concurrent_connections_each_get_answers() {
     let mut answered = 0;
     while let Some(result) = tasks.join_next().await {
         let served = result.expect("task").unwrap_or_else(|e| panic!("{e}"));
-        assert!(served >= 4, "the agent counts this connection's requests ({served})");
+        // Requests are counted once answered, so the info call that reads the
+        // counter is not in it yet; this connection's three Pings are.
+        assert!(served >= 3, "the agent counts this connection's answered requests ({served})");
         answered += 1;
     }
     assert_eq!(answered, 50);
