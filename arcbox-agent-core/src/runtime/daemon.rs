@@ -125,6 +125,17 @@ impl Daemon {
         let _ = tokio::time::timeout(grace + Duration::from_secs(5), rx.wait_for(|s| s.pid == 0)).await;
     }
 
+    /// Waits until an incarnation is running (or the supervisor gave up);
+    /// returns its pid, 0 if none within `limit`.
+    pub async fn wait_started(&self, limit: Duration) -> u32 {
+        let mut rx = self.state.subscribe();
+        let started = tokio::time::timeout(limit, rx.wait_for(|s| s.pid != 0 || s.gave_up)).await;
+        match started {
+            Ok(Ok(s)) => s.pid,
+            _ => 0,
+        }
+    }
+
     /// Waits until the daemon is ready; the error says why it is not.
     pub async fn wait_ready(&self, limit: Duration) -> Result<(), String> {
         let mut rx = self.state.subscribe();

@@ -40,16 +40,21 @@ impl Default for ReadinessEvents {
 }
 
 impl ReadinessEvents {
-    /// Publishes an event (dropped if nobody listens).
-    pub fn publish(&self, kind: &str, service: &str, reason: impl Into<String>, pid: u32) {
+    /// An event stamped with the current time (not published).
+    pub fn event(kind: &str, service: &str, reason: impl Into<String>, pid: u32) -> ReadinessEvent {
         let time = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let event = ReadinessEvent {
+        ReadinessEvent {
             kind: kind.to_owned(),
             service: service.to_owned(),
             reason: reason.into(),
             time_unix_nanos: i64::try_from(time.as_nanos()).unwrap_or(i64::MAX),
             pid,
-        };
+        }
+    }
+
+    /// Publishes an event (dropped if nobody listens).
+    pub fn publish(&self, kind: &str, service: &str, reason: impl Into<String>, pid: u32) {
+        let event = Self::event(kind, service, reason, pid);
         tracing::info!(kind, service, reason = %event.reason, pid, "readiness event");
         let _ = self.sender.send(event);
     }

@@ -121,17 +121,7 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> K3s<S, P, F> {
             Daemon::start(spec, Arc::clone(&self.spawner), Arc::clone(&self.probe), self.events.clone());
         *self.daemon.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&daemon));
         // Wait for a pid, then record it where the ordered shutdown looks.
-        let started = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                let snapshot = daemon.snapshot();
-                if snapshot.pid != 0 || snapshot.gave_up {
-                    return snapshot.pid;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .unwrap_or(0);
+        let started = daemon.wait_started(Duration::from_secs(5)).await;
         if started != 0
             && let Some(dir) = self.layout.pid_file.parent()
         {

@@ -44,17 +44,15 @@ impl<B: RuntimeBackend> StreamingHandler for WatchReadinessHandler<B> {
         // happens in between is missed.
         let mut rx = self.events.subscribe();
         let code = MessageType::ReadinessEvent.code();
-        let snapshot = ReadinessEvents::default();
-        let mut initial = snapshot.subscribe();
-        snapshot.publish(kind::AGENT_READY, "", "serving", std::process::id());
-        match self.runtime.phase() {
-            RuntimePhase::NotStarted => {}
-            RuntimePhase::Starting => snapshot.publish(kind::RUNTIME_STARTING, "", "start in progress", 0),
-            RuntimePhase::Ready { message, .. } => snapshot.publish(kind::RUNTIME_READY, "", message, 0),
-            RuntimePhase::Failed { message } => snapshot.publish(kind::RUNTIME_FAILED, "", message, 0),
-        }
-        while let Ok(event) = initial.try_recv() {
-            out.send(code, &event).await?;
+        out.send(code, &ReadinessEvents::event(kind::AGENT_READY, "", "serving", std::process::id())).await?;
+        let phase = match self.runtime.phase() {
+            RuntimePhase::NotStarted => None,
+            RuntimePhase::Starting => Some((kind::RUNTIME_STARTING, "start in progress".to_owned())),
+            RuntimePhase::Ready { message, .. } => Some((kind::RUNTIME_READY, message)),
+            RuntimePhase::Failed { message } => Some((kind::RUNTIME_FAILED, message)),
+        };
+        if let Some((kind, reason)) = phase {
+            out.send(code, &ReadinessEvents::event(kind, "", reason, 0)).await?;
         }
         out.flush().await?;
         loop {
