@@ -273,7 +273,11 @@ impl Drop for Watcher {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "boots the runtime VM and starts dockerd (about a minute); run with scripts/vm.sh e2e"]
 async fn ensure_runtime_formats_a_blank_disk_and_the_docker_cli_runs_containers_over_vsock() {
-    let vm = boot(VmOptions::runtime());
+    // Proxy debug lines show that the guest relays vsock <-> docker.sock by
+    // splice rather than falling back to copying.
+    let vm = boot(VmOptions::runtime().cmdline(
+        "arcbox_agent.log=info,arcbox_agent_core::proxy=debug,arcbox_agent_core::sys::linux::splice=debug",
+    ));
     let mut agent = client(&vm).await;
     let before = agent.runtime_status().await.expect("runtime status");
     assert_eq!(before.state, "not_started", "{before:?}");
@@ -301,6 +305,14 @@ async fn ensure_runtime_formats_a_blank_disk_and_the_docker_cli_runs_containers_
     let input = b"stdin through the proxy\nsecond line\n";
     let out = docker.docker_ok(&["run", "-i", "--rm", IMAGE, "cat"], Some(input)).await;
     assert_eq!(out.as_bytes(), input, "docker run -i cat echoes its stdin");
+
+    let console = vm.console();
+    assert!(console.contains("proxy connection closed"), "no proxy debug lines:\n{}", vm.console_tail(40));
+    assert!(
+        !console.contains("splice refused"),
+        "the guest proxy fell back to copying:\n{}",
+        vm.console_tail(40)
+    );
 
     // The status names what the data disk step did. Checked last, so the
     // Docker checks above report on their own.

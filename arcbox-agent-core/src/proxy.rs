@@ -17,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+#[cfg(target_os = "linux")]
+use crate::sys::linux::splice::Mover;
 use crate::transport::{Address, AnyStream, Transport, connect_once};
 
 /// Relay buffer per direction (the reference used 8 KiB; larger buffers
@@ -44,22 +46,26 @@ where
     Ok(Relayed { to_target, from_target })
 }
 
-/// Relays between an accepted stream and the target connection: by
-/// splice(2) when both are Unix sockets (no user-space copies; the host
-/// side of the Docker proxy, whose target is a VMM's hybrid-vsock socket),
-/// else by copying with bounded buffers.
-async fn relay_streams<A>(client: &mut A, upstream: &mut AnyStream) -> std::io::Result<Relayed>
+/// Relays between an accepted stream and the target connection. On Linux
+/// both sockets go to the kernel-side relay (splice(2): no user-space
+/// copies), whatever their transport; streams of other kinds (an
+/// embedder's own transport) are copied with bounded buffers.
+async fn relay_streams<A>(client: A, mut upstream: AnyStream) -> std::io::Result<Relayed>
 where
     A: AsyncRead + AsyncWrite + Unpin + std::any::Any,
 {
     #[cfg(target_os = "linux")]
-    if let (Some(client), AnyStream::Unix(upstream)) =
-        ((client as &mut dyn std::any::Any).downcast_mut::<tokio::net::UnixStream>(), &*upstream)
-    {
-        let (to_target, from_target) = crate::sys::linux::splice::splice_relay(client, upstream).await?;
-        return Ok(Relayed { to_target, from_target });
-    }
-    relay(client, upstream).await
+    let client = match crate::transport::into_socket_fd(client) {
+        Ok(client) => {
+            let (to_target, from_target) =
+                crate::sys::linux::splice::relay_sockets(client?, upstream.into_socket_fd()?, Mover::Splice)
+                    .await?;
+            return Ok(Relayed { to_target, from_target });
+        }
+        Err(other) => other,
+    };
+    let mut client = client;
+    relay(&mut client, &mut upstream).await
 }
 
 /// Counters of a running proxy.
@@ -90,7 +96,7 @@ pub async fn serve_proxy<T: Transport>(
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let (mut client, peer) = match accepted {
+        let (client, peer) = match accepted {
             Ok(pair) => pair,
             Err(err) => {
                 tracing::warn!(error = %err, "proxy accept failed; retrying");
@@ -101,7 +107,7 @@ pub async fn serve_proxy<T: Transport>(
         stats.connections.fetch_add(1, Ordering::Relaxed);
         let (target, stats, shutdown) = (Arc::clone(&target), Arc::clone(&stats), shutdown.clone());
         tasks.spawn(async move {
-            let mut upstream: AnyStream = match connect_once(&target).await {
+            let upstream: AnyStream = match connect_once(&target).await {
                 Ok(s) => s,
                 Err(err) => {
                     stats.target_failures.fetch_add(1, Ordering::Relaxed);
@@ -111,7 +117,7 @@ pub async fn serve_proxy<T: Transport>(
             };
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                result = relay_streams(&mut client, &mut upstream) => match result {
+                result = relay_streams(client, upstream) => match result {
                     Ok(moved) => {
                         stats.bytes.fetch_add(moved.to_target + moved.from_target, Ordering::Relaxed);
                         tracing::debug!(peer, to_target = moved.to_target, from_target = moved.from_target, "proxy connection closed");

@@ -18,6 +18,8 @@ pub use connector::{connect, connect_once, hybrid_connect};
 pub use listener::VsockTransport;
 pub use listener::{AnyListener, TcpTransport, UnixTransport, VSOCK_BIND_DEADLINE};
 pub use stream::AnyStream;
+#[cfg(target_os = "linux")]
+pub(crate) use stream::into_socket_fd;
 
 /// A source of incoming connections for the RPC server.
 pub trait Transport: Send + 'static {

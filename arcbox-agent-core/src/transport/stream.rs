@@ -66,3 +66,42 @@ impl AsyncWrite for AnyStream {
         }
     }
 }
+
+#[cfg(target_os = "linux")]
+impl AnyStream {
+    /// Takes the socket out, deregistered from the runtime and still
+    /// non-blocking, for the kernel-side relay.
+    pub(crate) fn into_socket_fd(self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::OwnedFd;
+        match self {
+            AnyStream::Unix(s) => s.into_std().map(OwnedFd::from),
+            AnyStream::Tcp(s) => s.into_std().map(OwnedFd::from),
+            AnyStream::Vsock(s) => Ok(OwnedFd::from(s)),
+        }
+    }
+}
+
+/// Takes the socket out of a stream of a kind the kernel-side relay can
+/// drive (Unix, TCP, vsock, or [`AnyStream`] of those), deregistered from
+/// the runtime and still non-blocking; gives other streams back unchanged.
+#[cfg(target_os = "linux")]
+pub(crate) fn into_socket_fd<S: std::any::Any>(stream: S) -> Result<io::Result<std::os::fd::OwnedFd>, S> {
+    use std::os::fd::OwnedFd;
+    let boxed: Box<dyn std::any::Any> = Box::new(stream);
+    let boxed = match boxed.downcast::<AnyStream>() {
+        Ok(any) => return Ok(any.into_socket_fd()),
+        Err(other) => other,
+    };
+    let boxed = match boxed.downcast::<UnixStream>() {
+        Ok(s) => return Ok(s.into_std().map(OwnedFd::from)),
+        Err(other) => other,
+    };
+    let boxed = match boxed.downcast::<TcpStream>() {
+        Ok(s) => return Ok(s.into_std().map(OwnedFd::from)),
+        Err(other) => other,
+    };
+    match boxed.downcast::<tokio_vsock::VsockStream>() {
+        Ok(s) => Ok(Ok(OwnedFd::from(*s))),
+        Err(other) => Err(*other.downcast::<S>().expect("the stream's own type")),
+    }
+}

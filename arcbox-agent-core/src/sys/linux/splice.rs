@@ -1,62 +1,227 @@
-//! Zero-copy relaying between two Unix stream sockets: splice(2) moves the
-//! bytes socket -> pipe -> socket inside the kernel, so a proxy hop costs
-//! no user-space copies. Half-close is propagated as in the copy relay.
+//! Kernel-side relaying between two connected stream sockets (Unix, TCP,
+//! vsock): splice(2) moves the bytes socket -> pipe -> socket, so a proxy
+//! hop costs no user-space copies. Between Unix sockets the pages are not
+//! copied at all; from a vsock one kernel copy is left instead of two
+//! copies through user space. Half-close is propagated as in the copy
+//! relay, and a socket that refuses splice falls back to copying.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
+use nix::errno::Errno;
 use nix::fcntl::{OFlag, SpliceFFlags, splice};
 use tokio::io::Interest;
-use tokio::net::UnixStream;
+use tokio::io::unix::AsyncFd;
 
-/// Bytes moved per splice call (the pipe is sized to it when possible).
+/// Bytes moved per splice call; the pipe is sized to it when the kernel
+/// allows (root may; others keep the default 64 KiB, which works too).
 const SPLICE_CHUNK_BYTES: usize = 1 << 20;
 
-/// Relays both directions between `a` and `b` until each has reached EOF;
-/// returns (bytes a -> b, bytes b -> a).
-pub async fn splice_relay(a: &UnixStream, b: &UnixStream) -> io::Result<(u64, u64)> {
-    tokio::try_join!(one_way(a, b), one_way(b, a))
+/// Buffer of the copying fallback.
+const COPY_BUFFER_BYTES: usize = 256 * 1024;
+
+/// How one direction moves its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mover {
+    /// splice(2) through a pipe (the default).
+    Splice,
+    /// read(2)/write(2) through a bounded buffer.
+    Copy,
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-    // A bigger pipe means fewer round trips; the default (64 KiB) works too.
-    let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(SPLICE_CHUNK_BYTES as i32));
-    Ok((read, write))
+/// Relays both directions between the sockets `a` and `b` (non-blocking,
+/// connected) until each has reached EOF; returns (bytes a -> b, bytes b -> a).
+pub async fn relay_sockets(a: OwnedFd, b: OwnedFd, mover: Mover) -> io::Result<(u64, u64)> {
+    let (a, b) = (register(a)?, register(b)?);
+    tokio::try_join!(one_way(&a, &b, mover), one_way(&b, &a, mover))
 }
 
-async fn one_way(from: &UnixStream, to: &UnixStream) -> io::Result<u64> {
-    let (pipe_read, pipe_write) = pipe()?;
-    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+fn register(socket: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the OwnedFd stays open, and the same descriptor, until the
+    // AsyncFd that owns it is dropped.
+    unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE | Interest::WRITABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// The per-direction staging area: a pipe for splice, a buffer for copies.
+enum Stage {
+    Pipe { read: OwnedFd, write: OwnedFd },
+    Buffer(Box<[u8]>),
+}
+
+impl Stage {
+    fn new(mover: Mover) -> io::Result<Self> {
+        match mover {
+            Mover::Splice => {
+                let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+                let size = nix::fcntl::FcntlArg::F_SETPIPE_SZ(SPLICE_CHUNK_BYTES as i32);
+                let _ = nix::fcntl::fcntl(&write, size);
+                Ok(Stage::Pipe { read, write })
+            }
+            Mover::Copy => Ok(Stage::Buffer(vec![0; COPY_BUFFER_BYTES].into_boxed_slice())),
+        }
+    }
+
+    /// The most one `fill` takes.
+    fn capacity(&self) -> usize {
+        match self {
+            Stage::Pipe { .. } => SPLICE_CHUNK_BYTES,
+            Stage::Buffer(buf) => buf.len(),
+        }
+    }
+
+    /// Takes up to a chunk from `from` into the stage: Ok(0) is EOF.
+    fn fill(&mut self, from: &OwnedFd) -> io::Result<usize> {
+        let moved = match self {
+            Stage::Pipe { write, .. } => {
+                splice(from.as_fd(), None, write.as_fd(), None, SPLICE_CHUNK_BYTES, splice_flags())
+            }
+            Stage::Buffer(buf) => nix::unistd::read(from.as_fd(), buf),
+        };
+        moved.map_err(io::Error::from)
+    }
+
+    /// Passes on staged bytes to `to`, from `offset` of `filled`.
+    fn drain(&mut self, to: &OwnedFd, offset: usize, filled: usize) -> io::Result<usize> {
+        let moved = match self {
+            Stage::Pipe { read, .. } => {
+                splice(read.as_fd(), None, to.as_fd(), None, filled - offset, splice_flags())
+            }
+            Stage::Buffer(buf) => nix::unistd::write(to, &buf[offset..filled]),
+        };
+        moved.map_err(io::Error::from)
+    }
+}
+
+fn splice_flags() -> SpliceFFlags {
+    SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MORE
+}
+
+/// True when the kernel refuses splice for this kind of descriptor.
+fn splice_unsupported(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(Errno::EINVAL as i32)
+}
+
+async fn one_way(from: &AsyncFd<OwnedFd>, to: &AsyncFd<OwnedFd>, mover: Mover) -> io::Result<u64> {
+    let mut stage = Stage::new(mover)?;
     let mut total = 0u64;
     loop {
-        from.readable().await?;
-        let filled = match from.try_io(Interest::READABLE, || {
-            splice(from.as_fd(), None, pipe_write.as_fd(), None, SPLICE_CHUNK_BYTES, flags)
-                .map_err(io::Error::from)
-        }) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+        let filled = loop {
+            let mut ready = from.readable().await?;
+            match ready.try_io(|fd| stage.fill(fd.get_ref())) {
+                Ok(Err(e)) if total == 0 && matches!(stage, Stage::Pipe { .. }) && splice_unsupported(&e) => {
+                    tracing::debug!("splice refused for this socket; relaying by copying");
+                    stage = Stage::new(Mover::Copy)?;
+                }
+                Ok(result) => {
+                    let filled = result?;
+                    if filled < stage.capacity() {
+                        // A short read drained the socket: skip the probe that
+                        // would only say EAGAIN (tokio's own streams do the same).
+                        ready.clear_ready();
+                    }
+                    break filled;
+                }
+                Err(_would_block) => {}
+            }
         };
         if filled == 0 {
             // EOF from `from`: pass the half-close on; the other direction goes on.
-            nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write)
-                .or_else(|e| if e == nix::errno::Errno::ENOTCONN { Ok(()) } else { Err(e) })
-                .map_err(io::Error::from)?;
-            return Ok(total);
+            return match nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write) {
+                Ok(()) | Err(Errno::ENOTCONN) => Ok(total),
+                Err(e) => Err(e.into()),
+            };
         }
-        let mut left = filled;
-        while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice(pipe_read.as_fd(), None, to.as_fd(), None, left, flags).map_err(io::Error::from)
-            }) {
-                Ok(n) => left -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+        let mut sent = 0;
+        while sent < filled {
+            let mut ready = to.writable().await?;
+            if let Ok(result) = ready.try_io(|fd| stage.drain(fd.get_ref(), sent, filled)) {
+                let moved = result?;
+                if sent + moved < filled {
+                    // A short write filled the socket's buffer.
+                    ready.clear_ready();
+                }
+                sent += moved;
             }
         }
         total += filled as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream as StdUnixStream;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+    use super::*;
+
+    fn owned(s: StdUnixStream) -> OwnedFd {
+        s.set_nonblocking(true).unwrap();
+        s.into()
+    }
+
+    /// client <-> [relay] <-> server over socketpairs: a payload each way,
+    /// both half-closes delivered, byte counts right.
+    async fn round_trip(mover: Mover) {
+        let (client, relay_front) = StdUnixStream::pair().unwrap();
+        let (relay_back, server) = StdUnixStream::pair().unwrap();
+        let relay = tokio::spawn(relay_sockets(owned(relay_front), owned(relay_back), mover));
+        client.set_nonblocking(true).unwrap();
+        server.set_nonblocking(true).unwrap();
+        let (mut client, mut server) =
+            (UnixStream::from_std(client).unwrap(), UnixStream::from_std(server).unwrap());
+        let upload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let upload = upload.clone();
+            tokio::spawn(async move {
+                client.write_all(&upload).await.unwrap();
+                client.shutdown().await.unwrap();
+                let mut answer = Vec::new();
+                client.read_to_end(&mut answer).await.unwrap();
+                answer
+            })
+        };
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert!(got == upload, "the upload arrived changed ({} of {} bytes)", got.len(), upload.len());
+        server.write_all(b"stored").await.unwrap();
+        server.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"stored");
+        assert_eq!(relay.await.unwrap().unwrap(), (upload.len() as u64, 6));
+    }
+
+    #[tokio::test]
+    async fn splice_relays_both_ways_with_half_close() {
+        round_trip(Mover::Splice).await;
+    }
+
+    #[tokio::test]
+    async fn copy_relays_both_ways_with_half_close() {
+        round_trip(Mover::Copy).await;
+    }
+
+    #[tokio::test]
+    async fn splice_relays_between_unix_and_tcp() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp_client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut tcp_server, _) = listener.accept().await.unwrap();
+        let (unix_end, relay_front) = StdUnixStream::pair().unwrap();
+        let tcp_client: OwnedFd = tcp_client.into_std().unwrap().into();
+        let relay = tokio::spawn(relay_sockets(owned(relay_front), tcp_client, Mover::Splice));
+        unix_end.set_nonblocking(true).unwrap();
+        let mut unix_end = UnixStream::from_std(unix_end).unwrap();
+        unix_end.write_all(b"GET /version").await.unwrap();
+        unix_end.shutdown().await.unwrap();
+        let mut request = Vec::new();
+        tcp_server.read_to_end(&mut request).await.unwrap();
+        assert_eq!(request, b"GET /version");
+        tcp_server.write_all(b"v1").await.unwrap();
+        drop(tcp_server);
+        let mut answer = Vec::new();
+        unix_end.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"v1");
+        assert_eq!(relay.await.unwrap().unwrap(), (12, 2));
     }
 }
