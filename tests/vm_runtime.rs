@@ -2,7 +2,8 @@
 //! image (docker.io 20.10, containerd, runc, btrfs-progs) boots with a data
 //! disk on `/dev/vdb`; EnsureRuntime formats it and starts containerd and
 //! dockerd; the host's Docker CLI talks to dockerd through the agent's
-//! Docker API proxy over real virtio-vsock.
+//! Docker API proxy over real virtio-vsock, and an HTTP server in a
+//! host-network container answers through the Kubernetes API proxy.
 //!
 //! Every test is `#[ignore]`d: each boots the runtime VM (2 vCPUs, 2 GiB,
 //! TCG) and waits for dockerd, which takes 10-60 s. Run them with
@@ -25,8 +26,8 @@ use std::time::{Duration, Instant};
 use arcbox_agent_core::client::{AgentClient, ConnectOptions};
 use arcbox_agent_core::protocol::proto::agent::{ReadinessEvent, RuntimeStatusResponse, ServiceStatus};
 use arcbox_agent_core::proxy::{ProxyStats, serve_proxy};
-use arcbox_agent_core::transport::{Address, UnixTransport};
-use tokio::io::AsyncWriteExt as _;
+use arcbox_agent_core::transport::{Address, UnixTransport, connect};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +35,8 @@ use vm::{Vm, VmOptions};
 
 /// Guest vsock port of the agent's Docker API proxy.
 const DOCKER_PORT: u32 = 2375;
+/// The guest's Kubernetes API proxy port (to 127.0.0.1:6443).
+const KUBERNETES_PORT: u32 = 16443;
 /// EnsureRuntime to ready: dockerd under TCG on a loaded host.
 const RUNTIME_LIMIT: Duration = Duration::from_secs(240);
 /// One Docker CLI command (a `docker run` is 3-11 s under TCG).
@@ -215,6 +218,27 @@ async fn import_busybox(docker: &DockerProxy, scratch: &Path) {
     assert!(id.trim().starts_with("sha256:"), "docker import printed {id:?}");
 }
 
+/// `GET path` over the guest's vsock `port`, retried while the proxy's
+/// target is not listening yet (the proxy then closes without an answer).
+async fn http_get_through_vsock(vm: &Vm, port: u32, path: &str) -> String {
+    let address = Address::parse(&vm.address()).expect("address").with_port(port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut stream = connect(&address, Duration::from_secs(10)).await.expect("connect through vsock");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: guest\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send the request");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("the answer did not end within 10 s")
+            .expect("read the answer");
+        if !answer.is_empty() || Instant::now() > deadline {
+            return String::from_utf8_lossy(&answer).into_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Readiness events from a second connection, as they arrive.
 struct Watcher {
     events: mpsc::UnboundedReceiver<ReadinessEvent>,
@@ -305,6 +329,14 @@ async fn ensure_runtime_formats_a_blank_disk_and_the_docker_cli_runs_containers_
     let input = b"stdin through the proxy\nsecond line\n";
     let out = docker.docker_ok(&["run", "-i", "--rm", IMAGE, "cat"], Some(input)).await;
     assert_eq!(out.as_bytes(), input, "docker run -i cat echoes its stdin");
+
+    // The Kubernetes API proxy: vsock 16443 -> TCP 127.0.0.1:6443 in the
+    // guest, with a busybox httpd on the guest's loopback in k3s's place.
+    let serve_api =
+        "mkdir /api && echo api-stand-in > /api/version && exec httpd -f -p 127.0.0.1:6443 -h /api";
+    docker.docker_ok(&["run", "-d", "--network", "host", IMAGE, "sh", "-c", serve_api], None).await;
+    let answer = http_get_through_vsock(&vm, KUBERNETES_PORT, "/version").await;
+    assert!(answer.starts_with("HTTP/1.") && answer.ends_with("\r\n\r\napi-stand-in\n"), "{answer:?}");
 
     let console = vm.console();
     assert!(console.contains("proxy connection closed"), "no proxy debug lines:\n{}", vm.console_tail(40));
