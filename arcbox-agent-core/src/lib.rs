@@ -13,7 +13,8 @@
 //! - [`runtime`]: the EnsureRuntime state machine over a [`runtime::RuntimeBackend`], the
 //!   supervised containerd/dockerd, k3s, and readiness events.
 //! - [`storage`]: the Btrfs data disk (blank detection, subvolumes, mounts).
-//! - [`transport`]: listeners (guest), connector (host), addresses.
+//! - [`transport`]: listeners (guest), connector (host), addresses, and the
+//!   accept loop (connection cap, backoff) the RPC server and proxies share.
 //! - [`client`]: the async host client.
 //! - [`boot`]: the boot report.
 //! - [`proxy`]: byte proxies with half-close (Docker and Kubernetes APIs).

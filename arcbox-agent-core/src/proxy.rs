@@ -15,11 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 #[cfg(target_os = "linux")]
 use crate::sys::linux::splice::Mover;
-use crate::transport::{Address, AnyStream, Transport, connect_once};
+use crate::transport::{Address, AnyStream, Transport, connect_once, serve_connections};
 
 /// Relay buffer per direction (the reference used 8 KiB; larger buffers
 /// move image layers with fewer syscalls, and stay bounded).
@@ -79,34 +78,25 @@ pub struct ProxyStats {
     pub bytes: AtomicU64,
 }
 
+/// Open connections per proxy; further ones wait in the listen backlog.
+/// Each holds two sockets and two pipes (six descriptors), so a flood on
+/// one proxy leaves descriptors for the agent's other services.
+pub const PROXY_MAX_CONNECTIONS: usize = 1024;
+
 /// Accepts on `listener` until `shutdown`, joining each connection to a
 /// fresh connection to `target`. A failed target connection closes only
 /// that client connection; the proxy keeps serving.
 pub async fn serve_proxy<T: Transport>(
-    mut listener: T,
+    listener: T,
     target: Address,
     stats: Arc<ProxyStats>,
     shutdown: CancellationToken,
 ) {
-    let tasks = TaskTracker::new();
     let target = Arc::new(target);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (client, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(err) => {
-                tracing::warn!(error = %err, "proxy accept failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    serve_connections(listener, PROXY_MAX_CONNECTIONS, &shutdown, |client, peer| {
         stats.connections.fetch_add(1, Ordering::Relaxed);
         let (target, stats, shutdown) = (Arc::clone(&target), Arc::clone(&stats), shutdown.clone());
-        tasks.spawn(async move {
+        async move {
             let upstream: AnyStream = match connect_once(&target).await {
                 Ok(s) => s,
                 Err(err) => {
@@ -125,10 +115,9 @@ pub async fn serve_proxy<T: Transport>(
                     Err(err) => tracing::debug!(peer, error = %err, "proxy connection ended with an error"),
                 },
             }
-        });
-    }
-    tasks.close();
-    tasks.wait().await;
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -1,17 +1,16 @@
-//! The accept loop: one task per connection, many connections at once.
+//! The RPC server: the shared accept loop with one task per connection,
+//! many connections at once.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::Router;
 use super::connection::{ConnectionEnd, DEFAULT_FRAME_READ_TIMEOUT, serve_connection};
 use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
-use crate::transport::Transport;
+use crate::transport::{Transport, serve_connections};
 
 /// Default cap on connections served at once; further ones wait in the
 /// listen backlog until one ends.
@@ -64,44 +63,18 @@ impl Server {
         &self.stats
     }
 
-    /// Accepts connections until `shutdown` is cancelled, then waits for the
-    /// open connections to finish their current request. Accept errors
-    /// (such as running out of file descriptors) are logged and retried:
-    /// the loop never gives up.
-    pub async fn serve<T: Transport>(&self, mut listener: T, shutdown: CancellationToken) {
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
-        let tasks = TaskTracker::new();
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            let permit = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                permit = Arc::clone(&limit).acquire_owned() => permit.expect("semaphore never closed"),
-            };
-            let accepted = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(pair) => {
-                    backoff = Duration::from_millis(10);
-                    pair
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            };
+    /// Accepts connections until `shutdown` is cancelled (at most
+    /// `max_connections` at once), then waits for the open connections to
+    /// finish their current request. Accept errors are logged and retried.
+    pub async fn serve<T: Transport>(&self, listener: T, shutdown: CancellationToken) {
+        serve_connections(listener, self.config.max_connections, &shutdown, |stream, peer| {
             let (router, config, stats, shutdown) = (
                 Arc::clone(&self.router),
                 Arc::clone(&self.config),
                 Arc::clone(&self.stats),
                 shutdown.clone(),
             );
-            tasks.spawn(async move {
+            async move {
                 let end = serve_connection(stream, &peer, &router, &config, &stats, &shutdown).await;
                 match end {
                     ConnectionEnd::PeerClosed | ConnectionEnd::Shutdown => {
@@ -109,10 +82,8 @@ impl Server {
                     }
                     _ => tracing::debug!(peer, ?end, "connection ended"),
                 }
-                drop(permit);
-            });
-        }
-        tasks.close();
-        tasks.wait().await;
+            }
+        })
+        .await;
     }
 }

@@ -1,7 +1,9 @@
 //! Transports: the guest-side [`Transport`] (listeners on vsock, Unix and
-//! TCP), the host-side [`connect`]or (vsock, hybrid vsock, Unix, TCP), and
-//! [`Address`] parsing.
+//! TCP), the host-side [`connect`]or (vsock, hybrid vsock, Unix, TCP),
+//! [`Address`] parsing, and [`serve_connections`], the accept loop every
+//! listening service runs.
 
+mod accept;
 mod address;
 mod connector;
 mod listener;
@@ -12,6 +14,7 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use accept::serve_connections;
 pub use address::{Address, AddressError, VSOCK_CID_ANY, VSOCK_CID_HOST};
 pub use connector::{connect, connect_once, hybrid_connect};
 #[cfg(target_os = "linux")]
