@@ -62,14 +62,6 @@ impl Stage {
         }
     }
 
-    /// The most one `fill` takes.
-    fn capacity(&self) -> usize {
-        match self {
-            Stage::Pipe { .. } => SPLICE_CHUNK_BYTES,
-            Stage::Buffer(buf) => buf.len(),
-        }
-    }
-
     /// Takes up to a chunk from `from` into the stage: Ok(0) is EOF.
     fn fill(&mut self, from: &OwnedFd) -> io::Result<usize> {
         let moved = match self {
@@ -116,15 +108,9 @@ async fn one_way(from: &AsyncFd<OwnedFd>, to: &AsyncFd<OwnedFd>, mover: Mover) -
                     tracing::debug!("splice refused for this socket; relaying by copying");
                     stage = Stage::new(Mover::Copy)?;
                 }
-                Ok(result) => {
-                    let filled = result?;
-                    if filled < stage.capacity() {
-                        // A short read drained the socket: skip the probe that
-                        // would only say EAGAIN (tokio's own streams do the same).
-                        ready.clear_ready();
-                    }
-                    break filled;
-                }
+                // No readiness shortcut on a short fill: splice also stops
+                // when the pipe runs out of slots, with data still queued.
+                Ok(result) => break result?,
                 Err(_would_block) => {}
             }
         };
@@ -139,12 +125,7 @@ async fn one_way(from: &AsyncFd<OwnedFd>, to: &AsyncFd<OwnedFd>, mover: Mover) -
         while sent < filled {
             let mut ready = to.writable().await?;
             if let Ok(result) = ready.try_io(|fd| stage.drain(fd.get_ref(), sent, filled)) {
-                let moved = result?;
-                if sent + moved < filled {
-                    // A short write filled the socket's buffer.
-                    ready.clear_ready();
-                }
-                sent += moved;
+                sent += result?;
             }
         }
         total += filled as u64;
@@ -251,5 +232,39 @@ mod tests {
         }
         took.sort();
         assert!(took[2] < std::time::Duration::from_millis(100), "small messages were held back: {took:?}");
+    }
+
+    /// Hundreds of tiny messages queued before the relay starts: one splice
+    /// fills the pipe's slots (one per message) before the socket is
+    /// drained, and the rest must still follow with no new wake-up.
+    #[tokio::test]
+    async fn a_fill_cut_short_by_the_pipe_does_not_strand_the_rest() {
+        const MESSAGES: usize = 2_000;
+        let (mut client, relay_front) = StdUnixStream::pair().unwrap();
+        let (relay_back, server) = StdUnixStream::pair().unwrap();
+        // Room for every message in the socket before anyone reads (root may).
+        let room = 64 << 20;
+        if nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::SndBufForce, &room).is_err() {
+            nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::SndBuf, &room).unwrap();
+        }
+        let mut queued = 0;
+        client.set_nonblocking(true).unwrap();
+        for _ in 0..MESSAGES {
+            match std::io::Write::write(&mut client, b"0123456789") {
+                Ok(n) => queued += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(queued > 10 * 256, "only {queued} bytes fit before the relay started");
+        tokio::spawn(relay_sockets(owned(relay_front), owned(relay_back), Mover::Splice));
+        server.set_nonblocking(true).unwrap();
+        let mut server = UnixStream::from_std(server).unwrap();
+        let mut got = vec![0u8; queued];
+        tokio::time::timeout(std::time::Duration::from_secs(10), server.read_exact(&mut got))
+            .await
+            .expect("bytes were stranded in the client's socket")
+            .unwrap();
+        drop(client);
     }
 }
