@@ -168,6 +168,50 @@ mod tests {
         stop.cancel();
     }
 
+    /// An embedder's transport with its own stream type (in-memory here).
+    struct InMemoryTransport(tokio::sync::mpsc::Receiver<tokio::io::DuplexStream>);
+
+    impl Transport for InMemoryTransport {
+        type Stream = tokio::io::DuplexStream;
+
+        async fn accept(&mut self) -> std::io::Result<(Self::Stream, String)> {
+            match self.0.recv().await {
+                Some(stream) => Ok((stream, "memory".into())),
+                None => std::future::pending().await,
+            }
+        }
+
+        fn local_address(&self) -> String {
+            "memory".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_of_other_kinds_are_relayed_by_copying_with_half_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let back = dir.path().join("back.sock");
+        reversing_upstream(&back);
+        let (connect, accepted) = tokio::sync::mpsc::channel(1);
+        let stop = CancellationToken::new();
+        tokio::spawn(serve_proxy(
+            InMemoryTransport(accepted),
+            Address::Unix(back),
+            Arc::new(ProxyStats::default()),
+            stop.clone(),
+        ));
+        let (mut client, proxy_end) = tokio::io::duplex(64 * 1024);
+        connect.send(proxy_end).await.unwrap();
+        client.write_all(b"in memory").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), client.read_to_end(&mut answer))
+            .await
+            .expect("half-close was not propagated")
+            .unwrap();
+        assert_eq!(answer, b"yromem ni");
+        stop.cancel();
+    }
+
     #[tokio::test]
     async fn an_unreachable_target_closes_only_that_connection() {
         let dir = tempfile::tempdir().unwrap();

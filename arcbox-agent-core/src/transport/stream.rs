@@ -1,6 +1,8 @@
 //! [`AnyStream`]: one stream type over every transport, so binaries can
 //! pick a transport at run time without boxing each read and write.
 
+#[cfg(target_os = "linux")]
+use std::any::Any;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -85,23 +87,27 @@ impl AnyStream {
 /// drive (Unix, TCP, vsock, or [`AnyStream`] of those), deregistered from
 /// the runtime and still non-blocking; gives other streams back unchanged.
 #[cfg(target_os = "linux")]
-pub(crate) fn into_socket_fd<S: std::any::Any>(stream: S) -> Result<io::Result<std::os::fd::OwnedFd>, S> {
-    use std::os::fd::OwnedFd;
-    let boxed: Box<dyn std::any::Any> = Box::new(stream);
-    let boxed = match boxed.downcast::<AnyStream>() {
-        Ok(any) => return Ok(any.into_socket_fd()),
-        Err(other) => other,
-    };
-    let boxed = match boxed.downcast::<UnixStream>() {
-        Ok(s) => return Ok(s.into_std().map(OwnedFd::from)),
-        Err(other) => other,
-    };
-    let boxed = match boxed.downcast::<TcpStream>() {
-        Ok(s) => return Ok(s.into_std().map(OwnedFd::from)),
-        Err(other) => other,
-    };
-    match boxed.downcast::<tokio_vsock::VsockStream>() {
-        Ok(s) => Ok(Ok(OwnedFd::from(*s))),
+pub(crate) fn into_socket_fd<S: Any>(stream: S) -> Result<io::Result<std::os::fd::OwnedFd>, S> {
+    match known_stream(Box::new(stream)) {
+        Ok(any) => Ok(any.into_socket_fd()),
         Err(other) => Err(*other.downcast::<S>().expect("the stream's own type")),
     }
+}
+
+/// The stream as an [`AnyStream`] when it is one of the supported kinds.
+#[cfg(target_os = "linux")]
+fn known_stream(stream: Box<dyn Any>) -> Result<AnyStream, Box<dyn Any>> {
+    let stream = match stream.downcast::<AnyStream>() {
+        Ok(any) => return Ok(*any),
+        Err(other) => other,
+    };
+    let stream = match stream.downcast::<UnixStream>() {
+        Ok(unix) => return Ok(AnyStream::Unix(*unix)),
+        Err(other) => other,
+    };
+    let stream = match stream.downcast::<TcpStream>() {
+        Ok(tcp) => return Ok(AnyStream::Tcp(*tcp)),
+        Err(other) => other,
+    };
+    stream.downcast::<tokio_vsock::VsockStream>().map(|vsock| AnyStream::Vsock(*vsock))
 }
