@@ -1,9 +1,10 @@
 //! Kernel-side relaying between two connected stream sockets (Unix, TCP,
-//! vsock): splice(2) moves the bytes socket -> pipe -> socket, so a proxy
-//! hop costs no user-space copies. Between Unix sockets the pages are not
-//! copied at all; from a vsock one kernel copy is left instead of two
-//! copies through user space. Half-close is propagated as in the copy
-//! relay, and a socket that refuses splice falls back to copying.
+//! vsock): bulk data moves socket -> pipe -> socket by splice(2), so a
+//! proxy hop costs no user-space copies (between Unix sockets no copies at
+//! all; from a vsock one kernel copy instead of two through user space),
+//! while small messages take one plain read and write, which is cheaper
+//! for them. Half-close is propagated as in the copy relay, and a socket
+//! that refuses splice falls back to copying.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -17,13 +18,16 @@ use tokio::io::unix::AsyncFd;
 /// allows (root may; others keep the default 64 KiB, which works too).
 const SPLICE_CHUNK_BYTES: usize = 1 << 20;
 
-/// Buffer of the copying fallback.
+/// The first read of every wake-up: most API requests and answers fit.
+const FIRST_READ_BYTES: usize = 16 * 1024;
+
+/// Buffer of the copying mover.
 const COPY_BUFFER_BYTES: usize = 256 * 1024;
 
 /// How one direction moves its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mover {
-    /// splice(2) through a pipe (the default).
+    /// A read for small messages, splice(2) through a pipe for bulk (the default).
     Splice,
     /// read(2)/write(2) through a bounded buffer.
     Copy,
@@ -43,94 +47,138 @@ fn register(socket: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
         .map_err(|e| e.into_parts().1)
 }
 
-/// The per-direction staging area: a pipe for splice, a buffer for copies.
-enum Stage {
-    Pipe { read: OwnedFd, write: OwnedFd },
-    Buffer(Box<[u8]>),
-}
-
-impl Stage {
-    fn new(mover: Mover) -> io::Result<Self> {
-        match mover {
-            Mover::Splice => {
-                let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-                let size = nix::fcntl::FcntlArg::F_SETPIPE_SZ(SPLICE_CHUNK_BYTES as i32);
-                let _ = nix::fcntl::fcntl(&write, size);
-                Ok(Stage::Pipe { read, write })
-            }
-            Mover::Copy => Ok(Stage::Buffer(vec![0; COPY_BUFFER_BYTES].into_boxed_slice())),
-        }
-    }
-
-    /// Takes up to a chunk from `from` into the stage: Ok(0) is EOF.
-    fn fill(&mut self, from: &OwnedFd) -> io::Result<usize> {
-        let moved = match self {
-            Stage::Pipe { write, .. } => {
-                splice(from.as_fd(), None, write.as_fd(), None, SPLICE_CHUNK_BYTES, splice_flags())
-            }
-            Stage::Buffer(buf) => nix::unistd::read(from.as_fd(), buf),
-        };
-        moved.map_err(io::Error::from)
-    }
-
-    /// Passes on staged bytes to `to`, from `offset` of `filled`.
-    fn drain(&mut self, to: &OwnedFd, offset: usize, filled: usize) -> io::Result<usize> {
-        let moved = match self {
-            Stage::Pipe { read, .. } => {
-                splice(read.as_fd(), None, to.as_fd(), None, filled - offset, splice_flags())
-            }
-            Stage::Buffer(buf) => nix::unistd::write(to, &buf[offset..filled]),
-        };
-        moved.map_err(io::Error::from)
-    }
-}
-
-/// No SPLICE_F_MORE: on TCP it corks, holding a small last segment (an
-/// API response) back; the kernel itself flags "more" while the pipe
-/// still holds data.
-fn splice_flags() -> SpliceFFlags {
-    SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK
-}
-
-/// True when the kernel refuses splice for this kind of descriptor.
-fn splice_unsupported(err: &io::Error) -> bool {
-    err.raw_os_error() == Some(Errno::EINVAL as i32)
-}
-
 async fn one_way(from: &AsyncFd<OwnedFd>, to: &AsyncFd<OwnedFd>, mover: Mover) -> io::Result<u64> {
     let mut stage = Stage::new(mover)?;
     let mut total = 0u64;
     loop {
-        let filled = loop {
-            let mut ready = from.readable().await?;
-            match ready.try_io(|fd| stage.fill(fd.get_ref())) {
-                Ok(Err(e)) if total == 0 && matches!(stage, Stage::Pipe { .. }) && splice_unsupported(&e) => {
-                    tracing::debug!("splice refused for this socket; relaying by copying");
-                    stage = Stage::new(Mover::Copy)?;
-                }
-                // No readiness shortcut on a short fill: splice also stops
-                // when the pipe runs out of slots, with data still queued.
-                Ok(result) => break result?,
-                Err(_would_block) => {}
-            }
-        };
-        if filled == 0 {
+        let staged = stage.fill(from).await?;
+        if staged.len() == 0 {
             // EOF from `from`: pass the half-close on; the other direction goes on.
             return match nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write) {
                 Ok(()) | Err(Errno::ENOTCONN) => Ok(total),
                 Err(e) => Err(e.into()),
             };
         }
-        let mut sent = 0;
-        while sent < filled {
-            let mut ready = to.writable().await?;
-            if let Ok(result) = ready.try_io(|fd| stage.drain(fd.get_ref(), sent, filled)) {
-                sent += result?;
-            }
-        }
-        total += filled as u64;
+        stage.drain(to, staged).await?;
+        total += staged.len() as u64;
     }
 }
+
+/// Where the bytes of one fill wait: in the buffer or in the pipe.
+#[derive(Debug, Clone, Copy)]
+enum Staged {
+    Buffer(usize),
+    Pipe(usize),
+}
+
+impl Staged {
+    fn len(self) -> usize {
+        match self {
+            Staged::Buffer(n) | Staged::Pipe(n) => n,
+        }
+    }
+}
+
+/// One direction's staging area. Every wake-up starts with a plain read
+/// into `buf`: a short read means the socket is drained, so readiness is
+/// cleared without a probe, and a small message costs one read and one
+/// write. A full read means bulk data is flowing: the direction then
+/// splices through `pipe` until the socket runs dry.
+struct Stage {
+    buf: Box<[u8]>,
+    /// None when copying only.
+    pipe: Option<Pipe>,
+    bulk: bool,
+}
+
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Stage {
+    fn new(mover: Mover) -> io::Result<Self> {
+        let (buf_bytes, pipe) = match mover {
+            Mover::Splice => {
+                let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+                let size = nix::fcntl::FcntlArg::F_SETPIPE_SZ(SPLICE_CHUNK_BYTES as i32);
+                let _ = nix::fcntl::fcntl(&write, size);
+                (FIRST_READ_BYTES, Some(Pipe { read, write }))
+            }
+            Mover::Copy => (COPY_BUFFER_BYTES, None),
+        };
+        Ok(Stage { buf: vec![0; buf_bytes].into_boxed_slice(), pipe, bulk: false })
+    }
+
+    /// Waits for bytes from `from` and stages them; a length of 0 is EOF.
+    async fn fill(&mut self, from: &AsyncFd<OwnedFd>) -> io::Result<Staged> {
+        loop {
+            let mut ready = from.readable().await?;
+            if let (true, Some(pipe)) = (self.bulk, &self.pipe) {
+                let spliced = ready.try_io(|fd| {
+                    let moved = splice(fd.as_fd(), None, pipe.write.as_fd(), None, SPLICE_CHUNK_BYTES, FLAGS);
+                    moved.map_err(io::Error::from)
+                });
+                match spliced {
+                    // No readiness shortcut on a short splice: it also stops
+                    // when the pipe runs out of slots, with data still queued.
+                    Ok(Ok(n)) => return Ok(Staged::Pipe(n)),
+                    Ok(Err(e)) if e.raw_os_error() == Some(Errno::EINVAL as i32) => {
+                        tracing::debug!("splice refused for this socket; relaying by copying");
+                        *self = Stage::new(Mover::Copy)?;
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    // Drained: the next wake-up starts with a read again.
+                    Err(_would_block) => self.bulk = false,
+                }
+                continue;
+            }
+            let read =
+                ready.try_io(|fd| nix::unistd::read(fd.as_fd(), &mut self.buf).map_err(io::Error::from));
+            match read {
+                Ok(Ok(n)) => {
+                    if n < self.buf.len() {
+                        // A short read from a socket drained it (tokio's own
+                        // streams take the same shortcut).
+                        ready.clear_ready();
+                    } else {
+                        self.bulk = self.pipe.is_some();
+                    }
+                    return Ok(Staged::Buffer(n));
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    /// Writes all of `staged` to `to`.
+    async fn drain(&mut self, to: &AsyncFd<OwnedFd>, staged: Staged) -> io::Result<()> {
+        let mut sent = 0;
+        while sent < staged.len() {
+            let mut ready = to.writable().await?;
+            let written = ready.try_io(|fd| {
+                let moved = match (staged, &self.pipe) {
+                    (Staged::Pipe(n), Some(pipe)) => {
+                        splice(pipe.read.as_fd(), None, fd.as_fd(), None, n - sent, FLAGS)
+                    }
+                    (Staged::Pipe(_), None) => unreachable!("bytes in a pipe the stage does not have"),
+                    (Staged::Buffer(n), _) => nix::unistd::write(fd, &self.buf[sent..n]),
+                };
+                moved.map_err(io::Error::from)
+            });
+            if let Ok(moved) = written {
+                sent += moved?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// No SPLICE_F_MORE: on TCP it corks, holding a small last segment (an
+/// API response) back; the kernel itself flags "more" while the pipe
+/// still holds data.
+const FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
 
 #[cfg(test)]
 mod tests {
@@ -234,12 +282,12 @@ mod tests {
         assert!(took[2] < std::time::Duration::from_millis(100), "small messages were held back: {took:?}");
     }
 
-    /// Hundreds of tiny messages queued before the relay starts: one splice
+    /// Thousands of tiny messages queued before the relay starts: one splice
     /// fills the pipe's slots (one per message) before the socket is
     /// drained, and the rest must still follow with no new wake-up.
     #[tokio::test]
     async fn a_fill_cut_short_by_the_pipe_does_not_strand_the_rest() {
-        const MESSAGES: usize = 2_000;
+        const MESSAGES: usize = 5_000;
         let (mut client, relay_front) = StdUnixStream::pair().unwrap();
         let (relay_back, server) = StdUnixStream::pair().unwrap();
         // Room for every message in the socket before anyone reads (root may).
@@ -256,7 +304,8 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
-        assert!(queued > 10 * 256, "only {queued} bytes fit before the relay started");
+        // More than the first read takes, and more messages than the pipe has slots.
+        assert!(queued > FIRST_READ_BYTES + 10 * 256, "only {queued} bytes fit before the relay started");
         tokio::spawn(relay_sockets(owned(relay_front), owned(relay_back), Mover::Splice));
         server.set_nonblocking(true).unwrap();
         let mut server = UnixStream::from_std(server).unwrap();
