@@ -45,7 +45,7 @@ pub struct ModuleIndex {
 }
 
 impl ModuleIndex {
-    /// Parses the index texts; `dir` is /lib/modules/<release>.
+    /// Parses the index texts; `dir` is `/lib/modules/<release>`.
     pub fn parse(dir: &Path, modules_dep: &str, modules_builtin: &str) -> Self {
         let mut deps = HashMap::new();
         for line in modules_dep.lines() {

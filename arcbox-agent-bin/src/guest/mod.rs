@@ -8,7 +8,7 @@
 //! # Layout
 //! - `mod.rs`: arguments and the boot sequence.
 //! - [`logging`]: console and rotated file logging.
-//! - [`wiring`]: the Linux implementations plugged into the core.
+//! - `wiring`: the Linux implementations plugged into the core.
 
 pub mod logging;
 mod wiring;

@@ -174,7 +174,7 @@ impl ChildProcess for ReapedChild {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LinuxProcessTable;
 
-/// Parses /proc/<pid>/stat: `pid (comm) state ppid pgrp session tty tpgid flags ...`.
+/// Parses `/proc/<pid>/stat`: `pid (comm) state ppid pgrp session tty tpgid flags ...`.
 pub fn parse_stat(pid: u32, stat: &str) -> Option<ProcessEntry> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
