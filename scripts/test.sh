@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly what CI runs (.ci/run calls this script):
-# formatting, lints, every unit and integration test (the root-namespace
+# formatting, lints, API docs, every unit and integration test (the root-namespace
 # tests need root), the benchmarks compile, and the end-to-end suites in a
 # real micro-VM (scripts/vm.sh installs what it needs).
 #
@@ -27,6 +27,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo doc (no broken links or markup)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 step "cargo test (unit, integration, namespace tests)"
 cargo test --workspace
