@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arcbox_agent_core::proxy::{ProxyStats, serve_proxy};
-use arcbox_agent_core::transport::{Address, UnixTransport};
+use arcbox_agent_core::transport::UnixTransport;
+use arcbox_agent_wire::transport::Address;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;

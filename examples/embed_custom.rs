@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arcbox_agent_core::boot::BootRecorder;
-use arcbox_agent_core::client::{AgentClient, ConnectOptions};
 use arcbox_agent_core::fake::{FakeClock, FakePower, FakeRuntime, FakeSystemInfo, RuntimeScript};
 use arcbox_agent_core::protocol::{Frame, response_code};
 use arcbox_agent_core::rpc::{RequestContext, RpcError, ServerConfig, UnaryHandler};
 use arcbox_agent_core::transport::Transport;
 use arcbox_agent_core::{Agent, AgentParts, new_boot_id};
+use arcbox_agent_wire::client::{AgentClient, ConnectOptions};
 use prost::Message as _;
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;

@@ -7,7 +7,9 @@
 
 use std::path::PathBuf;
 
-use arcbox_agent_core::transport::{Address, UnixTransport};
+use arcbox_agent_wire::transport::Address;
+
+use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_sim::{Scenario, SimAgent};
 use tokio_util::sync::CancellationToken;
 

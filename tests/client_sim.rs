@@ -3,13 +3,14 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use arcbox_agent_core::client::{AgentClient, ClientError, ConnectOptions};
 use arcbox_agent_core::protocol::proto::agent::Empty;
 use arcbox_agent_core::protocol::{MessageType, PROTOCOL_VERSION};
 use arcbox_agent_core::rpc::{Router, Server, ServerConfig, ServerStats};
-use arcbox_agent_core::transport::{Address, UnixTransport};
+use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_sim::Scenario;
 use arcbox_agent_suite::sim_server;
+use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
+use arcbox_agent_wire::transport::Address;
 use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::CancellationToken;
 

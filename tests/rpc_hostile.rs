@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use arcbox_agent_core::client::{AgentClient, ClientError, ConnectOptions};
 use arcbox_agent_core::protocol::proto::agent::{AgentPingRequest, Empty};
 use arcbox_agent_core::protocol::{ErrorPayload, Frame, MessageType, encode_parts, try_decode};
 use arcbox_agent_core::rpc::{RequestContext, RpcError, ServerConfig, UnaryHandler};
-use arcbox_agent_core::transport::{Address, UnixTransport};
+use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_sim::{Scenario, SimAgent};
 use arcbox_agent_suite::fd_limit;
+use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
+use arcbox_agent_wire::transport::Address;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;

@@ -12,7 +12,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arcbox_agent_core::client::{AgentClient, ConnectOptions};
 use arcbox_agent_core::fake::{FakeClock, FakePowerSwitch, FakeRuntime, FakeSystemInfo, RuntimeScript};
 use arcbox_agent_core::reaper::Reaper;
 use arcbox_agent_core::rpc::ServerConfig;
@@ -23,8 +22,10 @@ use arcbox_agent_core::sys::linux::{
     LinuxChildReaping, LinuxFiles, LinuxMount, LinuxProcessTable, LinuxSpawner,
 };
 use arcbox_agent_core::sys::{MountOps, ProcessSpawner, ProcessSpec};
-use arcbox_agent_core::transport::{Address, UnixTransport};
+use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_core::{Agent, AgentParts, boot::BootRecorder};
+use arcbox_agent_wire::client::{AgentClient, ConnectOptions};
+use arcbox_agent_wire::transport::Address;
 use tokio_util::sync::CancellationToken;
 
 const PRECIOUS: &str = "written before the Shutdown RPC\n";

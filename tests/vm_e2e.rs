@@ -12,9 +12,9 @@ mod vm;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arcbox_agent_core::client::{AgentClient, ConnectOptions};
 use arcbox_agent_core::protocol::ErrorCode;
-use arcbox_agent_core::transport::Address;
+use arcbox_agent_wire::client::{AgentClient, ConnectOptions};
+use arcbox_agent_wire::transport::Address;
 use tokio::io::AsyncWriteExt as _;
 
 use vm::{ERROR_MSG_TYPE, RPC_PORT, Vm, VmOptions, decode_error, encode_frame, read_frame};

@@ -23,10 +23,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use arcbox_agent_core::client::{AgentClient, ConnectOptions};
 use arcbox_agent_core::protocol::proto::agent::{ReadinessEvent, RuntimeStatusResponse, ServiceStatus};
 use arcbox_agent_core::proxy::{ProxyStats, serve_proxy};
-use arcbox_agent_core::transport::{Address, UnixTransport, connect};
+use arcbox_agent_core::transport::UnixTransport;
+use arcbox_agent_wire::client::{AgentClient, ConnectOptions};
+use arcbox_agent_wire::transport::{Address, connect};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

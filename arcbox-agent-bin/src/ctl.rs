@@ -8,10 +8,10 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use arcbox_agent_core::client::{AgentClient, ClientError, ConnectOptions};
 use arcbox_agent_core::protocol::MessageType;
 use arcbox_agent_core::protocol::proto::agent::{RuntimeEnsureResponse, RuntimeStatusResponse};
-use arcbox_agent_core::transport::Address;
+use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
+use arcbox_agent_wire::transport::Address;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 

@@ -51,7 +51,9 @@ fn ping_prints_version_and_capabilities() {
     let out = agentctl(&sim.address, &["ping", "--sync-time"]);
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);
-    assert!(text.starts_with("pong from arcbox-agent 0.1.0 (protocol 1"), "{text}");
+    let expected =
+        format!("pong from arcbox-agent 0.1.0 (protocol {}", arcbox_agent_wire::protocol::PROTOCOL_VERSION);
+    assert!(text.starts_with(&expected), "{text}");
     assert!(text.contains("capabilities: Ping, GetSystemInfo, EnsureRuntime"), "{text}");
     assert!(text.contains("clock: "), "{text}");
 }

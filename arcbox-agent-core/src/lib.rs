@@ -30,14 +30,15 @@
 
 #![warn(missing_docs)]
 
+pub use arcbox_agent_wire as wire;
+pub use arcbox_agent_wire::protocol;
+
 pub mod agent;
 pub mod boot;
-pub mod client;
 pub mod config;
 pub mod init;
 pub mod logging;
 pub mod modules;
-pub mod protocol;
 pub mod proxy;
 pub mod reaper;
 pub mod rpc;

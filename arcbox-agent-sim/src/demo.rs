@@ -5,8 +5,9 @@
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
-use arcbox_agent_core::client::{AgentClient, ClientError, ConnectOptions};
-use arcbox_agent_core::transport::{Address, UnixTransport};
+use arcbox_agent_core::transport::UnixTransport;
+use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
+use arcbox_agent_wire::transport::Address;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Scenario, SimAgent};

@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use arcbox_agent_core::transport::{Address, AnyListener};
+use arcbox_agent_wire::transport::Address;
+
+use arcbox_agent_core::transport::AnyListener;
 use arcbox_agent_sim::{Scenario, SimAgent, demo};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;

@@ -20,12 +20,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use arcbox_agent_core::client::{AgentClient, ConnectOptions};
 use arcbox_agent_core::protocol::proto::agent::{AgentPingRequest, AgentPingResponse};
 use arcbox_agent_core::protocol::{MessageType, encode_header, response_code};
 use arcbox_agent_core::rpc::handlers::unix_time_parts;
 use arcbox_agent_sim::Scenario;
 use arcbox_agent_suite::{SimServer, sim_server};
+use arcbox_agent_wire::client::{AgentClient, ConnectOptions};
 use bytes::BytesMut;
 use prost::Message as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -171,7 +171,7 @@ impl Servers {
 
 async fn unix_stream(server: &SimServer) -> UnixStream {
     match &server.address {
-        arcbox_agent_core::transport::Address::Unix(path) => {
+        arcbox_agent_wire::transport::Address::Unix(path) => {
             UnixStream::connect(Path::new(path)).await.expect("connect arcbox")
         }
         other => panic!("simulator not on a Unix socket: {other:?}"),

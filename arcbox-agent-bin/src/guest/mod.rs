@@ -25,8 +25,9 @@ use arcbox_agent_core::rpc::handlers::register_kubernetes;
 use arcbox_agent_core::runtime::events::kind;
 use arcbox_agent_core::runtime::{K3sLayout, ReadinessEvents, RuntimeSockets};
 use arcbox_agent_core::sys::linux::LinuxSpawner;
-use arcbox_agent_core::transport::{Address, AnyListener};
+use arcbox_agent_core::transport::AnyListener;
 use arcbox_agent_core::{Agent, new_boot_id};
+use arcbox_agent_wire::transport::Address;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -245,8 +246,8 @@ async fn bind_with_retry(listen: &Address, pid1: bool) -> Option<AnyListener> {
 /// of polling CONNECT during boot (which can wedge the vsock device).
 async fn announce_ready(port: u32, boot_id: &str) {
     use tokio::io::AsyncWriteExt as _;
-    let host = Address::Vsock { cid: arcbox_agent_core::transport::VSOCK_CID_HOST, port };
-    match arcbox_agent_core::transport::connect(&host, Duration::from_secs(5)).await {
+    let host = Address::Vsock { cid: arcbox_agent_wire::transport::VSOCK_CID_HOST, port };
+    match arcbox_agent_wire::transport::connect(&host, Duration::from_secs(5)).await {
         Ok(mut stream) => {
             let line = format!("READY {boot_id}\n");
             if let Err(err) = stream.write_all(line.as_bytes()).await {

@@ -24,7 +24,8 @@ use arcbox_agent_core::sys::linux::{
     LinuxChildReaping, LinuxClock, LinuxDisk, LinuxFiles, LinuxMount, LinuxPowerSwitch, LinuxProcessTable,
     LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
 };
-use arcbox_agent_core::transport::{Address, AnyListener, VSOCK_CID_ANY};
+use arcbox_agent_core::transport::AnyListener;
+use arcbox_agent_wire::transport::{Address, VSOCK_CID_ANY};
 use tokio_util::sync::CancellationToken;
 
 /// Init ops for the kernel phase, before the reaper exists (no step of

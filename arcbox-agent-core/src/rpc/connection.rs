@@ -11,17 +11,14 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use arcbox_agent_wire::codec::{FrameReader, FrameWriter, READ_CHUNK_BYTES};
 use futures_util::FutureExt as _;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
 use super::router::{HandlerError, RequestContext, Responder, Route};
 use super::{RpcError, ServerConfig, ServerStats};
-use crate::protocol::{ErrorCode, Frame, FrameError, HeaderCheck, check_header, try_decode};
-
-/// Read-buffer growth step while the frame length is still unknown.
-const READ_CHUNK_BYTES: usize = 8 * 1024;
+use crate::protocol::{ErrorCode, Frame, FrameError};
 
 /// Why a connection ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,19 +51,19 @@ where
     // One cancellation future for the connection's life, not one per read.
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let mut wbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut reader = FrameReader::new(config.max_frame_bytes);
+    let mut writer = FrameWriter::with_capacity(READ_CHUNK_BYTES);
     loop {
-        let frame = match try_decode(&mut rbuf, config.max_frame_bytes) {
+        let frame = match reader.next_buffered() {
             Ok(Some(frame)) => frame,
-            Ok(None) => match read_more(&mut stream, &mut rbuf, config, cancelled.as_mut()).await {
+            Ok(None) => match read_more(&mut stream, &mut reader, config, cancelled.as_mut()).await {
                 ReadOutcome::Data => continue,
                 ReadOutcome::End(end) => return end,
             },
-            Err(err) => return reject_frame(&mut stream, &mut wbuf, peer, &err).await,
+            Err(err) => return reject_frame(&mut stream, &mut writer, peer, &err).await,
         };
         let msg_type = frame.msg_type;
-        if let Err(err) = dispatch(&mut stream, &mut wbuf, peer, router, frame).await {
+        if let Err(err) = dispatch(&mut stream, &mut writer, peer, router, frame).await {
             tracing::debug!(peer, msg_type, error = %err, "connection closed while responding");
             return ConnectionEnd::Io(err.kind());
         }
@@ -79,33 +76,27 @@ enum ReadOutcome {
     End(ConnectionEnd),
 }
 
-/// Reads more bytes into `rbuf`. Between frames it waits as long as the
-/// peer likes (idle connections are fine); inside a frame the rest must
+/// Reads more bytes into the reader. Between frames it waits as long as
+/// the peer likes (idle connections are fine); inside a frame the rest must
 /// arrive within `frame_read_timeout`, so a stalled half frame cannot pin
 /// a connection forever.
 async fn read_more<S>(
     stream: &mut S,
-    rbuf: &mut BytesMut,
+    reader: &mut FrameReader,
     config: &ServerConfig,
     shutdown: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
 ) -> ReadOutcome
 where
     S: AsyncRead + Unpin,
 {
-    // Reserve only what the (already validated) header asks for.
-    let want = match check_header(rbuf, config.max_frame_bytes) {
-        Ok(HeaderCheck::Frame { total }) => total.saturating_sub(rbuf.len()),
-        _ => READ_CHUNK_BYTES,
-    };
-    rbuf.reserve(want.max(1));
-    let mid_frame = !rbuf.is_empty();
+    let mid_frame = reader.mid_frame();
     let read = async {
         if mid_frame {
-            tokio::time::timeout(config.frame_read_timeout, stream.read_buf(rbuf))
+            tokio::time::timeout(config.frame_read_timeout, reader.fill(stream))
                 .await
                 .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
         } else {
-            stream.read_buf(rbuf).await
+            reader.fill(stream).await
         }
     };
     let result = tokio::select! {
@@ -124,7 +115,12 @@ where
 }
 
 /// Answers a bad frame and closes the write side.
-async fn reject_frame<S>(stream: &mut S, wbuf: &mut BytesMut, peer: &str, err: &FrameError) -> ConnectionEnd
+async fn reject_frame<S>(
+    stream: &mut S,
+    writer: &mut FrameWriter,
+    peer: &str,
+    err: &FrameError,
+) -> ConnectionEnd
 where
     S: AsyncWrite + Unpin + Send,
 {
@@ -133,7 +129,7 @@ where
         FrameError::TooShort { .. } | FrameError::TraceOverrun { .. } => ErrorCode::BAD_REQUEST,
     };
     tracing::warn!(peer, code, error = %err, "rejecting frame and closing connection");
-    let mut out = Responder::new(stream, wbuf, b"");
+    let mut out = Responder::new(stream, writer, b"");
     // The peer may already be gone; the connection ends either way.
     let _ = out.send_error(&RpcError::new(code, err.to_string())).await;
     let _ = out.flush().await;
@@ -144,7 +140,7 @@ where
 /// Runs the handler for one frame, turning errors and panics into Error frames.
 async fn dispatch<S>(
     stream: &mut S,
-    wbuf: &mut BytesMut,
+    writer: &mut FrameWriter,
     peer: &str,
     router: &super::Router,
     frame: Frame,
@@ -157,7 +153,7 @@ where
     let _entered = span.enter();
     let ctx = RequestContext { msg_type: frame.msg_type, trace_id, peer };
     // Echo the trace id exactly as text, as the reference does ("" if invalid).
-    let mut out = Responder::new(stream, wbuf, trace_id.as_bytes());
+    let mut out = Responder::new(stream, writer, trace_id.as_bytes());
     let failure = match router.lookup(frame.msg_type) {
         Route::Reject(err) => Some(err),
         Route::Handler(handler) => {

@@ -10,16 +10,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use arcbox_agent_wire::codec::FrameWriter;
+use bytes::Bytes;
 use prost::Message as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 use super::RpcError;
-use crate::protocol::{ErrorCode, MessageType, encode_header, encode_parts, response_code};
-
-fn invalid_input(err: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidInput, err)
-}
+use crate::protocol::{ErrorCode, MessageType, response_code};
 
 /// A boxed future, as erased handlers return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -37,53 +34,47 @@ pub struct RequestContext<'a> {
 
 /// Writes response frames for one request, echoing its trace id.
 pub struct Responder<'a> {
-    writer: &'a mut (dyn AsyncWrite + Send + Unpin),
-    buf: &'a mut BytesMut,
+    stream: &'a mut (dyn AsyncWrite + Send + Unpin),
+    frames: &'a mut FrameWriter,
     trace_id: &'a [u8],
     frames_sent: usize,
 }
 
 impl<'a> Responder<'a> {
-    /// A responder over `writer`, encoding into the reusable `buf`.
+    /// A responder over `stream`, encoding with the reusable `frames`.
     pub fn new(
-        writer: &'a mut (dyn AsyncWrite + Send + Unpin),
-        buf: &'a mut BytesMut,
+        stream: &'a mut (dyn AsyncWrite + Send + Unpin),
+        frames: &'a mut FrameWriter,
         trace_id: &'a [u8],
     ) -> Self {
-        Self { writer, buf, trace_id, frames_sent: 0 }
+        Self { stream, frames, trace_id, frames_sent: 0 }
     }
 
     /// Sends one frame with a raw payload.
     pub async fn send_raw(&mut self, msg_type: u32, payload: &[u8]) -> std::io::Result<()> {
-        self.buf.clear();
-        encode_parts(msg_type, self.trace_id, payload, self.buf).map_err(invalid_input)?;
-        self.write_buffered().await
+        self.frames.send_raw(self.stream, msg_type, self.trace_id, payload).await?;
+        self.frames_sent += 1;
+        Ok(())
     }
 
     /// Sends one frame carrying a protobuf message, encoded straight into
     /// the frame buffer so each frame is a single write.
     pub async fn send<M: prost::Message>(&mut self, msg_type: u32, message: &M) -> std::io::Result<()> {
-        self.buf.clear();
-        encode_header(msg_type, self.trace_id, message.encoded_len(), self.buf).map_err(invalid_input)?;
-        message.encode(self.buf).map_err(invalid_input)?;
-        self.write_buffered().await
-    }
-
-    async fn write_buffered(&mut self) -> std::io::Result<()> {
-        self.writer.write_all(self.buf).await?;
+        self.frames.send_message(self.stream, msg_type, self.trace_id, message).await?;
         self.frames_sent += 1;
         Ok(())
     }
 
     /// Sends an Error frame.
     pub async fn send_error(&mut self, error: &RpcError) -> std::io::Result<()> {
-        let payload = error.to_payload().to_bytes();
-        self.send_raw(MessageType::Error.code(), &payload).await
+        self.frames.send_error(self.stream, self.trace_id, &error.to_payload()).await?;
+        self.frames_sent += 1;
+        Ok(())
     }
 
     /// Flushes buffered output.
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        self.writer.flush().await
+        self.stream.flush().await
     }
 
     /// How many frames this responder has written.
@@ -296,13 +287,13 @@ mod tests {
         router.unary(MessageType::PingRequest, Echo);
         assert_eq!(router.served_types(), vec![1]);
         let Route::Handler(h) = router.lookup(1) else { panic!("not routed") };
-        let (mut writer, mut buf) = (Vec::new(), BytesMut::new());
-        let mut out = Responder::new(&mut writer, &mut buf, b"tr");
+        let (mut writer, mut frames) = (Vec::new(), FrameWriter::new());
+        let mut out = Responder::new(&mut writer, &mut frames, b"tr");
         let ctx = RequestContext { msg_type: 1, trace_id: "tr", peer: "test" };
         let payload =
             prost::Message::encode_to_vec(&AgentPingRequest { message: "x".into(), ..Default::default() });
         h.call(ctx, payload.into(), &mut out).await.unwrap();
-        let mut wire = BytesMut::from(&writer[..]);
+        let mut wire = bytes::BytesMut::from(&writer[..]);
         let frame = crate::protocol::try_decode(&mut wire, 1 << 20).unwrap().unwrap();
         assert_eq!(frame.msg_type, 0x1001);
         assert_eq!(frame.trace_str(), "tr");
@@ -315,8 +306,8 @@ mod tests {
         let mut router = Router::new();
         router.unary(MessageType::PingRequest, Echo);
         let Route::Handler(h) = router.lookup(1) else { panic!("not routed") };
-        let (mut writer, mut buf) = (Vec::new(), BytesMut::new());
-        let mut out = Responder::new(&mut writer, &mut buf, b"");
+        let (mut writer, mut frames) = (Vec::new(), FrameWriter::new());
+        let mut out = Responder::new(&mut writer, &mut frames, b"");
         let ctx = RequestContext { msg_type: 1, trace_id: "", peer: "test" };
         let err = h.call(ctx, Bytes::from_static(&[0xff, 0xff, 0xff]), &mut out).await.unwrap_err();
         match err {

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 
-use super::{Address, AnyStream, Transport};
+use arcbox_agent_wire::transport::{Address, AnyStream};
+
+use super::Transport;
 
 /// A Unix-socket listener. Removes a stale socket file before binding.
 pub struct UnixTransport {

@@ -1,13 +1,10 @@
-//! Transports: the guest-side [`Transport`] (listeners on vsock, Unix and
-//! TCP), the host-side [`connect`]or (vsock, hybrid vsock, Unix, TCP),
-//! [`Address`] parsing, and [`serve_connections`], the accept loop every
-//! listening service runs.
+//! The listening side of the transports: the [`Transport`] trait, the
+//! guest's listeners (vsock, Unix, TCP) and [`serve_connections`], the
+//! accept loop every listening service runs. Addresses, the connector and
+//! `AnyStream` are in [`arcbox_agent_wire::transport`].
 
 mod accept;
-mod address;
-mod connector;
 mod listener;
-mod stream;
 
 use std::future::Future;
 use std::io;
@@ -15,14 +12,9 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use accept::serve_connections;
-pub use address::{Address, AddressError, VSOCK_CID_ANY, VSOCK_CID_HOST};
-pub use connector::{connect, connect_once, hybrid_connect};
 #[cfg(target_os = "linux")]
 pub use listener::VsockTransport;
 pub use listener::{AnyListener, TcpTransport, UnixTransport, VSOCK_BIND_DEADLINE};
-pub use stream::AnyStream;
-#[cfg(target_os = "linux")]
-pub(crate) use stream::into_socket_fd;
 
 /// A source of incoming connections for the RPC server.
 pub trait Transport: Send + 'static {

@@ -12,7 +12,6 @@ mod network;
 mod power;
 mod probe;
 mod process;
-pub mod splice;
 mod system_info;
 mod watch;
 

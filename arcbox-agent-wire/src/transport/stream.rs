@@ -1,8 +1,6 @@
 //! [`AnyStream`]: one stream type over every transport, so binaries can
 //! pick a transport at run time without boxing each read and write.
 
-#[cfg(target_os = "linux")]
-use std::any::Any;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -67,47 +65,4 @@ impl AsyncWrite for AnyStream {
             AnyStream::Vsock(s) => s.is_write_vectored(),
         }
     }
-}
-
-#[cfg(target_os = "linux")]
-impl AnyStream {
-    /// Takes the socket out, deregistered from the runtime and still
-    /// non-blocking, for the kernel-side relay.
-    pub(crate) fn into_socket_fd(self) -> io::Result<std::os::fd::OwnedFd> {
-        use std::os::fd::OwnedFd;
-        match self {
-            AnyStream::Unix(s) => s.into_std().map(OwnedFd::from),
-            AnyStream::Tcp(s) => s.into_std().map(OwnedFd::from),
-            AnyStream::Vsock(s) => Ok(OwnedFd::from(s)),
-        }
-    }
-}
-
-/// Takes the socket out of a stream of a kind the kernel-side relay can
-/// drive (Unix, TCP, vsock, or [`AnyStream`] of those), deregistered from
-/// the runtime and still non-blocking; gives other streams back unchanged.
-#[cfg(target_os = "linux")]
-pub(crate) fn into_socket_fd<S: Any>(stream: S) -> Result<io::Result<std::os::fd::OwnedFd>, S> {
-    match known_stream(Box::new(stream)) {
-        Ok(any) => Ok(any.into_socket_fd()),
-        Err(other) => Err(*other.downcast::<S>().expect("the stream's own type")),
-    }
-}
-
-/// The stream as an [`AnyStream`] when it is one of the supported kinds.
-#[cfg(target_os = "linux")]
-fn known_stream(stream: Box<dyn Any>) -> Result<AnyStream, Box<dyn Any>> {
-    let stream = match stream.downcast::<AnyStream>() {
-        Ok(any) => return Ok(*any),
-        Err(other) => other,
-    };
-    let stream = match stream.downcast::<UnixStream>() {
-        Ok(unix) => return Ok(AnyStream::Unix(*unix)),
-        Err(other) => other,
-    };
-    let stream = match stream.downcast::<TcpStream>() {
-        Ok(tcp) => return Ok(AnyStream::Tcp(*tcp)),
-        Err(other) => other,
-    };
-    stream.downcast::<tokio_vsock::VsockStream>().map(|vsock| AnyStream::Vsock(*vsock))
 }

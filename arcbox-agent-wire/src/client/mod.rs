@@ -8,25 +8,26 @@
 
 mod error;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use error::ClientError;
 
+use crate::codec::{EncodeError, FrameReader, FrameWriter, ReadError};
 use crate::protocol::proto::agent::{
-    AgentPingRequest, AgentPingResponse, BootReport, BootReportRequest, Empty, ReadinessEvent,
-    RuntimeEnsureRequest, RuntimeEnsureResponse, RuntimeStatusRequest, RuntimeStatusResponse,
-    ShutdownRequest, ShutdownResponse, SystemInfo, WatchReadinessRequest,
+    AgentPingRequest, AgentPingResponse, BootReport, BootReportRequest, Empty, KubernetesDeleteRequest,
+    KubernetesDeleteResponse, KubernetesKubeconfigRequest, KubernetesKubeconfigResponse,
+    KubernetesStartRequest, KubernetesStartResponse, KubernetesStatusRequest, KubernetesStatusResponse,
+    KubernetesStopRequest, KubernetesStopResponse, ReadinessEvent, RuntimeEnsureRequest,
+    RuntimeEnsureResponse, RuntimeStatusRequest, RuntimeStatusResponse, ShutdownRequest, ShutdownResponse,
+    SystemInfo, WatchReadinessRequest,
 };
-use crate::protocol::{
-    DEFAULT_MAX_FRAME_BYTES, ErrorPayload, Frame, MessageType, encode_header, encode_parts, response_code,
-    try_decode,
-};
-use crate::rpc::BoxFuture;
-use crate::rpc::handlers::unix_time_parts;
+use crate::protocol::values::{ensure_status, runtime_state};
+use crate::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorPayload, Frame, MessageType, response_code, unix_time};
 use crate::transport::{Address, AnyStream, connect};
 
 /// Timeouts and limits of a client.
@@ -51,12 +52,15 @@ impl Default for ConnectOptions {
 }
 
 /// Re-establishes the stream after a failed call.
-type Reconnect<S> = Box<dyn Fn() -> BoxFuture<'static, std::io::Result<S>> + Send + Sync>;
+type Reconnect<S> = Box<dyn Fn() -> Pin<Box<dyn Future<Output = std::io::Result<S>> + Send>> + Send + Sync>;
+
+/// Largest request a client usually sends; the buffer grows for larger ones.
+const WRITE_BUFFER_BYTES: usize = 1024;
 
 struct Connection<S> {
     stream: S,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
+    reader: FrameReader,
+    writer: FrameWriter,
 }
 
 /// A client for one agent.
@@ -69,8 +73,12 @@ pub struct AgentClient<S = AnyStream> {
 }
 
 impl<S> Connection<S> {
-    fn new(stream: S) -> Self {
-        Self { stream, rbuf: BytesMut::with_capacity(8 * 1024), wbuf: BytesMut::with_capacity(1024) }
+    fn new(stream: S, max_frame_bytes: usize) -> Self {
+        Self {
+            stream,
+            reader: FrameReader::new(max_frame_bytes),
+            writer: FrameWriter::with_capacity(WRITE_BUFFER_BYTES),
+        }
     }
 }
 
@@ -94,8 +102,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
     pub fn from_stream(stream: S, options: ConnectOptions) -> Self {
         Self {
             reconnect: None,
+            conn: Some(Connection::new(stream, options.max_frame_bytes)),
             options,
-            conn: Some(Connection::new(stream)),
             trace_prefix: trace_prefix(),
             next_trace: AtomicU64::new(1),
         }
@@ -108,7 +116,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
 
     /// Pings; with `host_time`, the agent steps its clock to it.
     pub async fn ping(&mut self, host_time: Option<SystemTime>) -> Result<AgentPingResponse, ClientError> {
-        let (timestamp_secs, timestamp_nanos) = host_time.map(unix_time_parts).unwrap_or((0, 0));
+        let (timestamp_secs, timestamp_nanos) = host_time.map(unix_time::to_parts).unwrap_or((0, 0));
         let request = AgentPingRequest { message: String::new(), timestamp_secs, timestamp_nanos };
         self.call(MessageType::PingRequest, &request).await
     }
@@ -157,20 +165,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         let started = std::time::Instant::now();
         let mut answer = self.ensure_runtime(true).await?;
         // A start was in progress during this wait: a ready end is "started".
-        let saw_start = answer.status == crate::runtime::STATUS_STARTING;
+        let saw_start = answer.status == ensure_status::STARTING;
         while !is_settled(&answer) && started.elapsed() < limit {
             tokio::time::sleep(poll).await;
             let status = self.runtime_status().await?;
             progress(&status);
             answer = match status.state.as_str() {
                 // Settled: read the outcome without starting again.
-                "ready" | "failed" => self.ensure_runtime(false).await?,
+                runtime_state::READY | runtime_state::FAILED => self.ensure_runtime(false).await?,
                 "" => self.ensure_runtime(true).await?,
                 _ => answer,
             };
         }
         if saw_start && answer.ready {
-            crate::runtime::STATUS_STARTED.clone_into(&mut answer.status);
+            ensure_status::STARTED.clone_into(&mut answer.status);
         }
         Ok(answer)
     }
@@ -212,6 +220,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         self.call(MessageType::BootReportRequest, &BootReportRequest {}).await
     }
 
+    /// Reads the boot report once the guest's init has completed, polling
+    /// every `poll` for up to `limit`; returns the last report either way
+    /// (`init_complete_us == 0` means init was still running).
+    pub async fn boot_report_when_complete(
+        &mut self,
+        limit: Duration,
+        poll: Duration,
+    ) -> Result<BootReport, ClientError> {
+        let started = std::time::Instant::now();
+        loop {
+            let report = self.boot_report().await?;
+            if report.init_complete_us != 0 || started.elapsed() >= limit {
+                return Ok(report);
+            }
+            tokio::time::sleep(poll.min(limit.saturating_sub(started.elapsed()))).await;
+        }
+    }
+
+    /// Starts k3s (non-blocking: `api_ready` turns true later; watch for
+    /// `kubernetes_ready` or poll [`AgentClient::kubernetes_status`]).
+    pub async fn kubernetes_start(&mut self) -> Result<KubernetesStartResponse, ClientError> {
+        self.call(MessageType::KubernetesStartRequest, &KubernetesStartRequest {}).await
+    }
+
+    /// Stops k3s.
+    pub async fn kubernetes_stop(&mut self) -> Result<KubernetesStopResponse, ClientError> {
+        self.call(MessageType::KubernetesStopRequest, &KubernetesStopRequest {}).await
+    }
+
+    /// Stops k3s and removes its state.
+    pub async fn kubernetes_delete(&mut self) -> Result<KubernetesDeleteResponse, ClientError> {
+        self.call(MessageType::KubernetesDeleteRequest, &KubernetesDeleteRequest {}).await
+    }
+
+    /// k3s and its containerd.
+    pub async fn kubernetes_status(&mut self) -> Result<KubernetesStatusResponse, ClientError> {
+        self.call(MessageType::KubernetesStatusRequest, &KubernetesStatusRequest {}).await
+    }
+
+    /// The kubeconfig k3s wrote (404 before k3s has started).
+    pub async fn kubernetes_kubeconfig(&mut self) -> Result<KubernetesKubeconfigResponse, ClientError> {
+        self.call(MessageType::KubernetesKubeconfigRequest, &KubernetesKubeconfigRequest {}).await
+    }
+
     /// A typed unary call with the client's deadline.
     pub async fn call<Req, Resp>(&mut self, msg_type: MessageType, request: &Req) -> Result<Resp, ClientError>
     where
@@ -236,14 +288,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         let trace = self.new_trace_id();
         let expected = response_code(msg_type.code());
         let frame = self
-            .exchange(
-                deadline,
-                |wbuf| {
-                    encode_header(msg_type.code(), trace.as_bytes(), request.encoded_len(), wbuf)?;
-                    request.encode(wbuf).map_err(|_| ClientError::Encode)
-                },
-                &trace,
-            )
+            .exchange(deadline, |w| w.push_message(msg_type.code(), trace.as_bytes(), request), &trace)
             .await?;
         expect_type(&frame, expected)?;
         Resp::decode(frame.payload).map_err(ClientError::Decode)
@@ -254,15 +299,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
     pub async fn call_raw(&mut self, msg_type: u32, payload: &[u8]) -> Result<Frame, ClientError> {
         let trace = self.new_trace_id();
         let deadline = self.options.call_timeout;
-        self.exchange(
-            deadline,
-            |wbuf| {
-                encode_parts(msg_type, trace.as_bytes(), payload, wbuf)?;
-                Ok(())
-            },
-            &trace,
-        )
-        .await
+        self.exchange(deadline, |w| w.push_raw(msg_type, trace.as_bytes(), payload), &trace).await
     }
 
     /// Sends one request and reads frames of a streaming answer, calling
@@ -281,14 +318,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
     {
         let trace = self.new_trace_id();
         let mut first = self
-            .exchange(
-                deadline,
-                |wbuf| {
-                    encode_header(msg_type.code(), trace.as_bytes(), request.encoded_len(), wbuf)?;
-                    request.encode(wbuf).map_err(|_| ClientError::Encode)
-                },
-                &trace,
-            )
+            .exchange(deadline, |w| w.push_message(msg_type.code(), trace.as_bytes(), request), &trace)
             .await?;
         loop {
             check_error(&first)?;
@@ -308,31 +338,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
     async fn exchange(
         &mut self,
         deadline: Duration,
-        encode: impl FnOnce(&mut BytesMut) -> Result<(), ClientError>,
+        encode: impl FnOnce(&mut FrameWriter) -> Result<(), EncodeError>,
         trace: &str,
     ) -> Result<Frame, ClientError> {
-        let max = self.options.max_frame_bytes;
-        if self.conn.is_none() {
-            if let Some(reconnect) = &self.reconnect {
-                let stream = reconnect().await.map_err(ClientError::Connect)?;
-                self.conn = Some(Connection::new(stream));
-            }
+        if self.conn.is_none()
+            && let Some(reconnect) = &self.reconnect
+        {
+            let stream = reconnect().await.map_err(ClientError::Connect)?;
+            self.conn = Some(Connection::new(stream, self.options.max_frame_bytes));
         }
         let conn = self.conn.as_mut().ok_or(ClientError::Disconnected)?;
-        conn.wbuf.clear();
-        encode(&mut conn.wbuf)?;
+        conn.writer.clear();
+        encode(&mut conn.writer).map_err(ClientError::Encode)?;
         let result = tokio::time::timeout(deadline, async {
-            conn.stream.write_all(&conn.wbuf).await?;
-            read_frame(&mut conn.stream, &mut conn.rbuf, max).await
+            conn.writer.write_to(&mut conn.stream).await?;
+            Ok(conn.reader.read_frame(&mut conn.stream).await?)
         })
         .await;
         self.settle(result, deadline, trace)
     }
 
     async fn read_next(&mut self, deadline: Duration, trace: &str) -> Result<Frame, ClientError> {
-        let max = self.options.max_frame_bytes;
         let conn = self.conn.as_mut().ok_or(ClientError::Disconnected)?;
-        let result = tokio::time::timeout(deadline, read_frame(&mut conn.stream, &mut conn.rbuf, max)).await;
+        let result =
+            tokio::time::timeout(deadline, async { Ok(conn.reader.read_frame(&mut conn.stream).await?) })
+                .await;
         self.settle(result, deadline, trace)
     }
 
@@ -361,26 +391,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
 }
 
 fn is_settled(answer: &RuntimeEnsureResponse) -> bool {
-    answer.ready || answer.status == crate::runtime::STATUS_FAILED
+    answer.ready || answer.status == ensure_status::FAILED
 }
 
-/// Reads exactly one frame, enforcing `max` before allocating.
-async fn read_frame<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    rbuf: &mut BytesMut,
-    max: usize,
-) -> Result<Frame, ClientError> {
-    loop {
-        if let Some(frame) = try_decode(rbuf, max).map_err(ClientError::Frame)? {
-            return Ok(frame);
-        }
-        let want = match crate::protocol::check_header(rbuf, max).map_err(ClientError::Frame)? {
-            crate::protocol::HeaderCheck::Frame { total } => total - rbuf.len(),
-            crate::protocol::HeaderCheck::NeedLength => 8 * 1024,
-        };
-        rbuf.reserve(want);
-        if stream.read_buf(rbuf).await? == 0 {
-            return Err(ClientError::Disconnected);
+impl From<ReadError> for ClientError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::Frame(err) => ClientError::Frame(err),
+            ReadError::Io(err) => ClientError::Io(err),
+            ReadError::Closed { .. } => ClientError::Disconnected,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::codec::EncodeError;
 use crate::protocol::{ErrorPayload, ErrorPayloadError, FrameError};
 
 /// Why a call did not return a response.
@@ -32,8 +33,8 @@ pub enum ClientError {
     #[error("invalid response payload: {0}")]
     Decode(#[source] prost::DecodeError),
     /// The request could not be encoded.
-    #[error("request could not be encoded")]
-    Encode,
+    #[error("the request could not be encoded: {0}")]
+    Encode(#[source] EncodeError),
     /// The answer has an unexpected message type.
     #[error("expected message type 0x{expected:04X}, got 0x{received:04X}")]
     UnexpectedType {

@@ -9,16 +9,32 @@
 //! flowing, so hijacked streams (`docker attach`, `docker exec -it`,
 //! `docker run -i`) end properly. Buffers are bounded; payloads are never
 //! logged.
+//!
+//! On Linux, sockets are relayed in the kernel ([`splice`]); a stream
+//! type hands its socket over through [`IntoSocket`], and streams that are
+//! not sockets (an embedder's own transport) are copied.
+//!
+//! # Layout
+//! - `mod.rs`: the proxy's accept loop and the copying relay.
+//! - [`IntoSocket`] (`socket.rs`): how a stream gives up its socket.
+//! - `splice` (Linux): the kernel-side relay.
+
+mod socket;
+#[cfg(target_os = "linux")]
+mod splice;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arcbox_agent_wire::transport::{Address, AnyStream, connect_once};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+pub use socket::IntoSocket;
 #[cfg(target_os = "linux")]
-use crate::sys::linux::splice::Mover;
-use crate::transport::{Address, AnyStream, Transport, connect_once, serve_connections};
+pub use splice::{Mover, relay_sockets};
+
+use crate::transport::{Transport, serve_connections};
 
 /// Relay buffer per direction (the reference used 8 KiB; larger buffers
 /// move image layers with fewer syscalls, and stay bounded).
@@ -49,21 +65,20 @@ where
 /// both sockets go to the kernel-side relay (splice(2): no user-space
 /// copies), whatever their transport; streams of other kinds (an
 /// embedder's own transport) are copied with bounded buffers.
-async fn relay_streams<A>(client: A, mut upstream: AnyStream) -> std::io::Result<Relayed>
+async fn relay_streams<A>(client: A, upstream: AnyStream) -> std::io::Result<Relayed>
 where
-    A: AsyncRead + AsyncWrite + Unpin + std::any::Any,
+    A: AsyncRead + AsyncWrite + Unpin + IntoSocket,
 {
     #[cfg(target_os = "linux")]
-    let client = match crate::transport::into_socket_fd(client) {
+    let client = match client.into_socket() {
         Ok(client) => {
-            let (to_target, from_target) =
-                crate::sys::linux::splice::relay_sockets(client?, upstream.into_socket_fd()?, Mover::Splice)
-                    .await?;
+            let upstream = socket::any_stream_socket(upstream)?;
+            let (to_target, from_target) = relay_sockets(client?, upstream, Mover::Splice).await?;
             return Ok(Relayed { to_target, from_target });
         }
         Err(other) => other,
     };
-    let mut client = client;
+    let (mut client, mut upstream) = (client, upstream);
     relay(&mut client, &mut upstream).await
 }
 
@@ -86,12 +101,11 @@ pub const PROXY_MAX_CONNECTIONS: usize = 1024;
 /// Accepts on `listener` until `shutdown`, joining each connection to a
 /// fresh connection to `target`. A failed target connection closes only
 /// that client connection; the proxy keeps serving.
-pub async fn serve_proxy<T: Transport>(
-    listener: T,
-    target: Address,
-    stats: Arc<ProxyStats>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve_proxy<T>(listener: T, target: Address, stats: Arc<ProxyStats>, shutdown: CancellationToken)
+where
+    T: Transport,
+    T::Stream: IntoSocket,
+{
     let target = Arc::new(target);
     serve_connections(listener, PROXY_MAX_CONNECTIONS, &shutdown, |client, peer| {
         stats.connections.fetch_add(1, Ordering::Relaxed);
