@@ -6,6 +6,7 @@
 mod root_ns;
 
 use std::path::Path;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use arcbox_agent_core::boot::StepOutcome;
@@ -14,16 +15,17 @@ use arcbox_agent_core::init::{InitOps, InitRunner, Phase, StepReport, standard_p
 use arcbox_agent_core::reaper::Reaper;
 use arcbox_agent_core::sys::linux::{LinuxChildReaping, parse_mountinfo};
 use nix::mount::{MsFlags, mount};
+use root_ns::Namespaces;
 
-#[test]
+fn main() -> ExitCode {
+    root_ns::main(
+        Namespaces::Pid1,
+        &[],
+        root_ns::bodies![init_plan_mounts_writes_and_is_idempotent_in_a_fresh_namespace],
+    )
+}
+
 fn init_plan_mounts_writes_and_is_idempotent_in_a_fresh_namespace() {
-    if !root_ns::available() {
-        return;
-    }
-    if !root_ns::inside() {
-        root_ns::run_in_namespaces("init_plan_mounts_writes_and_is_idempotent_in_a_fresh_namespace");
-        return;
-    }
     assert_eq!(std::process::id(), 1, "the body runs as PID 1");
     root_ns::make_mounts_private();
     let dir = tempfile::tempdir().expect("scratch");

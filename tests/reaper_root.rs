@@ -4,27 +4,29 @@
 
 mod root_ns;
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arcbox_agent_core::reaper::Reaper;
 use arcbox_agent_core::sys::linux::{LinuxChildReaping, LinuxSpawner};
 use arcbox_agent_core::sys::{ExitStatus, ProcessSpawner, ProcessSpec};
+use root_ns::Namespaces;
 use tokio_util::sync::CancellationToken;
 
 fn sh(script: &str) -> ProcessSpec {
     ProcessSpec { program: "/bin/sh".into(), args: vec!["-c".into(), script.into()], ..Default::default() }
 }
 
-#[test]
+fn main() -> ExitCode {
+    root_ns::main(
+        Namespaces::Pid1,
+        &[],
+        root_ns::bodies![orphans_are_reaped_and_spawners_keep_their_exit_codes_as_pid_1],
+    )
+}
+
 fn orphans_are_reaped_and_spawners_keep_their_exit_codes_as_pid_1() {
-    if !root_ns::available() {
-        return;
-    }
-    if !root_ns::inside() {
-        root_ns::run_in_namespaces("orphans_are_reaped_and_spawners_keep_their_exit_codes_as_pid_1");
-        return;
-    }
     assert_eq!(std::process::id(), 1, "the body runs as PID 1");
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");

@@ -8,7 +8,7 @@
 mod root_ns;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_core::{Agent, AgentParts, boot::BootRecorder};
 use arcbox_agent_wire::client::{AgentClient, ConnectOptions};
 use arcbox_agent_wire::transport::Address;
+use root_ns::Namespaces;
 use tokio_util::sync::CancellationToken;
 
 const PRECIOUS: &str = "written before the Shutdown RPC\n";
@@ -34,15 +35,15 @@ fn run(cmd: &str, args: &[&str]) -> bool {
     Command::new(cmd).args(args).status().is_ok_and(|s| s.success())
 }
 
-#[test]
+fn main() -> ExitCode {
+    root_ns::main(
+        Namespaces::Pid1,
+        &["mount", "umount"],
+        root_ns::bodies![shutdown_stops_daemons_in_order_and_keeps_data_written_before_it],
+    )
+}
+
 fn shutdown_stops_daemons_in_order_and_keeps_data_written_before_it() {
-    if !root_ns::available() {
-        return;
-    }
-    if !root_ns::inside() {
-        root_ns::run_in_namespaces("shutdown_stops_daemons_in_order_and_keeps_data_written_before_it");
-        return;
-    }
     assert_eq!(std::process::id(), 1, "the body runs as PID 1");
     root_ns::make_mounts_private();
     let dir = tempfile::tempdir().expect("scratch");
