@@ -1,38 +1,30 @@
 //! The data disk for real: loop devices, mkfs.btrfs, Btrfs ioctls and
 //! mounts, inside a private mount namespace (each test re-runs itself
-//! under `unshare --mount`). Needs root and btrfs-progs.
+//! under `unshare --mount`, see `root_ns`). Needs root, btrfs-progs,
+//! e2fsprogs and losetup.
+
+mod root_ns;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
 use arcbox_agent_core::reaper::Reaper;
 use arcbox_agent_core::storage::{DataDisk, DataDiskConfig, DataDiskReport, StorageError, Subvolume};
 use arcbox_agent_core::sys::linux::{LinuxChildReaping, LinuxDisk, LinuxFiles, LinuxMount, LinuxSpawner};
+use root_ns::Namespaces;
 use tokio_util::sync::CancellationToken;
 
-const NS_ENV: &str = "ARCBOX_TEST_IN_MOUNT_NS";
-
-/// Runs `body` in a private mount namespace: re-executes this test binary
-/// for just `test_name` under unshare, and asserts it passed.
-fn in_mount_namespace(test_name: &str, body: impl FnOnce()) {
-    if std::env::var_os(NS_ENV).is_some() {
-        body();
-        return;
-    }
-    assert!(nix::unistd::geteuid().is_root(), "this test needs root (it makes loop devices and mounts)");
-    assert!(
-        Command::new("mkfs.btrfs").arg("--version").output().is_ok_and(|o| o.status.success()),
-        "mkfs.btrfs is missing: apt-get install btrfs-progs"
-    );
-    let status = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(NS_ENV, "1")
-        .status()
-        .unwrap();
-    assert!(status.success(), "{test_name} failed inside the mount namespace");
+fn main() -> ExitCode {
+    root_ns::main(
+        Namespaces::Mount,
+        &["losetup", "mkfs.btrfs", "mkfs.ext4", "lsattr"],
+        root_ns::bodies![
+            a_blank_device_is_formatted_mounted_with_subvolumes_and_kept_on_the_next_boot,
+            a_device_holding_ext4_is_refused_and_left_byte_identical,
+            a_device_with_unrecognised_data_is_refused,
+        ],
+    )
 }
 
 /// A sparse file attached to a loop device; detached on drop.
@@ -121,85 +113,69 @@ fn file_digest(path: &Path) -> u64 {
     h.finish()
 }
 
-#[test]
 fn a_blank_device_is_formatted_mounted_with_subvolumes_and_kept_on_the_next_boot() {
-    in_mount_namespace(
-        "a_blank_device_is_formatted_mounted_with_subvolumes_and_kept_on_the_next_boot",
-        || {
-            let dir = tempfile::tempdir().unwrap();
-            let dev = LoopDevice::new(dir.path(), 320);
-            let config = layout(&dir.path().join("root"), &dev.device);
+    let dir = tempfile::tempdir().unwrap();
+    let dev = LoopDevice::new(dir.path(), 320);
+    let config = layout(&dir.path().join("root"), &dev.device);
 
-            let first = ensure(&config).unwrap();
-            assert!(first.formatted);
-            assert_eq!(first.created, ["@docker", "@containerd", "@k3s", "@kubelet", "@cni"]);
+    let first = ensure(&config).unwrap();
+    assert!(first.formatted);
+    assert_eq!(first.created, ["@docker", "@containerd", "@k3s", "@kubelet", "@cni"]);
 
-            let (fstype, _, raw_super) = mountinfo(&config.raw_mount).expect("raw btrfs not mounted");
-            assert_eq!(fstype, "btrfs");
-            assert!(raw_super.contains("compress=zstd:1"), "{raw_super}");
-            for sub in &config.subvolumes {
-                let (fstype, opts, sup) =
-                    mountinfo(&sub.target).unwrap_or_else(|| panic!("{} not mounted", sub.name));
-                assert_eq!(fstype, "btrfs");
-                assert!(opts.split(',').any(|o| o == "noatime"), "{}: {opts}", sub.name);
-                assert!(
-                    sup.contains("compress=zstd:1") && sup.contains("space_cache=v2"),
-                    "{}: {sup}",
-                    sub.name
-                );
-                assert!(sup.contains(&format!("subvol=/{}", sub.name)), "{}: {sup}", sub.name);
-            }
-            let bolt = config.subvolumes[1].target.join("io.containerd.metadata.v1.bolt");
-            let lsattr = Command::new("lsattr").arg("-d").arg(&bolt).output().unwrap();
-            let attrs = String::from_utf8_lossy(&lsattr.stdout);
-            assert!(attrs.split_whitespace().next().unwrap_or("").contains('C'), "NOCOW missing: {attrs}");
+    let (fstype, _, raw_super) = mountinfo(&config.raw_mount).expect("raw btrfs not mounted");
+    assert_eq!(fstype, "btrfs");
+    assert!(raw_super.contains("compress=zstd:1"), "{raw_super}");
+    for sub in &config.subvolumes {
+        let (fstype, opts, sup) =
+            mountinfo(&sub.target).unwrap_or_else(|| panic!("{} not mounted", sub.name));
+        assert_eq!(fstype, "btrfs");
+        assert!(opts.split(',').any(|o| o == "noatime"), "{}: {opts}", sub.name);
+        assert!(sup.contains("compress=zstd:1") && sup.contains("space_cache=v2"), "{}: {sup}", sub.name);
+        assert!(sup.contains(&format!("subvol=/{}", sub.name)), "{}: {sup}", sub.name);
+    }
+    let bolt = config.subvolumes[1].target.join("io.containerd.metadata.v1.bolt");
+    let lsattr = Command::new("lsattr").arg("-d").arg(&bolt).output().unwrap();
+    let attrs = String::from_utf8_lossy(&lsattr.stdout);
+    assert!(attrs.split_whitespace().next().unwrap_or("").contains('C'), "NOCOW missing: {attrs}");
 
-            let marker = config.subvolumes[0].target.join("image-layer");
-            std::fs::write(&marker, b"user data").unwrap();
-            unmount_all(&config);
+    let marker = config.subvolumes[0].target.join("image-layer");
+    std::fs::write(&marker, b"user data").unwrap();
+    unmount_all(&config);
 
-            // Second boot on the same disk: nothing formatted, nothing lost.
-            let second = ensure(&config).unwrap();
-            assert!(!second.formatted);
-            assert!(second.created.is_empty());
-            assert_eq!(std::fs::read(&marker).unwrap(), b"user data");
-            // A third call while everything is mounted changes nothing.
-            assert_eq!(ensure(&config).unwrap(), DataDiskReport::default());
-            unmount_all(&config);
-        },
-    );
+    // Second boot on the same disk: nothing formatted, nothing lost.
+    let second = ensure(&config).unwrap();
+    assert!(!second.formatted);
+    assert!(second.created.is_empty());
+    assert_eq!(std::fs::read(&marker).unwrap(), b"user data");
+    // A third call while everything is mounted changes nothing.
+    assert_eq!(ensure(&config).unwrap(), DataDiskReport::default());
+    unmount_all(&config);
 }
 
-#[test]
 fn a_device_holding_ext4_is_refused_and_left_byte_identical() {
-    in_mount_namespace("a_device_holding_ext4_is_refused_and_left_byte_identical", || {
-        let dir = tempfile::tempdir().unwrap();
-        let dev = LoopDevice::new(dir.path(), 64);
-        let mkfs = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&dev.device).status().unwrap();
-        assert!(mkfs.success());
-        let before = file_digest(&dev.backing);
-        let config = layout(&dir.path().join("root"), &dev.device);
-        let err = ensure(&config).unwrap_err();
-        assert!(matches!(err, StorageError::RefusedKnown { found: "ext2/3/4 filesystem", .. }), "{err}");
-        assert!(mountinfo(&config.raw_mount).is_none());
-        assert_eq!(file_digest(&dev.backing), before, "the ext4 device was modified");
-    });
+    let dir = tempfile::tempdir().unwrap();
+    let dev = LoopDevice::new(dir.path(), 64);
+    let mkfs = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&dev.device).status().unwrap();
+    assert!(mkfs.success());
+    let before = file_digest(&dev.backing);
+    let config = layout(&dir.path().join("root"), &dev.device);
+    let err = ensure(&config).unwrap_err();
+    assert!(matches!(err, StorageError::RefusedKnown { found: "ext2/3/4 filesystem", .. }), "{err}");
+    assert!(mountinfo(&config.raw_mount).is_none());
+    assert_eq!(file_digest(&dev.backing), before, "the ext4 device was modified");
 }
 
-#[test]
 fn a_device_with_unrecognised_data_is_refused() {
-    in_mount_namespace("a_device_with_unrecognised_data_is_refused", || {
-        let dir = tempfile::tempdir().unwrap();
-        let dev = LoopDevice::new(dir.path(), 16);
-        {
-            use std::io::{Seek as _, SeekFrom, Write as _};
-            let mut f = std::fs::OpenOptions::new().write(true).open(&dev.backing).unwrap();
-            f.seek(SeekFrom::Start(2 << 20)).unwrap();
-            f.write_all(b"somebody's bytes").unwrap();
-        }
-        let before = file_digest(&dev.backing);
-        let err = ensure(&layout(&dir.path().join("root"), &dev.device)).unwrap_err();
-        assert!(matches!(err, StorageError::RefusedUnknown { offset, .. } if offset == 2 << 20), "{err}");
-        assert_eq!(file_digest(&dev.backing), before);
-    });
+    let dir = tempfile::tempdir().unwrap();
+    let dev = LoopDevice::new(dir.path(), 16);
+    {
+        use std::io::{Seek as _, SeekFrom, Write as _};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&dev.backing).unwrap();
+        f.seek(SeekFrom::Start(2 << 20)).unwrap();
+        f.write_all(b"somebody's bytes").unwrap();
+    }
+    let before = file_digest(&dev.backing);
+    let err = ensure(&layout(&dir.path().join("root"), &dev.device)).unwrap_err();
+    assert!(matches!(err, StorageError::RefusedUnknown { offset, .. } if offset == 2 << 20), "{err}");
+    assert_eq!(file_digest(&dev.backing), before);
 }
