@@ -8,7 +8,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use arcbox_agent_core::runtime::daemon::{Readiness, api_answers, wait_until_ready};
+use arcbox_agent_core::runtime::api::{Readiness, SocketApis, answers};
+use arcbox_agent_core::runtime::supervisor::wait_until_ready;
 use arcbox_agent_core::sys::linux::LinuxSocketProbe;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -41,7 +42,7 @@ fn standin(socket: &Path, delay: Duration) -> tokio::task::JoinHandle<Instant> {
 
 /// The reference's detector: try the API every 500 ms.
 async fn poll_500ms(readiness: &Readiness) {
-    while !api_answers(&LinuxSocketProbe, readiness).await {
+    while !answers(&SocketApis, readiness).await {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -73,7 +74,10 @@ fn main() {
                 let readiness = Readiness::DockerPing(socket.clone());
                 let ready = standin(&socket, delay(run));
                 if event_driven {
-                    assert!(wait_until_ready(&LinuxSocketProbe, &readiness, Duration::from_secs(5)).await);
+                    assert!(
+                        wait_until_ready(&LinuxSocketProbe, &SocketApis, &readiness, Duration::from_secs(5))
+                            .await
+                    );
                 } else {
                     poll_500ms(&readiness).await;
                 }

@@ -1,19 +1,20 @@
-//! Embedding the agent core: the standard agent on fakes, plus a custom
-//! handler for an extension request type, served on a custom transport
-//! (in-memory duplex pipes instead of sockets), and called with the
-//! client.
+//! Embedding the agent core: the standard guest agent (every built-in
+//! request) over a fake machine, plus a custom handler for an extension
+//! request type, served on a custom transport (in-memory duplex pipes
+//! instead of sockets), and called with the host client. An embedder's own
+//! guest binary does the same over `guest::linux::LinuxGuestOs`.
 //!
 //! Run: `cargo run --example embed_custom`
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use arcbox_agent_core::boot::BootRecorder;
-use arcbox_agent_core::fake::{FakeClock, FakePower, FakeRuntime, FakeSystemInfo, RuntimeScript};
+use arcbox_agent_core::config::AgentConfig;
+use arcbox_agent_core::fake::FakeGuest;
+use arcbox_agent_core::guest::{Guest, GuestSettings};
+use arcbox_agent_core::new_boot_id;
 use arcbox_agent_core::protocol::{Frame, response_code};
 use arcbox_agent_core::rpc::{RequestContext, RpcError, ServerConfig, UnaryHandler};
 use arcbox_agent_core::transport::Transport;
-use arcbox_agent_core::{Agent, AgentParts, new_boot_id};
 use arcbox_agent_wire::client::{AgentClient, ConnectOptions};
 use prost::Message as _;
 use tokio::io::DuplexStream;
@@ -80,22 +81,18 @@ impl Transport for PipeTransport {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // 1. The standard agent on fakes, plus the custom handler.
-    let boot_id = new_boot_id();
-    let parts = AgentParts::new(
-        Arc::new(FakeClock::following_host()),
-        Arc::new(FakeSystemInfo::default()),
-        Arc::new(FakeRuntime::new(RuntimeScript::default())),
-        Arc::new(FakePower::default()),
-        BootRecorder::new(&boot_id, false, 0.0),
-    );
-    let (mut agent, _runtime) = Agent::new(parts, &boot_id);
-    agent.router_mut().unary_code(WORD_COUNT_REQUEST, WordCounter);
-
-    // 2. Serve it on the custom transport.
-    let (connect, incoming) = mpsc::channel(4);
+    // 1. The standard guest agent in serve mode (no init plan: the machine
+    //    is not ours), plus the custom handler.
+    let settings =
+        GuestSettings { boot_id: new_boot_id(), pid1: false, init_mode: false, kernel_uptime_secs: 0.0 };
     let stop = CancellationToken::new();
-    let server = tokio::spawn(agent.serve(PipeTransport { incoming }, ServerConfig::default(), stop.clone()));
+    let mut guest = Guest::assemble(&FakeGuest::new(), &AgentConfig::default(), settings, &[], stop.clone());
+    guest.router_mut().unary_code(WORD_COUNT_REQUEST, WordCounter);
+
+    // 2. Boot it on the custom transport.
+    let (connect, incoming) = mpsc::channel(4);
+    let transport = PipeTransport { incoming };
+    let server = tokio::spawn(guest.run(|| async { Ok(transport) }, ServerConfig::default(), &()));
 
     // 3. A client on one end of a pipe.
     let (client_end, agent_end) = tokio::io::duplex(64 * 1024);
@@ -120,6 +117,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(err.code, 400);
 
     stop.cancel();
-    server.await?;
+    server.await??;
     Ok(())
 }

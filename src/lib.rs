@@ -34,7 +34,10 @@ pub fn sim_server(scenario: Scenario) -> SimServer {
     let path: PathBuf = dir.path().join("agent.sock");
     let listener = UnixTransport::bind(&path).expect("bind sim socket");
     let stop = CancellationToken::new();
-    tokio::spawn(SimAgent::new(scenario).serve(listener, stop.clone()));
+    tokio::spawn({
+        let stop = stop.clone();
+        async move { SimAgent::new(scenario).await.serve(listener, stop).await }
+    });
     SimServer { address: Address::Unix(path), stop, _dir: dir }
 }
 

@@ -157,7 +157,7 @@ async fn a_call_past_its_deadline_times_out_and_the_next_call_reconnects() {
                 let mut sink = vec![0u8; 1024];
                 while first.read(&mut sink).await.unwrap_or(0) > 0 {}
             });
-            let sim = arcbox_agent_sim::SimAgent::new(Scenario::Healthy);
+            let sim = arcbox_agent_sim::SimAgent::new(Scenario::Healthy).await;
             sim.serve(listener, stop).await;
         }
     });
@@ -205,7 +205,7 @@ async fn the_agent_serves_over_tcp_for_development() {
     let listener = TcpTransport::bind("127.0.0.1:0").await.unwrap();
     let address = Address::parse(&listener.local_address()).unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(arcbox_agent_sim::SimAgent::new(Scenario::Healthy).serve(listener, stop.clone()));
+    tokio::spawn(arcbox_agent_sim::SimAgent::new(Scenario::Healthy).await.serve(listener, stop.clone()));
     let mut client = client_for(&address).await;
     assert_eq!(client.ping(None).await.unwrap().message, "pong");
     stop.cancel();

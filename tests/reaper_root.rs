@@ -35,7 +35,7 @@ fn orphans_are_reaped_and_spawners_keep_their_exit_codes_as_pid_1() {
         reaper.adopt_orphans(true).expect("PID 1 needs nothing");
         let stop = CancellationToken::new();
         let task = tokio::spawn(Arc::clone(&reaper).run(stop.clone()));
-        let spawner = Arc::new(LinuxSpawner::new(Arc::clone(&reaper)));
+        let spawner = Arc::new(LinuxSpawner::new(reaper.clone()));
 
         // Each parent leaves two background children behind and exits with
         // its own code: the children become orphans of PID 1 (us).

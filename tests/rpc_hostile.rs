@@ -45,11 +45,11 @@ impl Drop for Agent {
 }
 
 /// The simulated agent plus a panicking handler, with a short mid-frame timeout.
-fn start_agent() -> Agent {
+async fn start_agent() -> Agent {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.sock");
     let listener = UnixTransport::bind(&path).unwrap();
-    let mut sim = SimAgent::new(Scenario::Healthy);
+    let mut sim = SimAgent::new(Scenario::Healthy).await;
     sim.router_mut().unary_code(PANIC_CODE, Panicker);
     let config = ServerConfig { frame_read_timeout: Duration::from_millis(300), ..ServerConfig::default() };
     let stop = CancellationToken::new();
@@ -146,7 +146,7 @@ impl GoodClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_four_gib_length_is_answered_413_and_closed_while_others_are_served() {
-    let agent = start_agent();
+    let agent = start_agent().await;
     let good = good_client(&agent.address);
     let mut hostile = UnixStream::connect(socket_path(&agent)).await.unwrap();
     hostile.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1]).await.unwrap();
@@ -159,7 +159,7 @@ async fn a_four_gib_length_is_answered_413_and_closed_while_others_are_served() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_bytes_are_answered_and_closed() {
-    let agent = start_agent();
+    let agent = start_agent().await;
     let good = good_client(&agent.address);
     // An HTTP request read as a frame: its first 4 bytes are a ~1.2 GB length.
     let mut http = UnixStream::connect(socket_path(&agent)).await.unwrap();
@@ -182,7 +182,7 @@ async fn garbage_bytes_are_answered_and_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_and_unserved_types_are_answered_and_the_connection_keeps_serving() {
-    let agent = start_agent();
+    let agent = start_agent().await;
     let mut client = AgentClient::connect(&agent.address, ConnectOptions::default()).await.unwrap();
     let unknown = client.call_raw(0x0ABC, b"").await.unwrap();
     let err = error_of(&unknown);
@@ -202,7 +202,7 @@ async fn unknown_and_unserved_types_are_answered_and_the_connection_keeps_servin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_is_answered_500_and_the_agent_keeps_serving() {
-    let agent = start_agent();
+    let agent = start_agent().await;
     let mut client = AgentClient::connect(&agent.address, ConnectOptions::default()).await.unwrap();
     for _ in 0..3 {
         let frame = client.call_raw(PANIC_CODE, b"").await.unwrap();
@@ -215,7 +215,7 @@ async fn a_panicking_handler_is_answered_500_and_the_agent_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_frames_and_mid_frame_disconnects_hurt_no_one() {
-    let agent = start_agent();
+    let agent = start_agent().await;
     let good = good_client(&agent.address);
     let whole = ping_frame("half");
     // Disconnect in the middle of a frame, many times.
@@ -243,7 +243,7 @@ async fn half_frames_and_mid_frame_disconnects_hurt_no_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_idle_connections_do_not_starve_a_good_client() {
     assert!(fd_limit() >= 2200, "need at least 2200 file descriptors for this test");
-    let agent = start_agent();
+    let agent = start_agent().await;
     let mut idle = Vec::with_capacity(1000);
     for _ in 0..1000 {
         idle.push(UnixStream::connect(socket_path(&agent)).await.unwrap());
@@ -261,7 +261,7 @@ async fn a_thousand_idle_connections_do_not_starve_a_good_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_pipelined_on_one_connection_are_answered_in_order() {
-    let agent = start_agent();
+    let agent = start_agent().await;
     let mut s = UnixStream::connect(socket_path(&agent)).await.unwrap();
     let mut batch = BytesMut::new();
     for i in 0..50 {

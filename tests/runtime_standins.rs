@@ -8,11 +8,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arcbox_agent_core::reaper::Reaper;
-use arcbox_agent_core::runtime::events::kind;
+use arcbox_agent_core::runtime::api::SocketApis;
+use arcbox_agent_core::runtime::events::EventKind;
 use arcbox_agent_core::runtime::{
-    DataDiskStep, EnsureMode, ReadinessEvents, RuntimeBackend, RuntimeLayout, RuntimeManager, RuntimeSockets,
-    SupervisedRuntime,
+    Backend, DataDiskStep, DiskNote, DockerEngine, EnsureMode, Ensured, Health, Lifecycle, ReadinessEvents,
+    RuntimeLayout, RuntimeOps, RuntimeReport, RuntimeSockets,
 };
+use arcbox_agent_core::storage::StorageError;
 use arcbox_agent_core::sys::linux::{LinuxChildReaping, LinuxFiles, LinuxSocketProbe, LinuxSpawner};
 use tokio_util::sync::CancellationToken;
 
@@ -177,32 +179,32 @@ impl Standins {
             docker_data_root: root.join("lib/docker"),
             dirs: vec![root.join("run/containerd"), root.join("etc/containerd"), root.join("log")],
             log_dir: root.join("log"),
+            log_max_bytes: 1 << 20,
+            log_files: 2,
             containerd_timeout: Duration::from_secs(10),
             docker_timeout: Duration::from_secs(10),
         }
     }
 }
 
-type Runtime = SupervisedRuntime<LinuxSpawner, LinuxSocketProbe, LinuxFiles>;
+type Engine = DockerEngine<LinuxSpawner, LinuxSocketProbe, LinuxFiles, SocketApis>;
 
-fn runtime(standins: &Standins, events: &ReadinessEvents) -> Arc<RuntimeManager<Runtime>> {
-    runtime_with_disk(standins, events, None)
-}
-
-fn runtime_with_disk(
-    standins: &Standins,
-    events: &ReadinessEvents,
-    disk: Option<Arc<dyn DataDiskStep>>,
-) -> Arc<RuntimeManager<Runtime>> {
-    let backend = SupervisedRuntime::new(
+/// The real OS operations: spawner (with the shared reaper), probe, files, API checks.
+fn real_ops() -> RuntimeOps<LinuxSpawner, LinuxSocketProbe, LinuxFiles, SocketApis> {
+    RuntimeOps::new(
         Arc::new(LinuxSpawner::new(reaper())),
         Arc::new(LinuxSocketProbe),
         Arc::new(LinuxFiles),
-        standins.layout(),
-        events.clone(),
-        disk,
-    );
-    RuntimeManager::new(Arc::new(backend))
+        Arc::new(SocketApis),
+    )
+}
+
+fn engine(standins: &Standins, events: &ReadinessEvents, disk: Option<Arc<dyn DataDiskStep>>) -> Arc<Engine> {
+    Arc::new(DockerEngine::new(real_ops(), standins.layout(), events.clone(), disk))
+}
+
+fn runtime(standins: &Standins, events: &ReadinessEvents) -> Arc<Lifecycle<Engine>> {
+    Lifecycle::new(engine(standins, events, None), events.clone())
 }
 
 /// A data disk that formats on its first call and finds it mounted after.
@@ -213,37 +215,41 @@ struct CountingDisk {
 
 #[async_trait::async_trait]
 impl DataDiskStep for CountingDisk {
-    async fn ensure(&self) -> Result<(String, bool), String> {
-        match self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
-            0 => Ok(("/dev/vdb formatted and mounted".to_owned(), true)),
-            _ => Ok(("/dev/vdb mounted".to_owned(), false)),
-        }
+    async fn ensure(&self) -> Result<DiskNote, StorageError> {
+        let first = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        let summary = if first { "/dev/vdb formatted and mounted" } else { "/dev/vdb mounted" };
+        Ok(DiskNote { summary: summary.to_owned(), changed: first })
     }
 }
 
 const WAIT: EnsureMode = EnsureMode::Wait(Duration::from_secs(20));
+
+fn pid_of(report: &RuntimeReport, name: &str) -> u32 {
+    report.service(name).and_then(|s| s.pid).unwrap_or_else(|| panic!("{name} has no pid: {report:?}"))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_then_dockerd_start_and_report_pids() {
     let standins = Standins::new(150, 250, None);
     let events = ReadinessEvents::default();
     let disk = Arc::new(CountingDisk::default());
-    let manager = runtime_with_disk(&standins, &events, Some(Arc::clone(&disk) as Arc<dyn DataDiskStep>));
-    let answer = manager.ensure(true, WAIT).await;
-    assert!(answer.ready, "{}", answer.message);
-    assert_eq!(answer.status, "started");
-    assert_eq!(answer.endpoint, "vsock:2375");
-    let status = manager.status().await;
-    assert!(status.containerd_ready && status.docker_ready, "{status:?}");
-    assert!(status.services.iter().all(|s| s.pid > 0 && s.status == "ready"), "{status:?}");
+    let manager =
+        Lifecycle::new(engine(&standins, &events, Some(Arc::clone(&disk) as Arc<dyn DataDiskStep>)), events);
+    let Ensured::Started(ready) = manager.ensure(true, WAIT).await else { panic!("not started") };
+    assert_eq!(ready.endpoint, "vsock:2375");
+    let (_, report) = manager.report().await;
+    for name in ["containerd", "dockerd"] {
+        let service = report.service(name).unwrap();
+        assert!(service.is_ready() && service.pid.is_some_and(|p| p > 0), "{service:?}");
+    }
     // The data disk is brought up once per start, and its note survives.
     assert_eq!(disk.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
-    assert!(status.detail.ends_with("data disk: /dev/vdb formatted and mounted"), "{}", status.detail);
+    assert_eq!(report.notes, ["data disk: /dev/vdb formatted and mounted"]);
     let config = std::fs::read_to_string(standins.layout().containerd_config).unwrap();
     assert!(config.starts_with("version = 2"));
     let log = std::fs::read_to_string(standins.dir.path().join("log/containerd.log")).unwrap_or_default();
     assert!(log.contains("standin_entry"), "daemon output not captured: {log:?}");
-    stop_all(&manager, &status).await;
+    stop_all(manager.backend(), &report).await;
 }
 
 /// Whether `pid` is a live (not zombie) process.
@@ -254,18 +260,11 @@ fn is_running(pid: u32) -> bool {
 }
 
 /// Terminates the stand-ins and checks they are gone.
-async fn stop_all(
-    manager: &RuntimeManager<Runtime>,
-    status: &arcbox_agent_core::protocol::proto::agent::RuntimeStatusResponse,
-) {
-    manager.backend().stop_all(Duration::from_secs(2)).await;
-    for service in &status.services {
-        assert!(
-            !is_running(service.pid),
-            "{} (pid {}) still running after stop_all",
-            service.name,
-            service.pid
-        );
+async fn stop_all(engine: &Engine, report: &RuntimeReport) {
+    engine.stop_all(Duration::from_secs(2)).await;
+    for service in &report.services {
+        let pid = service.pid.unwrap_or(0);
+        assert!(!is_running(pid), "{} (pid {pid}) still running after stop_all", service.name);
     }
 }
 
@@ -274,9 +273,9 @@ async fn a_killed_dockerd_shows_at_once_and_comes_back() {
     let standins = Standins::new(0, 100, None);
     let events = ReadinessEvents::default();
     let manager = runtime(&standins, &events);
-    assert!(manager.ensure(true, WAIT).await.ready);
-    let before = manager.status().await.services[1].pid;
-    let mut rx = events.subscribe();
+    assert!(matches!(manager.ensure(true, WAIT).await, Ensured::Started(_)));
+    let before = pid_of(&manager.report().await.1, "dockerd");
+    let mut rx = events.subscribe().receiver;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(before as i32), nix::sys::signal::Signal::SIGKILL)
         .unwrap();
     // The exit is seen through SIGCHLD and the reaper, not a probe interval.
@@ -284,31 +283,33 @@ async fn a_killed_dockerd_shows_at_once_and_comes_back() {
     loop {
         let event =
             tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("no exit event").unwrap();
-        if event.kind == kind::DAEMON_EXITED {
-            assert_eq!((event.service.as_str(), event.pid), ("dockerd", before));
+        if event.kind == EventKind::DaemonExited {
+            assert_eq!((event.service.as_str(), event.pid), ("dockerd", Some(before)));
             assert!(event.reason.contains("signal 9"), "{}", event.reason);
             break;
         }
     }
     assert!(killed_at.elapsed() < Duration::from_secs(2), "exit noticed late: {:?}", killed_at.elapsed());
-    let status = manager.status().await;
-    assert!(!status.docker_ready, "status still says ready after the kill");
+    let (_, report) = manager.report().await;
+    assert!(!report.service("dockerd").unwrap().is_ready(), "status still says ready after the kill");
     let degraded = manager.ensure(true, EnsureMode::NonBlocking).await;
-    assert!(!degraded.ready, "EnsureRuntime answered ready while dockerd was down");
+    assert!(
+        matches!(degraded, Ensured::Starting { .. }),
+        "EnsureRuntime answered {degraded:?} while dockerd was down"
+    );
     loop {
         let event =
             tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("not restarted").unwrap();
-        if event.kind == kind::DAEMON_READY && event.service == "dockerd" {
-            assert_ne!(event.pid, before);
+        if event.kind == EventKind::DaemonReady && event.service == "dockerd" {
+            assert_ne!(event.pid, Some(before));
             break;
         }
     }
-    let again = manager.ensure(true, WAIT).await;
-    assert_eq!((again.ready, again.status.as_str()), (true, "reused"));
-    let status = manager.status().await;
-    assert!(status.docker_ready);
-    assert!(status.services[1].pid != before && status.services[1].pid > 0);
-    stop_all(&manager, &status).await;
+    assert!(matches!(manager.ensure(true, WAIT).await, Ensured::Reused(_)));
+    let (_, report) = manager.report().await;
+    assert!(report.service("dockerd").unwrap().is_ready());
+    assert_ne!(pid_of(&report, "dockerd"), before);
+    stop_all(manager.backend(), &report).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,14 +317,13 @@ async fn a_crash_looping_dockerd_fails_the_start_with_the_reason() {
     let standins = Standins::new(0, 0, Some(3));
     let events = ReadinessEvents::default();
     let manager = runtime(&standins, &events);
-    let answer = manager.ensure(true, WAIT).await;
-    assert!(!answer.ready);
-    assert_eq!(answer.status, "failed");
-    assert!(answer.message.contains("dockerd: gave up after 3 failed starts"), "{}", answer.message);
-    assert!(answer.message.contains("exit code 3"), "{}", answer.message);
-    let status = manager.status().await;
-    assert_eq!(status.services[1].status, "error");
-    stop_all(&manager, &status).await;
+    let Ensured::Failed(failure) = manager.ensure(true, WAIT).await else { panic!("a crash loop started") };
+    let message = failure.to_string();
+    assert!(message.contains("dockerd: gave up after 3 failed starts"), "{message}");
+    assert!(message.contains("exit code 3"), "{message}");
+    let (_, report) = manager.report().await;
+    assert_eq!(report.service("dockerd").unwrap().health, Health::Error);
+    stop_all(manager.backend(), &report).await;
 }
 
 #[tokio::test]
@@ -331,9 +331,8 @@ async fn missing_binaries_are_named() {
     let standins = Standins::new(0, 0, None);
     std::fs::remove_file(standins.dir.path().join("bin/runc")).unwrap();
     let manager = runtime(&standins, &ReadinessEvents::default());
-    let answer = manager.ensure(true, WAIT).await;
-    assert_eq!(answer.status, "failed");
-    assert!(answer.message.starts_with("missing runtime binaries: runc"), "{}", answer.message);
+    let Ensured::Failed(failure) = manager.ensure(true, WAIT).await else { panic!("started without runc") };
+    assert!(failure.to_string().starts_with("missing runtime binaries: runc"), "{failure}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,7 +341,7 @@ async fn k3s_starts_without_blocking_then_stops_and_deletes_its_state() {
     let standins = Standins::new(0, 0, None);
     let root = standins.dir.path();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    // SAFETY-free: the stand-in reads these through the wrapper's environment.
+    // The stand-in reads these through the wrapper's environment.
     let ctr_log = root.join("ctr.log");
     let wrapper = root.join("bin/k3s");
     let text = std::fs::read_to_string(&wrapper).unwrap().replacen(
@@ -357,15 +356,7 @@ async fn k3s_starts_without_blocking_then_stops_and_deletes_its_state() {
         std::fs::write(dir.join("sub/state"), b"x").unwrap();
     }
     let events = ReadinessEvents::default();
-    let spawner = Arc::new(LinuxSpawner::new(reaper()));
-    let runtime = Arc::new(SupervisedRuntime::new(
-        Arc::clone(&spawner),
-        Arc::new(LinuxSocketProbe),
-        Arc::new(LinuxFiles),
-        standins.layout(),
-        events.clone(),
-        None,
-    ));
+    let docker = engine(&standins, &events, None);
     let layout = K3sLayout {
         data_dir: root.join("k3s"),
         kubeconfig: root.join("k3s/k3s.yaml"),
@@ -376,26 +367,25 @@ async fn k3s_starts_without_blocking_then_stops_and_deletes_its_state() {
         stop_grace: Duration::from_secs(2),
         ..K3sLayout::default()
     };
-    let runtime_for_cleanup = Arc::clone(&runtime);
-    let k3s =
-        K3s::new(runtime, spawner, Arc::new(LinuxSocketProbe), Arc::new(LinuxFiles), layout, events.clone());
-    let manager = RuntimeManager::with_events(Arc::new(k3s), events);
+    let manager = Lifecycle::new(Arc::new(K3s::new(Arc::clone(&docker), layout)), events);
     let first = manager.ensure(true, EnsureMode::NonBlocking).await;
-    assert_eq!(first.status, "starting", "Start must not block");
-    let ready = manager.ensure(true, WAIT).await;
-    assert!(ready.ready, "{}", ready.message);
+    assert!(matches!(first, Ensured::Starting { .. }), "Start must not block: {first:?}");
+    let ready = match manager.ensure(true, WAIT).await {
+        Ensured::Started(ready) | Ensured::Reused(ready) => ready,
+        other => panic!("k3s did not come up: {other:?}"),
+    };
     assert_eq!(ready.endpoint, "https://127.0.0.1:16443");
     let k3s = manager.backend();
     assert!(k3s.api_ready().await);
     assert!(k3s.kubeconfig().unwrap().starts_with("apiVersion: v1"));
     let pid: u32 = std::fs::read_to_string(root.join("run/k3s.pid")).unwrap().trim().parse().unwrap();
-    let status = manager.status().await;
-    let service = status.services.iter().find(|s| s.name == "k3s").unwrap();
-    assert_eq!((service.pid, service.status.as_str()), (pid, "ready"));
-    assert!(status.services.iter().any(|s| s.name == "containerd" && s.status == "ready"), "{status:?}");
+    let (_, report) = manager.report().await;
+    assert_eq!(pid_of(&report, "k3s"), pid);
+    assert!(report.service("k3s").unwrap().is_ready(), "{report:?}");
+    assert!(report.service("containerd").is_some_and(|s| s.is_ready()), "{report:?}");
 
-    let (stopped, detail) = k3s.stop().await;
-    assert!(stopped, "{detail}");
+    let stopped = k3s.stop().await;
+    assert!(stopped.stopped, "{}", stopped.detail);
     manager.reset();
     assert!(!is_running(pid), "k3s (pid {pid}) still running after Stop");
     assert!(!k3s.api_ready().await, "the API still answers after Stop");
@@ -409,10 +399,9 @@ async fn k3s_starts_without_blocking_then_stops_and_deletes_its_state() {
         assert!(dir.exists(), "Delete must keep the mount point {}", dir.display());
         assert!(std::fs::read_dir(dir).unwrap().next().is_none(), "{} not emptied", dir.display());
     }
-    // After Stop the state machine starts k3s again.
-    assert!(manager.ensure(true, WAIT).await.ready);
-    assert!(k3s.stop().await.0);
-    let before_cleanup = RuntimeBackend::status(runtime_for_cleanup.as_ref()).await;
-    runtime_for_cleanup.stop_all(Duration::from_secs(2)).await;
-    assert!(before_cleanup.services.iter().all(|s| !is_running(s.pid)), "containerd left running");
+    // After Stop the lifecycle starts k3s again.
+    assert!(matches!(manager.ensure(true, WAIT).await, Ensured::Started(_)));
+    assert!(k3s.stop().await.stopped);
+    let before_cleanup = docker.report().await;
+    stop_all(&docker, &before_cleanup).await;
 }

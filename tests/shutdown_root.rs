@@ -12,9 +12,11 @@ use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arcbox_agent_core::fake::{FakeClock, FakePowerSwitch, FakeRuntime, FakeSystemInfo, RuntimeScript};
+use arcbox_agent_core::fake::{FakeClock, FakeGuest, FakePowerSwitch, FakeSystemInfo};
+use arcbox_agent_core::guest::GuestOs as _;
 use arcbox_agent_core::reaper::Reaper;
 use arcbox_agent_core::rpc::ServerConfig;
+use arcbox_agent_core::runtime::{DockerEngine, ReadinessEvents, RuntimeLayout};
 use arcbox_agent_core::shutdown::{
     OrderedPower, ShutdownOps, ShutdownPolicy, ShutdownSequence, standard_daemons,
 };
@@ -74,7 +76,7 @@ fn shutdown_stops_daemons_in_order_and_keeps_data_written_before_it() {
         let reaper = Reaper::new(LinuxChildReaping);
         let stop_reaper = CancellationToken::new();
         let reaper_task = tokio::spawn(Arc::clone(&reaper).run(stop_reaper.clone()));
-        let spawner = LinuxSpawner::new(Arc::clone(&reaper));
+        let spawner = LinuxSpawner::new(reaper.clone());
         // Stand-ins: copies of the shell, so their comm is the daemon's name.
         let daemon = |name: &str, on_term: &str| {
             let bin = root.join("bin").join(name);
@@ -117,7 +119,13 @@ fn shutdown_stops_daemons_in_order_and_keeps_data_written_before_it() {
         let parts = AgentParts::new(
             Arc::new(FakeClock::following_host()),
             Arc::new(FakeSystemInfo::default()),
-            Arc::new(FakeRuntime::new(RuntimeScript::default())),
+            // The runtime plays no part here: an engine over fakes fills the slot.
+            Arc::new(DockerEngine::new(
+                FakeGuest::new().runtime_ops(),
+                RuntimeLayout::default(),
+                ReadinessEvents::default(),
+                None,
+            )),
             Arc::clone(&power),
             boot,
         );

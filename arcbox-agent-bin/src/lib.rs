@@ -1,10 +1,11 @@
 //! The thin binaries of arcbox-agent: `arcbox-agent` (guest) and
-//! `arcbox-agentctl` (host CLI). Argument parsing and wiring only; the work
-//! is in `arcbox-agent-core`.
+//! `arcbox-agentctl` (host CLI). Argument parsing only; the work is in
+//! `arcbox-agent-core` (the guest) and `arcbox-agent-wire` (the client).
 //!
 //! # Layout
-//! - [`guest`]: the guest agent's entry point and wiring of the Linux parts.
+//! - [`guest`] (Linux only): the guest agent's command line.
 //! - [`ctl`]: the host CLI: commands, human and JSON output.
 
 pub mod ctl;
+#[cfg(target_os = "linux")]
 pub mod guest;

@@ -28,7 +28,8 @@ fn sim(scenario: Scenario) -> Sim {
     {
         let _guard = runtime.enter();
         let listener = UnixTransport::bind(&path).unwrap();
-        runtime.spawn(SimAgent::new(scenario).serve(listener, stop.clone()));
+        let stop = stop.clone();
+        runtime.spawn(async move { SimAgent::new(scenario).await.serve(listener, stop).await });
     }
     Sim { address: format!("unix:{}", path.display()), stop, _dir: dir, _runtime: runtime }
 }

@@ -14,7 +14,7 @@ use crate::rpc::handlers::{
     RuntimeStatusHandler, ShutdownHandler, SystemInfoHandler, WatchReadinessHandler,
 };
 use crate::rpc::{Router, Server, ServerConfig, ServerStats};
-use crate::runtime::{ReadinessEvents, RuntimeBackend, RuntimeManager};
+use crate::runtime::{Backend, Lifecycle, ReadinessEvents};
 use crate::sys::{Clock, PowerControl, SystemInfoSource};
 use crate::transport::Transport;
 
@@ -24,13 +24,13 @@ pub struct AgentParts<C, S, B, P> {
     pub clock: Arc<C>,
     /// System information source.
     pub system: Arc<S>,
-    /// Container runtime backend.
+    /// The container runtime (EnsureRuntime, RuntimeStatus).
     pub runtime: Arc<B>,
     /// Power control (Shutdown).
     pub power: Arc<P>,
     /// Boot milestones and init steps.
     pub boot: BootRecorder,
-    /// Readiness events (share one instance with the runtime backend).
+    /// Readiness events (the runtimes publish to the same bus).
     pub events: ReadinessEvents,
     /// Steps of less than this are not applied to the clock.
     pub clock_step_threshold: Duration,
@@ -63,17 +63,17 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// The standard agent over `parts`; returns it with its runtime manager.
-    pub fn new<C, S, B, P>(parts: AgentParts<C, S, B, P>, boot_id: &str) -> (Self, Arc<RuntimeManager<B>>)
+    /// The standard agent over `parts`; returns it with its runtime's lifecycle.
+    pub fn new<C, S, B, P>(parts: AgentParts<C, S, B, P>, boot_id: &str) -> (Self, Arc<Lifecycle<B>>)
     where
         C: Clock,
         S: SystemInfoSource,
-        B: RuntimeBackend,
+        B: Backend,
         P: PowerControl,
     {
         let identity = AgentIdentity::new(boot_id);
         let stats = Arc::new(ServerStats::default());
-        let runtime = RuntimeManager::with_events(parts.runtime, parts.events.clone());
+        let runtime = Lifecycle::new(parts.runtime, parts.events.clone());
         let stopping = CancellationToken::new();
         let mut router = Router::new();
         router
@@ -91,7 +91,7 @@ impl Agent {
             .unary(MessageType::BootReportRequest, BootReportHandler::new(parts.boot.clone()))
             .streaming(
                 MessageType::WatchReadinessRequest,
-                WatchReadinessHandler::new(parts.events, Arc::clone(&runtime), stopping.clone()),
+                WatchReadinessHandler::new(parts.events, stopping.clone()),
             );
         let agent = Self { router, identity, stats, boot: parts.boot, stopping };
         (agent, runtime)

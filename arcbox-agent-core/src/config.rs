@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::logging::{DEFAULT_LOG_FILES, DEFAULT_LOG_MAX_BYTES};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+pub use arcbox_agent_wire::protocol::ports::{
+    AGENT_VSOCK_PORT, DOCKER_API_VSOCK_PORT, KUBERNETES_API_VSOCK_PORT,
+};
 
 /// Where the TOML file is read from unless told otherwise. It is read
 /// before init lays tmpfs over /etc, so it comes from the root image.
@@ -19,6 +23,26 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/arcbox/agent.toml";
 pub const DEFAULT_NOFILE: u64 = 1_048_576;
 /// The host's userspace network stack: gateway and DNS forwarder.
 pub const DEFAULT_GATEWAY_DNS: &str = "10.0.2.1";
+/// The host share the reference boots from (tag `arcbox`).
+pub const HOST_SHARE_DIR: &str = "/arcbox";
+/// Preferred directory of the runtime binaries (on the host share), then `PATH`.
+pub const DEFAULT_RUNTIME_BIN_DIR: &str = "/arcbox/runtime/bin";
+/// Where the agent's and the daemons' logs go (on the host share, so the host reads them).
+pub const DEFAULT_LOG_DIR: &str = "/arcbox/log";
+/// Where the daemons' logs go when the log directory is absent (the reference's fallback).
+pub const FALLBACK_LOG_DIR: &str = "/tmp";
+/// The agent's own log file name in the log directory.
+pub const AGENT_LOG_FILE: &str = "agent.log";
+/// Rotate a log file at this size (the reference's later 10 MiB).
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Log files kept, the live one included.
+pub const DEFAULT_LOG_FILES: u32 = 5;
+/// k3s's API server inside the guest (the Kubernetes API proxy's target).
+pub const KUBERNETES_API_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6443));
+/// Total shutdown grace when a Shutdown request says 0 (the reference's 25 s).
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
+/// Grace for each of dockerd, k3s and containerd before SIGKILL.
+pub const DEFAULT_DAEMON_GRACE_SECS: u64 = 10;
 
 /// Problems with the configuration; each is logged and skipped.
 #[derive(Debug, thiserror::Error)]
@@ -102,8 +126,8 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             filter: "info".into(),
-            file: "/arcbox/log/agent.log".into(),
-            daemon_dir: "/arcbox/log".into(),
+            file: Path::new(DEFAULT_LOG_DIR).join(AGENT_LOG_FILE),
+            daemon_dir: DEFAULT_LOG_DIR.into(),
             max_bytes: DEFAULT_LOG_MAX_BYTES,
             files: DEFAULT_LOG_FILES,
         }
@@ -145,7 +169,7 @@ impl Default for InitConfig {
             shares: vec![
                 ShareConfig {
                     tag: "arcbox".into(),
-                    path: "/arcbox".into(),
+                    path: HOST_SHARE_DIR.into(),
                     options: "dax=always".into(),
                     required: true,
                 },
@@ -214,7 +238,7 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self { grace_secs: 25, daemon_grace_secs: 10 }
+        Self { grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS, daemon_grace_secs: DEFAULT_DAEMON_GRACE_SECS }
     }
 }
 
@@ -248,11 +272,11 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            docker_vsock_port: 2375,
+            docker_vsock_port: DOCKER_API_VSOCK_PORT,
             docker_data_device: None,
             data_disk_allow_wipe: false,
             data_disk_disabled: false,
-            bin_dir: PathBuf::from("/arcbox/runtime/bin"),
+            bin_dir: PathBuf::from(DEFAULT_RUNTIME_BIN_DIR),
         }
     }
 }

@@ -1,32 +1,36 @@
-//! The embeddable core of arcbox-agent, a guest agent for Linux micro-VMs.
+//! The guest side of arcbox-agent, a guest agent for Linux micro-VMs.
 //!
-//! It speaks the ArcBox "V2" wire protocol (byte-compatible, with
-//! extensions in a range of its own), routes requests to typed handlers,
-//! serves them on vsock, Unix or TCP, and provides the host-side client.
-//! Everything that touches the OS goes through the traits in [`sys`], so
-//! the same code runs on real syscalls in a VM and on fakes in tests and
-//! the simulator.
+//! It serves the wire protocol of [`arcbox_agent_wire`] (the ArcBox "V2"
+//! framing and message set, byte-compatible, with extensions in a range
+//! of their own): a router of typed handlers, listeners on vsock, Unix or
+//! TCP, the guest's services (init plan, reaper, data disk, supervised
+//! container runtimes, API proxies, ordered shutdown) and the boot
+//! sequence that ties them together. Everything that touches the OS goes
+//! through the traits in [`sys`], so the same code runs on real syscalls in
+//! a VM and on fakes in tests and the simulator. Hosts need only
+//! `arcbox-agent-wire`.
 //!
 //! # Layout
-//! - [`protocol`]: frame codec, message type codes, error payload, protobuf messages.
-//! - [`rpc`]: router, connection and accept loops; [`rpc::handlers`] has one module per request family.
-//! - [`runtime`]: the EnsureRuntime state machine over a [`runtime::RuntimeBackend`], the
-//!   supervised containerd/dockerd, k3s, and readiness events.
+//! - [`guest`]: the guest assembled over a [`guest::GuestOs`], and its boot sequence
+//!   (`guest::linux`: the real OS and the binary's `main`).
+//! - [`agent`]: the standard router of handlers over its parts.
+//! - [`rpc`]: router, connection and accept loops; [`rpc::handlers`] has one module per
+//!   request family (the only place wire messages meet domain types).
+//! - [`runtime`]: the container runtimes in domain types: [`runtime::Lifecycle`] over a
+//!   [`runtime::Backend`] (Docker engine, k3s), daemon supervision, API checks, readiness events.
 //! - [`storage`]: the Btrfs data disk (blank detection, subvolumes, mounts).
-//! - [`transport`]: listeners (guest), connector (host), addresses, and the
-//!   accept loop (connection cap, backoff) the RPC server and proxies share.
-//! - [`client`]: the async host client.
+//! - [`transport`]: the listeners and the accept loop (connection cap, backoff) the RPC
+//!   server and proxies share.
+//! - [`proxy`]: byte proxies with half-close (Docker and Kubernetes APIs), splice on Linux.
 //! - [`boot`]: the boot report.
-//! - [`proxy`]: byte proxies with half-close (Docker and Kubernetes APIs).
-//! - [`config`]: defaults, TOML file and kernel command-line keys.
+//! - [`config`]: every default, the TOML file and the kernel command-line keys.
 //! - [`init`]: the init plan (named, idempotent steps) and its runner.
 //! - [`modules`]: kernel modules in modules.dep order.
-//! - [`logging`]: size-rotated log files.
 //! - [`reaper`]: the one owner of child exits.
-//! - [`shutdown`]: the ordered shutdown and the PowerControl that runs it.
+//! - [`shutdown`]: the ordered shutdown and the power controls that run it.
 //! - [`sys`]: OS traits; `sys::linux` implements them on Linux.
 //! - `fake` (feature `fake`): in-memory implementations for the simulator and tests.
-//! - [`agent`]: assembles the standard agent from its parts.
+//! - [`protocol`], [`wire`]: re-exported from `arcbox-agent-wire` for handler authors.
 
 #![warn(missing_docs)]
 
@@ -36,8 +40,8 @@ pub use arcbox_agent_wire::protocol;
 pub mod agent;
 pub mod boot;
 pub mod config;
+pub mod guest;
 pub mod init;
-pub mod logging;
 pub mod modules;
 pub mod proxy;
 pub mod reaper;

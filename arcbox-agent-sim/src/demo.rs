@@ -1,16 +1,27 @@
-//! The demo: start a simulator on a private Unix socket and walk a client
-//! through ping, info, ensure-runtime (with progress), status, the boot
-//! report and shutdown, printing each step.
+//! The demo: start a simulated guest on a private Unix socket and walk a
+//! host client through every request the agent serves: ping (with clock
+//! sync), system info, the boot report, WatchReadiness (on a second
+//! connection, its events shown as they arrive), EnsureRuntime with
+//! progress, runtime status, the five Kubernetes requests, and Shutdown,
+//! whose ordered steps the simulated guest then lists.
 
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
+use arcbox_agent_core::shutdown::GuestPower;
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
+use arcbox_agent_wire::protocol::proto::agent::ReadinessEvent;
 use arcbox_agent_wire::transport::Address;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Scenario, SimAgent};
+
+/// How long the demo waits for the runtime and for k3s.
+const RUNTIME_WAIT: Duration = Duration::from_secs(30);
+/// How often it polls while waiting.
+const POLL: Duration = Duration::from_millis(100);
 
 /// Why the demo stopped.
 #[derive(Debug)]
@@ -35,39 +46,42 @@ impl std::fmt::Display for DemoError {
 
 impl std::error::Error for DemoError {}
 
-/// Runs the demo for `scenario`, writing a transcript to `out`.
-pub async fn run(scenario: Scenario, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
-    let dir = std::env::temp_dir().join(format!("arcbox-agent-sim-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(DemoError::Setup)?;
-    let socket = dir.join("agent.sock");
-    let listener = UnixTransport::bind(&socket).map_err(DemoError::Setup)?;
-    let sim = SimAgent::new(scenario);
-    let power = std::sync::Arc::clone(&sim.power);
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(sim.serve(listener, stop.clone()));
-    let result = walk(scenario, &Address::Unix(socket.clone()), out).await;
-    stop.cancel();
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&dir);
-    if result.is_ok() {
-        let said = format!("simulated power-off requests: {:?}", power.requests());
-        writeln!(out, "{said}").map_err(DemoError::Output)?;
-    }
-    result
-}
-
 macro_rules! say {
     ($out:expr, $($arg:tt)*) => {
         writeln!($out, $($arg)*).map_err(DemoError::Output)?
     };
 }
 
+/// Runs the demo for `scenario`, writing a transcript to `out`.
+pub async fn run(scenario: Scenario, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+    let dir = std::env::temp_dir().join(format!("arcbox-agent-sim-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(DemoError::Setup)?;
+    let socket = dir.join("agent.sock");
+    let listener = UnixTransport::bind(&socket).map_err(DemoError::Setup)?;
+    let sim = SimAgent::new(scenario).await;
+    let power = sim.power();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(sim.serve(listener, stop.clone()));
+    let result = walk(scenario, &Address::Unix(socket), out).await;
+    if result.is_err() {
+        stop.cancel();
+    }
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    if let GuestPower::Ordered(ordered) = power.as_ref() {
+        say!(out, "\n-- the simulated guest's ordered shutdown");
+        for step in ordered.reports() {
+            say!(out, "  {:<8} {} {}", step.outcome.name(), step.name, step.outcome.reason());
+        }
+    }
+    Ok(())
+}
+
 async fn walk(scenario: Scenario, address: &Address, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
     say!(out, "== arcbox-agent simulator demo (scenario: {scenario:?}) ==");
-    say!(out, "agent listening on {address}");
-    let mut client = AgentClient::connect(address, ConnectOptions::default())
-        .await
-        .map_err(|e| DemoError::Call("connect", e))?;
+    say!(out, "the real guest agent, as PID 1 of a fake machine, listening on {address}");
+    let mut client = connect(address).await?;
 
     say!(out, "\n-- ping (with the host's time, so the guest clock is synced)");
     let started = Instant::now();
@@ -97,11 +111,38 @@ async fn walk(scenario: Scenario, address: &Address, out: &mut (dyn Write + Send
         info.ip_addresses
     );
 
+    say!(out, "\n-- boot report (once init has completed)");
+    let report = client
+        .boot_report_when_complete(Duration::from_secs(10), POLL)
+        .await
+        .map_err(|e| DemoError::Call("boot-report", e))?;
+    say!(
+        out,
+        "listener ready {:.3} ms, init complete {:.3} ms after the agent started; {} steps:",
+        report.listener_ready_us as f64 / 1e3,
+        report.init_complete_us as f64 / 1e3,
+        report.steps.len()
+    );
+    for step in &report.steps {
+        say!(
+            out,
+            "  {:<8} {:>8.3} ms  {} {}",
+            step.outcome,
+            step.duration_us as f64 / 1e3,
+            step.name,
+            step.reason
+        );
+    }
+
+    say!(out, "\n-- watch readiness (a second connection; events are shown as they arrive)");
+    let mut events = watch(address).await?;
+    show_events(&mut events, out, Duration::from_millis(200)).await?;
+
     say!(out, "\n-- ensure-runtime (non-blocking start, then polling the runtime status)");
     let started = Instant::now();
     let mut last = String::new();
-    let final_answer = client
-        .wait_for_runtime(Duration::from_secs(30), Duration::from_millis(100), |status| {
+    let answer = client
+        .wait_for_runtime(RUNTIME_WAIT, POLL, |status| {
             let line = format!("{}: {}", status.state, status.detail);
             if line != last {
                 // Progress is best effort; the final answer below is checked.
@@ -115,10 +156,11 @@ async fn walk(scenario: Scenario, address: &Address, out: &mut (dyn Write + Send
         out,
         "[{:5.2}s] runtime {}: {} {}",
         started.elapsed().as_secs_f64(),
-        final_answer.status,
-        final_answer.message,
-        final_answer.endpoint
+        answer.status,
+        answer.message,
+        answer.endpoint
     );
+    show_events(&mut events, out, Duration::from_millis(50)).await?;
 
     say!(out, "\n-- runtime status");
     let status = client.runtime_status().await.map_err(|e| DemoError::Call("status", e))?;
@@ -130,17 +172,94 @@ async fn walk(scenario: Scenario, address: &Address, out: &mut (dyn Write + Send
         status.docker_ready
     );
     for s in &status.services {
-        say!(out, "  {:<10} {:<9} {}", s.name, s.status, s.detail);
+        say!(out, "  {:<10} {:<9} pid {:<5} {}", s.name, s.status, s.pid, s.detail);
     }
 
-    say!(out, "\n-- boot report");
-    let report = client.boot_report().await.map_err(|e| DemoError::Call("boot-report", e))?;
-    for step in &report.steps {
-        say!(out, "  {:<8} {} {}", step.outcome, step.name, step.reason);
-    }
+    kubernetes(&mut client, &mut events, out).await?;
 
     say!(out, "\n-- shutdown");
     let answer = client.shutdown(5).await.map_err(|e| DemoError::Call("shutdown", e))?;
     say!(out, "shutdown accepted: {}", answer.accepted);
+    show_events(&mut events, out, Duration::from_millis(200)).await?;
+    Ok(())
+}
+
+/// The five Kubernetes requests: start (non-blocking), status until the
+/// API answers, kubeconfig, stop, delete.
+async fn kubernetes(
+    client: &mut AgentClient,
+    events: &mut mpsc::UnboundedReceiver<ReadinessEvent>,
+    out: &mut (dyn Write + Send),
+) -> Result<(), DemoError> {
+    say!(out, "\n-- kubernetes: start (answers at once), then status until the k3s API answers");
+    let start = client.kubernetes_start().await.map_err(|e| DemoError::Call("k8s start", e))?;
+    say!(out, "start: running {}, api ready {}: {}", start.running, start.api_ready, start.detail);
+    let started = Instant::now();
+    let mut status = client.kubernetes_status().await.map_err(|e| DemoError::Call("k8s status", e))?;
+    while !status.api_ready && start.running && started.elapsed() < RUNTIME_WAIT {
+        tokio::time::sleep(POLL).await;
+        status = client.kubernetes_status().await.map_err(|e| DemoError::Call("k8s status", e))?;
+    }
+    say!(
+        out,
+        "[{:5.2}s] status: running {}, api ready {} at {}: {}",
+        started.elapsed().as_secs_f64(),
+        status.running,
+        status.api_ready,
+        status.endpoint,
+        status.detail
+    );
+    show_events(events, out, Duration::from_millis(50)).await?;
+    match client.kubernetes_kubeconfig().await {
+        Ok(config) => say!(
+            out,
+            "kubeconfig for context {:?} at {}: {} bytes",
+            config.context_name,
+            config.endpoint,
+            config.kubeconfig.len()
+        ),
+        Err(err) => say!(out, "kubeconfig: {err}"),
+    }
+    let stop = client.kubernetes_stop().await.map_err(|e| DemoError::Call("k8s stop", e))?;
+    say!(out, "stop: stopped {}: {}", stop.stopped, stop.detail);
+    let delete = client.kubernetes_delete().await.map_err(|e| DemoError::Call("k8s delete", e))?;
+    say!(out, "delete: {}", delete.detail);
+    show_events(events, out, Duration::from_millis(50)).await
+}
+
+async fn connect(address: &Address) -> Result<AgentClient, DemoError> {
+    AgentClient::connect(address, ConnectOptions::default()).await.map_err(|e| DemoError::Call("connect", e))
+}
+
+/// Watches readiness on a connection of its own; events arrive on the channel.
+async fn watch(address: &Address) -> Result<mpsc::UnboundedReceiver<ReadinessEvent>, DemoError> {
+    let mut watcher = connect(address).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // The stream ends when the guest powers off, or the demo stops listening.
+        let _ = watcher.watch_readiness(None, |event| tx.send(event).is_ok()).await;
+    });
+    Ok(rx)
+}
+
+/// Prints the events that arrive within `quiet` of each other.
+async fn show_events(
+    events: &mut mpsc::UnboundedReceiver<ReadinessEvent>,
+    out: &mut (dyn Write + Send),
+    quiet: Duration,
+) -> Result<(), DemoError> {
+    while let Ok(Some(event)) = tokio::time::timeout(quiet, events.recv()).await {
+        let mut line = format!("  event: {}", event.kind);
+        if !event.service.is_empty() {
+            line.push_str(&format!(" {}", event.service));
+        }
+        if event.pid != 0 {
+            line.push_str(&format!(" (pid {})", event.pid));
+        }
+        if !event.reason.is_empty() {
+            line.push_str(&format!(": {}", event.reason));
+        }
+        say!(out, "{line}");
+    }
     Ok(())
 }

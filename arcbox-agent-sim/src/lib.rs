@@ -1,9 +1,13 @@
-//! The arcbox-agent simulator: the whole agent core on fakes, so hosts can
-//! be developed and tested without a VM. Scenarios shape the fakes.
+//! The arcbox-agent simulator: the real guest agent (`arcbox_agent_core::guest`:
+//! the same assembly and boot sequence as the Linux binary) over a fake
+//! guest machine, so hosts can be developed and tested without a VM. The
+//! init plan, the data disk, daemon supervision, k3s, readiness events and
+//! the ordered shutdown all run for real over the fakes; scenarios inject
+//! faults into the fakes.
 //!
 //! # Layout
-//! - [`Scenario`]: named behaviours of the simulated guest.
-//! - [`SimAgent`]: builds and serves the agent core on fakes.
+//! - [`Scenario`] (`scenario.rs`): the faults a simulated guest can have.
+//! - [`SimAgent`]: the guest agent over a [`FakeGuest`], served on any transport.
 //! - [`demo`]: the walk-through the README's run command shows.
 
 pub mod demo;
@@ -12,85 +16,97 @@ mod scenario;
 pub use scenario::Scenario;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use arcbox_agent_core::boot::{BootRecorder, StepOutcome};
-use arcbox_agent_core::fake::{FakeClock, FakePower, FakeRuntime, FakeSystemInfo};
-use arcbox_agent_core::rpc::ServerConfig;
-use arcbox_agent_core::runtime::RuntimeManager;
+use arcbox_agent_core::config::{AgentConfig, DEFAULT_LOG_DIR};
+use arcbox_agent_core::fake::{FakeGuest, FakeProgram};
+use arcbox_agent_core::guest::{Guest, GuestOs as _, GuestSettings, kernel_phase};
+use arcbox_agent_core::new_boot_id;
+use arcbox_agent_core::rpc::{Router, ServerConfig};
+use arcbox_agent_core::runtime::{K3sLayout, RuntimeLayout};
+use arcbox_agent_core::shutdown::GuestPower;
+use arcbox_agent_core::sys::{ExitStatus, FileOps as _};
 use arcbox_agent_core::transport::Transport;
-use arcbox_agent_core::{Agent, AgentParts, new_boot_id};
 use tokio_util::sync::CancellationToken;
 
-/// A simulated guest: the standard agent wired to fakes.
+/// How long the fake DHCP client takes to get a lease.
+const DHCP_TIME: Duration = Duration::from_millis(20);
+/// How long the fake mkfs.btrfs takes.
+const MKFS_TIME: Duration = Duration::from_millis(50);
+
+/// A simulated guest: the guest agent, as PID 1, over a fake machine.
 pub struct SimAgent {
-    agent: Agent,
-    /// The fake clock, to inspect what Ping did.
-    pub clock: Arc<FakeClock>,
-    /// The fake power control; its token is cancelled by Shutdown.
-    pub power: Arc<FakePower>,
-    /// The runtime state machine over the fake runtime.
-    pub runtime: Arc<RuntimeManager<FakeRuntime>>,
+    guest: Guest<FakeGuest>,
+    /// The fake machine, to inspect it or inject more faults.
+    pub fake: FakeGuest,
+    stop: CancellationToken,
 }
 
 impl SimAgent {
-    /// Builds the agent for `scenario`.
-    pub fn new(scenario: Scenario) -> Self {
-        let boot_id = new_boot_id();
-        let boot = BootRecorder::new(&boot_id, false, 0.0);
-        for (name, outcome) in scenario.boot_steps() {
-            boot.record_step(name, &outcome, std::time::Duration::from_micros(120), false);
-        }
-        boot.mark_init_complete();
-        let clock = Arc::new(FakeClock::following_host());
-        let power = Arc::new(FakePower::new(CancellationToken::new()));
-        let parts = AgentParts::new(
-            Arc::clone(&clock),
-            Arc::new(FakeSystemInfo::default()),
-            Arc::new(FakeRuntime::new(scenario.runtime_script())),
-            Arc::clone(&power),
-            boot,
-        );
-        let (agent, runtime) = Agent::new(parts, &boot_id);
-        Self { agent, clock, power, runtime }
+    /// A fake guest for `scenario`, with the guest agent assembled on it
+    /// and the init plan's kernel phase done (boot continues in `serve`).
+    pub async fn new(scenario: Scenario) -> Self {
+        let fake = FakeGuest::new();
+        let config = AgentConfig::default();
+        let layout = RuntimeLayout::from_config(&config);
+        prepare(&fake);
+        fake.install_runtime(&layout, &K3sLayout::default(), scenario.timings());
+        scenario.inject(&fake, &layout);
+        let kernel_steps = kernel_phase(fake.init_ops(), &config).await;
+        let settings =
+            GuestSettings { boot_id: new_boot_id(), pid1: true, init_mode: true, kernel_uptime_secs: 0.0 };
+        let stop = CancellationToken::new();
+        let guest = Guest::assemble(&fake, &config, settings, &kernel_steps, stop.clone());
+        Self { guest, fake, stop }
     }
 
-    /// The token that stops the simulator: cancelled by a Shutdown RPC.
+    /// The router, to add handlers (an embedder's extensions).
+    pub fn router_mut(&mut self) -> &mut Router {
+        self.guest.router_mut()
+    }
+
+    /// The power control: its ordered shutdown's step reports are readable
+    /// after a Shutdown.
+    pub fn power(&self) -> Arc<GuestPower> {
+        Arc::clone(self.guest.power())
+    }
+
+    /// Cancelled when the simulated guest has powered off (after a Shutdown).
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.power.token().clone()
+        self.stop.clone()
     }
 
-    /// The router, to add handlers (e.g. an embedder's extensions).
-    pub fn router_mut(&mut self) -> &mut arcbox_agent_core::rpc::Router {
-        self.agent.router_mut()
-    }
-
-    /// Serves on `transport` until Shutdown or `stop` is cancelled.
+    /// Boots and serves on `transport` until Shutdown or `stop` is cancelled.
     pub async fn serve<T: Transport>(self, transport: T, stop: CancellationToken) {
         self.serve_with(transport, ServerConfig::default(), stop).await;
     }
 
     /// Like [`SimAgent::serve`] with explicit server limits.
     pub async fn serve_with<T: Transport>(self, transport: T, config: ServerConfig, stop: CancellationToken) {
-        // Either a Shutdown RPC (the power token) or the caller stops the server.
-        let combined = self.shutdown_token().child_token();
-        tokio::spawn({
-            let combined = combined.clone();
-            async move {
-                stop.cancelled().await;
-                combined.cancel();
-            }
+        let own = self.stop.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            own.cancel();
         });
-        self.agent.serve(transport, config, combined).await;
+        // The transport is bound already: the boot cannot fail to listen.
+        let _ = self.guest.run(|| async { Ok(transport) }, config, &()).await;
     }
 }
 
-/// The boot steps a simulated guest reports (no real init runs).
-fn simulated_steps() -> Vec<(&'static str, StepOutcome)> {
-    vec![
-        ("mount tmpfs /tmp /run /var /etc", StepOutcome::Ok),
-        ("write /etc files", StepOutcome::Ok),
-        ("mount cgroup2 devpts /dev/shm", StepOutcome::Ok),
-        ("share arcbox at /arcbox", StepOutcome::Skipped("simulated guest has no VirtioFS".to_owned())),
-        ("network up", StepOutcome::Ok),
-    ]
+/// What a booted guest image holds before the agent starts: the kernel's
+/// /proc entries, a read-only root (the reference's EROFS, so init lays
+/// tmpfs over it), busybox for DHCP, the CA bundle and the host share's
+/// log directory.
+fn prepare(fake: &FakeGuest) {
+    let files = &fake.files;
+    files.put("/proc/sys/kernel/hostname", "arcbox-sim\n");
+    files.put("/proc/sys/kernel/osrelease", "6.1.0-sim\n");
+    files.put("/proc/sys/fs/nr_open", "1048576\n");
+    files.put("/cacerts/ca-certificates.crt", "-----BEGIN CERTIFICATE-----\n");
+    files.put("/bin/busybox", "#!fake busybox\n");
+    files.set_read_only("/");
+    // The fake filesystem never fails to make a directory.
+    let _ = files.create_dir_all(std::path::Path::new(DEFAULT_LOG_DIR));
+    fake.processes.install("busybox", FakeProgram::exits(ExitStatus::Code(0)).after(DHCP_TIME));
+    fake.processes.install("mkfs.btrfs", FakeProgram::exits(ExitStatus::Code(0)).after(MKFS_TIME));
 }

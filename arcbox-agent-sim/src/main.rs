@@ -41,14 +41,14 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let executor = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("arcbox-agent-sim: cannot start the async runtime: {err}");
             return ExitCode::from(70);
         }
     };
-    runtime.block_on(async {
+    executor.block_on(async {
         match args.command {
             Command::Serve { listen, scenario } => serve(&listen, scenario).await,
             Command::Demo { scenario } => match demo::run(scenario, &mut std::io::stdout()).await {
@@ -88,7 +88,7 @@ async fn serve(listen: &str, scenario: Scenario) -> ExitCode {
             stop.cancel();
         }
     });
-    SimAgent::new(scenario).serve(listener, stop).await;
+    SimAgent::new(scenario).await.serve(listener, stop).await;
     if let Address::Unix(path) = &address {
         let _ = std::fs::remove_file(path);
     }

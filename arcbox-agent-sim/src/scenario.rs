@@ -1,48 +1,90 @@
-//! Scenarios: named shapes of the simulated guest's behaviour.
+//! Scenarios: faults injected into the fake guest. The agent's real state
+//! machines (init plan, supervision, lifecycles, shutdown) do the rest,
+//! so what a host sees is what the real agent would do with such a guest.
 
 use std::time::Duration;
 
-use arcbox_agent_core::boot::StepOutcome;
-use arcbox_agent_core::fake::RuntimeScript;
+use arcbox_agent_core::config::HOST_SHARE_DIR;
+use arcbox_agent_core::fake::{DaemonTimings, Endpoint, FakeGuest, FakeProgram};
+use arcbox_agent_core::runtime::RuntimeLayout;
+use arcbox_agent_core::sys::{ExitStatus, FileOps as _};
 use clap::ValueEnum;
 
 /// How the simulated guest behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
-    /// Everything works; the runtime is ready after about 0.4 s.
+    /// Everything works; containerd answers after 0.15 s, dockerd 0.25 s later.
     Healthy,
-    /// The runtime takes about 6 s to become ready.
+    /// containerd takes 2 s to answer, dockerd 4 s.
     SlowRuntime,
-    /// Every runtime start fails (dockerd exits).
+    /// dockerd exits with code 1 on every start: supervision gives up after 3 tries.
     RuntimeFails,
-    /// The first runtime start fails, the retry works.
+    /// dockerd's first 3 runs exit with code 1 (the first start fails); later runs work.
     FlakyRuntime,
-    /// The runtime binaries are missing.
+    /// containerd and dockerd are not in the runtime bin dir (nor on PATH).
     MissingBinaries,
+    /// dockerd dies 1 s after it first answers; supervision restarts it.
+    DockerdDies,
+    /// The host share (`arcbox`) is missing: a critical boot step fails,
+    /// and the runtime binaries that live on it are absent.
+    MissingShare,
 }
 
+/// The exit of a failing fake dockerd.
+const DOCKERD_FAILURE: ExitStatus = ExitStatus::Code(1);
+/// How long a failing fake dockerd runs before it exits.
+const DOCKERD_FAILS_AFTER: Duration = Duration::from_millis(50);
+
 impl Scenario {
-    /// The fake runtime's script for this scenario.
-    pub fn runtime_script(self) -> RuntimeScript {
-        let base = RuntimeScript::default();
+    /// How long the fake daemons take to answer.
+    pub fn timings(self) -> DaemonTimings {
         match self {
-            Scenario::Healthy => base,
-            Scenario::SlowRuntime => RuntimeScript {
-                containerd_delay: Duration::from_secs(2),
-                docker_delay: Duration::from_secs(4),
-                ..base
+            Scenario::SlowRuntime => DaemonTimings {
+                containerd: Duration::from_secs(2),
+                dockerd: Duration::from_secs(4),
+                ..DaemonTimings::default()
             },
-            Scenario::RuntimeFails => RuntimeScript { failing_starts: u32::MAX, ..base },
-            Scenario::FlakyRuntime => RuntimeScript { failing_starts: 1, ..base },
-            Scenario::MissingBinaries => RuntimeScript {
-                missing_binaries: vec!["dockerd".to_owned(), "containerd".to_owned()],
-                ..base
-            },
+            _ => DaemonTimings::default(),
         }
     }
 
-    /// The init steps the boot report shows.
-    pub fn boot_steps(self) -> Vec<(&'static str, StepOutcome)> {
-        super::simulated_steps()
+    /// Injects this scenario's faults into `guest`, whose runtime is
+    /// installed at `layout`.
+    pub fn inject(self, guest: &FakeGuest, layout: &RuntimeLayout) {
+        let dockerd = || {
+            FakeProgram::daemon()
+                .serves(Endpoint::Unix(layout.sockets.docker.clone()))
+                .ready_after(self.timings().dockerd)
+        };
+        let remove = |names: &[&str]| {
+            for name in names {
+                // The fake filesystem never fails to remove.
+                let _ = guest.files.remove_all(&layout.bin_dir.join(name));
+            }
+        };
+        match self {
+            Scenario::Healthy | Scenario::SlowRuntime => {}
+            Scenario::RuntimeFails => {
+                guest
+                    .processes
+                    .install("dockerd", FakeProgram::exits(DOCKERD_FAILURE).after(DOCKERD_FAILS_AFTER));
+            }
+            Scenario::FlakyRuntime => {
+                guest
+                    .processes
+                    .install("dockerd", dockerd().crashes_first(3, DOCKERD_FAILS_AFTER, DOCKERD_FAILURE));
+            }
+            Scenario::MissingBinaries => remove(&["dockerd", "containerd"]),
+            Scenario::DockerdDies => {
+                let killed = ExitStatus::Signal(libc::SIGKILL);
+                guest
+                    .processes
+                    .install("dockerd", dockerd().dies_after_ready(1, Duration::from_secs(1), killed));
+            }
+            Scenario::MissingShare => {
+                guest.mount.fail_at(HOST_SHARE_DIR, libc::ENOENT);
+                remove(&["containerd", "containerd-shim-runc-v2", "runc", "dockerd", "k3s"]);
+            }
+        }
     }
 }

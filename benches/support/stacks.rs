@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use arcbox_agent_core::protocol::proto::agent::{AgentPingRequest, AgentPingResponse};
+use arcbox_agent_core::protocol::unix_time;
 use arcbox_agent_core::protocol::{MessageType, encode_header, response_code};
-use arcbox_agent_core::rpc::handlers::unix_time_parts;
 use arcbox_agent_sim::Scenario;
 use arcbox_agent_suite::{SimServer, sim_server};
 use arcbox_agent_wire::client::{AgentClient, ConnectOptions};
@@ -91,7 +91,7 @@ pub enum Client {
 /// The Ping request every RPC client sends: the host's time, as a VMM
 /// sends it to keep the guest clock in sync.
 fn ping_request() -> AgentPingRequest {
-    let (timestamp_secs, timestamp_nanos) = unix_time_parts(SystemTime::now());
+    let (timestamp_secs, timestamp_nanos) = unix_time::to_parts(SystemTime::now());
     AgentPingRequest { message: String::new(), timestamp_secs, timestamp_nanos }
 }
 

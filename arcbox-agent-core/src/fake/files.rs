@@ -1,8 +1,13 @@
-//! An in-memory filesystem for the init plan's file steps.
+//! An in-memory filesystem for the init plan, the runtimes and the
+//! simulator. Waiters can sleep until a path appears, as inotify lets the
+//! real agent do.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::sys::{CreateOutcome, FileOps, SysError, WriteOutcome};
 
@@ -17,9 +22,16 @@ struct State {
 }
 
 /// A fake [`FileOps`]: files, directories and symlinks in maps.
-#[derive(Default)]
 pub struct FakeFiles {
     state: Mutex<State>,
+    /// Bumped on every change, to wake [`FakeFiles::wait_for`].
+    changes: watch::Sender<u64>,
+}
+
+impl Default for FakeFiles {
+    fn default() -> Self {
+        Self { state: Mutex::default(), changes: watch::Sender::new(0) }
+    }
 }
 
 fn not_found(op: &'static str, path: &Path) -> SysError {
@@ -36,9 +48,37 @@ impl FakeFiles {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Puts a file in place.
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Puts a file in place (its directory too).
     pub fn put(&self, path: impl Into<PathBuf>, contents: &str) {
-        self.lock().files.insert(path.into(), contents.as_bytes().to_vec());
+        let path = path.into();
+        {
+            let mut s = self.lock();
+            if let Some(dir) = path.parent() {
+                s.dirs.extend(dir.ancestors().map(Path::to_path_buf));
+            }
+            s.files.insert(path, contents.as_bytes().to_vec());
+        }
+        self.changed();
+    }
+
+    /// Waits until `path` exists; `false` if it did not within `timeout`.
+    pub async fn wait_for(&self, path: &Path, timeout: Duration) -> bool {
+        let mut changes = self.changes.subscribe();
+        let appeared = async {
+            loop {
+                if self.exists(path) {
+                    return true;
+                }
+                if changes.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, appeared).await.unwrap_or(false)
     }
 
     /// Marks the filesystem at `path` read-only (for `is_read_only`).
@@ -89,6 +129,8 @@ impl FileOps for FakeFiles {
         }
         s.files.insert(path.to_path_buf(), contents.to_vec());
         s.writes += 1;
+        drop(s);
+        self.changed();
         Ok(WriteOutcome::Written)
     }
 
@@ -100,6 +142,8 @@ impl FileOps for FakeFiles {
         for ancestor in path.ancestors() {
             s.dirs.insert(ancestor.to_path_buf());
         }
+        drop(s);
+        self.changed();
         Ok(CreateOutcome::Created)
     }
 
@@ -109,6 +153,8 @@ impl FileOps for FakeFiles {
             return Ok(CreateOutcome::Existed);
         }
         s.links.insert(link.to_path_buf(), target.to_path_buf());
+        drop(s);
+        self.changed();
         Ok(CreateOutcome::Created)
     }
 
@@ -129,6 +175,8 @@ impl FileOps for FakeFiles {
         s.files.retain(|p, _| !p.starts_with(path));
         s.dirs.retain(|p| !p.starts_with(path));
         s.links.retain(|p, _| !p.starts_with(path));
+        drop(s);
+        self.changed();
         Ok(())
     }
 

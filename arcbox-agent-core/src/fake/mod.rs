@@ -1,21 +1,36 @@
 //! In-memory fakes of the OS traits, shared by the simulator and tests.
+//! They model behaviour rather than replay answers: fake processes run
+//! until they exit, crash or are signalled, fake daemons serve their APIs
+//! only while they run, fake files change and wake waiters. So the real
+//! state machines (supervision, the init plan, the ordered shutdown, the
+//! data disk) run over them.
+//!
+//! # Layout
+//! - [`FakeGuest`]: one consistent fake machine (files, processes,
+//!   endpoints, probes, mounts, disk, ...) for tests and the simulator.
+//! - [`FakeProcesses`], [`FakeProgram`] (`process.rs`): spawner and process table.
+//! - [`FakeEndpoints`], [`FakeSocketProbe`], [`FakeApis`] (`endpoints.rs`): listening sockets.
+//! - `files.rs`, `mount.rs`, `disk.rs`, `clock.rs`, `power.rs`,
+//!   `system.rs`, `system_info.rs`: one fake per OS trait.
 
 mod clock;
 mod disk;
+mod endpoints;
 mod files;
+mod guest;
 mod mount;
 mod power;
 mod process;
-mod runtime;
 mod system;
 mod system_info;
 
 pub use clock::FakeClock;
 pub use disk::FakeDisk;
+pub use endpoints::{Endpoint, FAKE_CONTAINERD_VERSION, FakeApis, FakeEndpoints, FakeSocketProbe};
 pub use files::FakeFiles;
+pub use guest::{DaemonTimings, FakeGuest, FakeRuntimeOps};
 pub use mount::FakeMount;
 pub use power::FakePower;
-pub use process::{FakeProcessTable, FakeSpawner};
-pub use runtime::{FakeRuntime, RuntimeScript};
+pub use process::{FakeProcesses, FakeProgram};
 pub use system::{FakeLimits, FakeModules, FakeNetwork, FakePowerSwitch};
 pub use system_info::FakeSystemInfo;

@@ -1,7 +1,7 @@
 //! System init as an explicit, ordered plan of named steps.
 //!
 //! The reference's `init_system()` was a list of fire-and-forget calls
-//! that logged warnings (§4.2). Here the plan is data ([`Step`]s built by
+//! that logged warnings. Here the plan is data ([`Step`]s built by
 //! [`standard_plan`]) and one runner executes it through the OS traits, so
 //! the same plan runs on fakes in unit tests, over a scratch root in a
 //! namespace in root tests, and for real as PID 1. Every step is
@@ -199,8 +199,8 @@ pub struct InitOps {
 
 #[cfg(target_os = "linux")]
 impl InitOps {
-    /// The real system, spawning through `reaper`.
-    pub fn linux(reaper: Arc<crate::reaper::Reaper<crate::sys::linux::LinuxChildReaping>>) -> Self {
+    /// The real system, spawning children whose exits come from `exits` (the reaper).
+    pub fn linux(exits: Arc<dyn crate::sys::ExitRegistry>) -> Self {
         use crate::sys::linux::{
             LinuxFiles, LinuxLimits, LinuxModules, LinuxMount, LinuxNetwork, LinuxSpawner,
         };
@@ -210,7 +210,7 @@ impl InitOps {
             network: Arc::new(LinuxNetwork),
             modules: Arc::new(LinuxModules),
             limits: Arc::new(LinuxLimits),
-            spawner: Arc::new(LinuxSpawner::new(reaper)),
+            spawner: Arc::new(LinuxSpawner::new(exits)),
         }
     }
 }
@@ -478,7 +478,7 @@ impl InitRunner {
             program: busybox.to_path_buf(),
             args: args.iter().map(|s| (*s).to_owned()).collect(),
             env: vec![("BUSYBOX".into(), busybox.display().to_string())],
-            log_file: None,
+            log: None,
         };
         let status = self.ops.spawner.spawn(&spec).await?.wait().await?;
         if status.success() { Ok(Done::Changed) } else { Err(InitError::Dhcp { interface, status }) }

@@ -1,4 +1,4 @@
-//! The standard plan: the reference's `init_system()` (§4.2) as data, in
+//! The standard plan: the reference's `init_system()` as data, in
 //! order, plus what a Debian kernel needs first (kernel filesystems and
 //! modules). Each step names its phase: `Kernel` before anything else,
 //! `Early` before the RPC listener binds (only the vsock transport modules

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::config::AgentConfig;
-use crate::fake::{FakeFiles, FakeLimits, FakeModules, FakeMount, FakeNetwork, FakeSpawner};
+use crate::fake::{FakeFiles, FakeLimits, FakeModules, FakeMount, FakeNetwork, FakeProcesses};
 use crate::sys::MockMountOps;
 
 const DEP: &str = "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/drivers/virtio/virtio.ko kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/drivers/virtio/virtio_ring.ko kernel/net/vmw_vsock/vsock.ko\n\
@@ -28,7 +28,7 @@ struct System {
     network: Arc<FakeNetwork>,
     modules: Arc<FakeModules>,
     limits: Arc<FakeLimits>,
-    spawner: Arc<FakeSpawner>,
+    spawner: Arc<FakeProcesses>,
 }
 
 impl System {
@@ -49,7 +49,7 @@ impl System {
             network: Arc::new(FakeNetwork::with_links(&["lo", "eth0", "veth0"])),
             modules: Arc::new(FakeModules::default()),
             limits: Arc::new(FakeLimits::new(1024, 4096)),
-            spawner: Arc::new(FakeSpawner::default()),
+            spawner: Arc::new(FakeProcesses::default()),
         }
     }
 

@@ -10,7 +10,7 @@
 //! `docker run -i`) end properly. Buffers are bounded; payloads are never
 //! logged.
 //!
-//! On Linux, sockets are relayed in the kernel ([`splice`]); a stream
+//! On Linux, sockets are relayed in the kernel (`splice`); a stream
 //! type hands its socket over through [`IntoSocket`], and streams that are
 //! not sockets (an embedder's own transport) are copied.
 //!

@@ -2,7 +2,7 @@
 //!
 //! A PID-1 agent must reap every zombie (orphans are re-parented to it),
 //! but a global `waitpid(-1)` steals the status of a child someone else is
-//! waiting for: the reference's hazard (§4.3). Here the reaper is the only
+//! waiting for: the reference's hazard. Here the reaper is the only
 //! caller of `waitpid`, and every child started through the spawner is
 //! registered with it under the same lock, before any reap can see its
 //! pid. A reaped pid with a waiter gets its status handed over; any other
@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::sys::{ChildReaping, ExitStatus, ReapResult, SysError};
+use crate::sys::{ChildReaping, ExitRegistry, ExitStatus, ReapResult, SysError};
 
 /// How often the reaper looks even without a SIGCHLD.
 pub const REAP_TICK: Duration = Duration::from_secs(1);
@@ -130,6 +130,16 @@ impl<R: ChildReaping> Reaper<R> {
             self.reap();
         }
         self.reap();
+    }
+}
+
+impl<R: ChildReaping> ExitRegistry for Reaper<R> {
+    fn register_spawn(
+        &self,
+        spawn: &mut dyn FnMut() -> Result<u32, SysError>,
+    ) -> Result<(u32, oneshot::Receiver<ExitStatus>), SysError> {
+        let ((), pid, exit) = self.spawn_registered(|| spawn().map(|pid| ((), pid)))?;
+        Ok((pid, exit))
     }
 }
 

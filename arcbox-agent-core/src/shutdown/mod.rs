@@ -1,8 +1,9 @@
 //! The ordered shutdown.
 //!
 //! The reference sent SIGTERM to everything at once and powered off
-//! without unmounting the data disk (§4.5, §11.5): dockerd and containerd
-//! raced each other and btrfs was left dirty. Here, in order: dockerd,
+//! without unmounting the data disk: dockerd and containerd raced each
+//! other and btrfs was left dirty. Here, first supervision stops (no
+//! daemon is restarted behind the sequence's back), then in order: dockerd,
 //! then k3s, then containerd, each SIGTERM and a grace period before
 //! SIGKILL; SIGTERM then SIGKILL to every other process; wait until they
 //! are reaped; `sync`; unmount the data filesystems deepest first (or
@@ -20,14 +21,9 @@ use crate::boot::StepOutcome;
 use crate::init::StepReport;
 use crate::sys::{FileOps, MountEntry, MountOps, PowerControl, PowerSwitch, ProcessTable};
 
-/// How often process exits are polled during a grace period.
-pub const EXIT_POLL: Duration = Duration::from_millis(50);
-/// How long to wait for processes to vanish after SIGKILL.
-pub const KILL_WAIT: Duration = Duration::from_millis(500);
-
-/// A daemon stopped on its own, found by pid file or command name.
+/// A daemon stopped on its own, in order, found by pid file or command name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Daemon {
+pub struct StopTarget {
     /// Name in the report.
     pub name: &'static str,
     /// Pid files (guest paths), first existing wins.
@@ -36,16 +32,21 @@ pub struct Daemon {
     pub comm: Vec<&'static str>,
 }
 
+/// How often process exits are polled during a grace period.
+pub const EXIT_POLL: Duration = Duration::from_millis(50);
+/// How long to wait for processes to vanish after SIGKILL.
+pub const KILL_WAIT: Duration = Duration::from_millis(500);
+
 /// dockerd, then k3s, then containerd: users of containerd stop first.
-pub fn standard_daemons() -> Vec<Daemon> {
+pub fn standard_daemons() -> Vec<StopTarget> {
     vec![
-        Daemon { name: "dockerd", pid_files: vec!["/var/run/docker.pid".into()], comm: vec!["dockerd"] },
-        Daemon {
+        StopTarget { name: "dockerd", pid_files: vec!["/var/run/docker.pid".into()], comm: vec!["dockerd"] },
+        StopTarget {
             name: "k3s",
             pid_files: vec!["/run/arcbox/k3s.pid".into()],
             comm: vec!["k3s", "k3s-server", "k3s-agent"],
         },
-        Daemon {
+        StopTarget {
             name: "containerd",
             pid_files: vec![
                 "/run/containerd/containerd.pid".into(),
@@ -62,7 +63,7 @@ pub struct ShutdownPolicy {
     /// Prefix of pid files and of the data filesystems to unmount.
     pub root: PathBuf,
     /// Daemons stopped one by one, in order.
-    pub daemons: Vec<Daemon>,
+    pub daemons: Vec<StopTarget>,
     /// Grace for each daemon before SIGKILL.
     pub daemon_grace: Duration,
     /// SIGTERM/SIGKILL every other process (only when PID 1).
@@ -152,7 +153,7 @@ impl ShutdownSequence {
         }
     }
 
-    fn daemon_pids(&self, daemon: &Daemon) -> Vec<u32> {
+    fn daemon_pids(&self, daemon: &StopTarget) -> Vec<u32> {
         for file in &daemon.pid_files {
             if let Ok(text) = self.ops.files.read_to_string(&self.at(file))
                 && let Ok(pid) = text.trim().parse::<u32>()
@@ -261,11 +262,13 @@ impl ShutdownSequence {
     }
 }
 
-/// The [`PowerControl`] a guest agent serves Shutdown with: runs the
-/// ordered sequence once, in the background, then stops the server.
+/// The [`PowerControl`] a guest agent serves Shutdown with: stops
+/// supervision, runs the ordered sequence once, in the background, then
+/// stops the server.
 pub struct OrderedPower {
     sequence: Arc<ShutdownSequence>,
     stop: CancellationToken,
+    stopping: CancellationToken,
     started: AtomicBool,
     done: CancellationToken,
     reports: Arc<std::sync::Mutex<Vec<StepReport>>>,
@@ -277,10 +280,17 @@ impl OrderedPower {
         Self {
             sequence: Arc::new(sequence),
             stop,
+            stopping: CancellationToken::new(),
             started: AtomicBool::new(false),
             done: CancellationToken::new(),
             reports: Arc::default(),
         }
+    }
+
+    /// Cancelled when the shutdown begins, before anything is stopped:
+    /// daemon supervision ends on it.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
     }
 
     /// Cancelled when the sequence has finished.
@@ -300,6 +310,7 @@ impl PowerControl for OrderedPower {
             tracing::info!("shutdown already in progress");
             return;
         }
+        self.stopping.cancel();
         let (sequence, stop, done, reports) =
             (Arc::clone(&self.sequence), self.stop.clone(), self.done.clone(), Arc::clone(&self.reports));
         let task = async move {
@@ -320,3 +331,41 @@ impl PowerControl for OrderedPower {
 
 #[cfg(test)]
 mod tests;
+
+/// How a guest powers off: the ordered shutdown when it is in charge of
+/// the machine (PID 1 or init mode), otherwise only stopping the agent
+/// (the machine is not ours to stop).
+pub enum GuestPower {
+    /// The ordered shutdown.
+    Ordered(OrderedPower),
+    /// Sync the filesystems and stop serving.
+    StopOnly {
+        /// Cancelled to stop the agent.
+        stop: CancellationToken,
+        /// `sync()`.
+        files: Arc<dyn FileOps>,
+    },
+}
+
+impl GuestPower {
+    /// Cancelled when a shutdown begins.
+    pub fn stopping(&self) -> CancellationToken {
+        match self {
+            GuestPower::Ordered(power) => power.stopping(),
+            GuestPower::StopOnly { stop, .. } => stop.clone(),
+        }
+    }
+}
+
+impl PowerControl for GuestPower {
+    fn begin_shutdown(&self, grace: Duration) {
+        match self {
+            GuestPower::Ordered(power) => power.begin_shutdown(grace),
+            GuestPower::StopOnly { stop, files } => {
+                tracing::info!("stopping (serve mode: no system shutdown)");
+                files.sync();
+                stop.cancel();
+            }
+        }
+    }
+}

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::fake::{FakeFiles, FakeMount, FakePowerSwitch, FakeProcessTable};
+use crate::fake::{FakeFiles, FakeMount, FakePowerSwitch, FakeProcesses};
 
 struct System {
-    processes: Arc<FakeProcessTable>,
+    processes: Arc<FakeProcesses>,
     files: Arc<FakeFiles>,
     mount: Arc<FakeMount>,
     power: Arc<FakePowerSwitch>,
@@ -14,7 +14,7 @@ struct System {
 
 fn system() -> System {
     System {
-        processes: Arc::new(FakeProcessTable::default()),
+        processes: Arc::new(FakeProcesses::default()),
         files: Arc::new(FakeFiles::new()),
         mount: Arc::new(FakeMount::new()),
         power: Arc::new(FakePowerSwitch::default()),

@@ -254,19 +254,19 @@ pub fn data_device(configured: Option<&Path>, exists: impl Fn(&Path) -> bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{FakeDisk, FakeFiles, FakeMount, FakeSpawner};
+    use crate::fake::{FakeDisk, FakeFiles, FakeMount, FakeProcesses};
     use crate::sys::ExitStatus;
 
     struct Rig {
         mounts: Arc<FakeMount>,
-        spawner: Arc<FakeSpawner>,
+        spawner: Arc<FakeProcesses>,
         disk: Arc<FakeDisk>,
-        data: DataDisk<FakeMount, FakeFiles, FakeSpawner, FakeDisk>,
+        data: DataDisk<FakeMount, FakeFiles, FakeProcesses, FakeDisk>,
     }
 
     fn rig(image: Vec<u8>, allow_wipe: bool) -> Rig {
         let mounts = Arc::new(FakeMount::new());
-        let spawner = Arc::new(FakeSpawner::default());
+        let spawner = Arc::new(FakeProcesses::default());
         let disk = Arc::new(FakeDisk::with_image(image));
         let config = DataDiskConfig { allow_wipe, ..DataDiskConfig::default() };
         let data = DataDisk::new(

@@ -2,17 +2,27 @@
 //!
 //! One trait per capability, one method per syscall-level operation. Linux
 //! implementations live in [`linux`] (only on Linux); in-memory fakes live
-//! in `crate::fake` (feature `fake`, and in tests).
+//! in `crate::fake` (feature `fake`, and in tests). Nothing here imports
+//! the modules above it: the arrows point down.
+//!
+//! # Layout
+//! - `mod.rs`: the traits and their plain data types.
+//! - [`DiskOps`] (`disk.rs`): block-device heads and Btrfs ioctls.
+//! - [`log_file`]: size-rotated append files (daemon output, the agent's log).
+//! - [`linux`] (Linux only): the real implementations.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+use tokio::sync::oneshot;
 
 use crate::protocol::proto::agent::SystemInfo;
 
 mod disk;
 #[cfg(target_os = "linux")]
 pub mod linux;
+pub mod log_file;
 
 pub use disk::DiskOps;
 
@@ -73,7 +83,7 @@ pub trait PowerControl: Send + Sync + 'static {
     fn begin_shutdown(&self, grace: Duration);
 }
 
-/// Checks whether local services answer.
+/// Whether local sockets accept connections, and waiting for a path to appear.
 #[cfg_attr(test, mockall::automock)]
 #[async_trait::async_trait]
 pub trait SocketProbe: Send + Sync + 'static {
@@ -81,14 +91,9 @@ pub trait SocketProbe: Send + Sync + 'static {
     async fn unix_connectable(&self, path: &Path, timeout: Duration) -> bool;
     /// Whether a TCP listener at `addr` accepts a connection within `timeout`.
     async fn tcp_connectable(&self, addr: SocketAddr, timeout: Duration) -> bool;
-    /// Sends `GET <path>` over the Unix socket and returns the HTTP status code.
-    async fn http_get_status(&self, socket: &Path, path: &str, timeout: Duration) -> Result<u16, SysError>;
     /// Waits until `path` exists, woken by the kernel (inotify) rather than
     /// by polling; `false` if it did not appear within `timeout`.
     async fn wait_for_path(&self, path: &Path, timeout: Duration) -> bool;
-    /// Calls containerd's Version API (gRPC) over its socket and returns
-    /// the version string: readiness by a real API call, not a bare connect.
-    async fn containerd_version(&self, socket: &Path, timeout: Duration) -> Result<String, SysError>;
 }
 
 /// Filesystem flags for [`MountOps::mount`], a subset of `MS_*`.
@@ -174,8 +179,19 @@ pub struct ProcessSpec {
     pub args: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
-    /// File that receives stdout and stderr (appended); `None` discards them.
-    pub log_file: Option<PathBuf>,
+    /// Where stdout and stderr go (appended, rotated); `None` discards them.
+    pub log: Option<LogFile>,
+}
+
+/// A size-rotated log file for a child's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFile {
+    /// The live file; rotated ones get `.1`, `.2`, ... appended.
+    pub path: PathBuf,
+    /// Rotate at this size.
+    pub max_bytes: u64,
+    /// Files kept, the live one included.
+    pub files: u32,
 }
 
 /// How a child process ended.
@@ -227,6 +243,17 @@ pub enum ReapResult {
     NoneReady,
     /// There are no children at all (ECHILD).
     NoChildren,
+}
+
+/// Where a spawner's children's exit statuses come from: the one reaper,
+/// which registers each child before any reap can see its pid.
+pub trait ExitRegistry: Send + Sync + 'static {
+    /// Runs `spawn` with reaping paused and registers the pid it returns;
+    /// that pid's exit status then reaches only the returned receiver.
+    fn register_spawn(
+        &self,
+        spawn: &mut dyn FnMut() -> Result<u32, SysError>,
+    ) -> Result<(u32, oneshot::Receiver<ExitStatus>), SysError>;
 }
 
 /// Collects exited children: `waitpid(-1, WNOHANG)` and its friends. Only

@@ -69,6 +69,9 @@ impl Transport for TcpTransport {
     }
 }
 
+/// The vsock listeners' accept backlog (the RPC listener and the proxies).
+pub const VSOCK_BACKLOG: i32 = 4096;
+
 /// An AF_VSOCK listener.
 #[cfg(target_os = "linux")]
 pub struct VsockTransport {
@@ -78,9 +81,17 @@ pub struct VsockTransport {
 
 #[cfg(target_os = "linux")]
 impl VsockTransport {
-    /// Binds `cid:port` once.
+    /// Binds `cid:port` once, with a backlog of [`VSOCK_BACKLOG`].
+    ///
+    /// tokio-vsock listens with std's 128; a host that opens hundreds of
+    /// connections right after READY, while init keeps the guest busy,
+    /// would see the surplus refused. Calling listen(2) again on a
+    /// listening socket only changes its backlog (the kernel caps it at
+    /// `net.core.somaxconn`, 4096 by default).
     pub fn bind(cid: u32, port: u32) -> io::Result<Self> {
         let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(cid, port))?;
+        let backlog = nix::sys::socket::Backlog::new(VSOCK_BACKLOG).map_err(io::Error::from)?;
+        nix::sys::socket::listen(&listener, backlog).map_err(io::Error::from)?;
         Ok(Self { listener, port })
     }
 

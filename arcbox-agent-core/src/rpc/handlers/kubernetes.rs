@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::runtime::{detail, phase_name, services};
 use crate::protocol::MessageType;
 use crate::protocol::proto::agent::{
     KubernetesDeleteRequest, KubernetesDeleteResponse, KubernetesKubeconfigRequest,
@@ -10,31 +11,33 @@ use crate::protocol::proto::agent::{
     KubernetesStatusResponse, KubernetesStopRequest, KubernetesStopResponse,
 };
 use crate::rpc::{RequestContext, Router, RpcError, UnaryHandler};
-use crate::runtime::{EnsureMode, K3s, RuntimeManager, STATUS_FAILED};
+use crate::runtime::api::ApiCheck;
+use crate::runtime::{EnsureMode, Ensured, K3s, Lifecycle, ServiceReport};
 use crate::sys::{FileOps, ProcessSpawner, SocketProbe};
 
-/// The k3s state machine the handlers share.
-pub type K3sManager<S, P, F> = Arc<RuntimeManager<K3s<S, P, F>>>;
+/// k3s's lifecycle, which the handlers share.
+pub type K3sLifecycle<S, P, F, A> = Arc<Lifecycle<K3s<S, P, F, A>>>;
 
 /// Registers the five Kubernetes handlers on `router`.
-pub fn register_kubernetes<S, P, F>(router: &mut Router, manager: K3sManager<S, P, F>)
+pub fn register_kubernetes<S, P, F, A>(router: &mut Router, k3s: K3sLifecycle<S, P, F, A>)
 where
     S: ProcessSpawner,
     P: SocketProbe,
     F: FileOps,
+    A: ApiCheck,
 {
     router
-        .unary(MessageType::KubernetesStartRequest, Start(Arc::clone(&manager)))
-        .unary(MessageType::KubernetesStopRequest, Stop(Arc::clone(&manager)))
-        .unary(MessageType::KubernetesDeleteRequest, Delete(Arc::clone(&manager)))
-        .unary(MessageType::KubernetesStatusRequest, Status(Arc::clone(&manager)))
-        .unary(MessageType::KubernetesKubeconfigRequest, Kubeconfig(manager));
+        .unary(MessageType::KubernetesStartRequest, Start(Arc::clone(&k3s)))
+        .unary(MessageType::KubernetesStopRequest, Stop(Arc::clone(&k3s)))
+        .unary(MessageType::KubernetesDeleteRequest, Delete(Arc::clone(&k3s)))
+        .unary(MessageType::KubernetesStatusRequest, Status(Arc::clone(&k3s)))
+        .unary(MessageType::KubernetesKubeconfigRequest, Kubeconfig(k3s));
 }
 
 /// Start: non-blocking, like EnsureRuntime (the reference blocked ~60 s).
-struct Start<S, P, F>(K3sManager<S, P, F>);
+struct Start<S, P, F, A>(K3sLifecycle<S, P, F, A>);
 
-impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> UnaryHandler for Start<S, P, F> {
+impl<S: ProcessSpawner, P: SocketProbe, F: FileOps, A: ApiCheck> UnaryHandler for Start<S, P, F, A> {
     type Request = KubernetesStartRequest;
     type Response = KubernetesStartResponse;
 
@@ -43,19 +46,20 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> UnaryHandler for Start<S, P,
         _: RequestContext<'_>,
         _: KubernetesStartRequest,
     ) -> Result<KubernetesStartResponse, RpcError> {
-        let answer = self.0.ensure(true, EnsureMode::NonBlocking).await;
-        Ok(KubernetesStartResponse {
-            running: answer.status != STATUS_FAILED,
-            api_ready: answer.ready,
-            endpoint: self.0.backend().layout().host_endpoint.clone(),
-            detail: answer.message,
-        })
+        let (running, api_ready, detail) = match self.0.ensure(true, EnsureMode::NonBlocking).await {
+            Ensured::Started(up) | Ensured::Reused(up) => (true, true, up.summary),
+            Ensured::Starting { reason } => (true, false, reason),
+            Ensured::Failed(failure) => (false, false, failure.to_string()),
+            Ensured::NotRunning { reason, .. } => (false, false, reason),
+        };
+        let endpoint = self.0.backend().layout().host_endpoint.clone();
+        Ok(KubernetesStartResponse { running, api_ready, endpoint, detail })
     }
 }
 
-struct Stop<S, P, F>(K3sManager<S, P, F>);
+struct Stop<S, P, F, A>(K3sLifecycle<S, P, F, A>);
 
-impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> UnaryHandler for Stop<S, P, F> {
+impl<S: ProcessSpawner, P: SocketProbe, F: FileOps, A: ApiCheck> UnaryHandler for Stop<S, P, F, A> {
     type Request = KubernetesStopRequest;
     type Response = KubernetesStopResponse;
 
@@ -64,15 +68,15 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> UnaryHandler for Stop<S, P, 
         _: RequestContext<'_>,
         _: KubernetesStopRequest,
     ) -> Result<KubernetesStopResponse, RpcError> {
-        let (stopped, detail) = self.0.backend().stop().await;
+        let stopped = self.0.backend().stop().await;
         self.0.reset();
-        Ok(KubernetesStopResponse { stopped, detail })
+        Ok(KubernetesStopResponse { stopped: stopped.stopped, detail: stopped.detail })
     }
 }
 
-struct Delete<S, P, F>(K3sManager<S, P, F>);
+struct Delete<S, P, F, A>(K3sLifecycle<S, P, F, A>);
 
-impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> UnaryHandler for Delete<S, P, F> {
+impl<S: ProcessSpawner, P: SocketProbe, F: FileOps, A: ApiCheck> UnaryHandler for Delete<S, P, F, A> {
     type Request = KubernetesDeleteRequest;
     type Response = KubernetesDeleteResponse;
 
@@ -87,9 +91,9 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> UnaryHandler for Delete<S, P
     }
 }
 
-struct Status<S, P, F>(K3sManager<S, P, F>);
+struct Status<S, P, F, A>(K3sLifecycle<S, P, F, A>);
 
-impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> UnaryHandler for Status<S, P, F> {
+impl<S: ProcessSpawner, P: SocketProbe, F: FileOps, A: ApiCheck> UnaryHandler for Status<S, P, F, A> {
     type Request = KubernetesStatusRequest;
     type Response = KubernetesStatusResponse;
 
@@ -98,21 +102,21 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> UnaryHandler for Status<S, P
         _: RequestContext<'_>,
         _: KubernetesStatusRequest,
     ) -> Result<KubernetesStatusResponse, RpcError> {
-        let status = self.0.status().await;
-        let k3s = status.services.iter().find(|s| s.name == "k3s");
+        let (phase, report) = self.0.report().await;
+        let k3s = report.service("k3s");
         Ok(KubernetesStatusResponse {
-            running: k3s.is_some_and(|s| s.pid != 0),
-            api_ready: k3s.is_some_and(|s| s.status == crate::runtime::SERVICE_READY),
-            endpoint: status.endpoint,
-            detail: format!("{} (state {})", status.detail, status.state),
-            services: status.services,
+            running: k3s.is_some_and(|s| s.pid.is_some()),
+            api_ready: k3s.is_some_and(ServiceReport::is_ready),
+            endpoint: report.endpoint.clone(),
+            detail: format!("{} (state {})", detail(&report), phase_name(&phase)),
+            services: services(&report),
         })
     }
 }
 
-struct Kubeconfig<S, P, F>(K3sManager<S, P, F>);
+struct Kubeconfig<S, P, F, A>(K3sLifecycle<S, P, F, A>);
 
-impl<S: ProcessSpawner, P: SocketProbe, F: FileOps> UnaryHandler for Kubeconfig<S, P, F> {
+impl<S: ProcessSpawner, P: SocketProbe, F: FileOps, A: ApiCheck> UnaryHandler for Kubeconfig<S, P, F, A> {
     type Request = KubernetesKubeconfigRequest;
     type Response = KubernetesKubeconfigResponse;
 

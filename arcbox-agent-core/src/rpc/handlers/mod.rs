@@ -9,9 +9,9 @@ mod shutdown;
 mod system_info;
 
 pub use boot_report::BootReportHandler;
-pub use kubernetes::{K3sManager, register_kubernetes};
-pub use ping::{DEFAULT_CLOCK_STEP_THRESHOLD, PingHandler, unix_time_parts};
-pub use readiness::WatchReadinessHandler;
+pub use kubernetes::{K3sLifecycle, register_kubernetes};
+pub use ping::{DEFAULT_CLOCK_STEP_THRESHOLD, PingHandler, WHOLE_SECONDS_PRECISION};
+pub use readiness::{WatchReadinessHandler, event_message, kind_name};
 pub use runtime::{DEFAULT_ENSURE_WAIT, EnsureRuntimeHandler, RuntimeStatusHandler};
 pub use shutdown::{DEFAULT_SHUTDOWN_GRACE, ShutdownHandler};
 pub use system_info::SystemInfoHandler;

@@ -1,17 +1,21 @@
 //! Ping: liveness, version and capability handshake, and clock sync.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::AgentIdentity;
-use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::proto::agent::{AgentPingRequest, AgentPingResponse};
+use crate::protocol::{PROTOCOL_VERSION, unix_time};
 use crate::rpc::{RequestContext, RpcError, UnaryHandler};
 use crate::sys::Clock;
 
 /// The guest clock is stepped only when it is off by more than this; a
 /// smaller gap is within the transport delay and stepping would add jitter.
 pub const DEFAULT_CLOCK_STEP_THRESHOLD: Duration = Duration::from_millis(5);
+
+/// The precision of a host time sent in whole seconds (the reference's
+/// host sends no nanoseconds): a guest clock within it is left alone.
+pub const WHOLE_SECONDS_PRECISION: Duration = Duration::from_secs(1);
 
 /// Serves PingRequest.
 pub struct PingHandler<C> {
@@ -26,19 +30,30 @@ impl<C: Clock> PingHandler<C> {
         Self { clock, identity, step_threshold }
     }
 
-    /// Steps the clock to the host's time when it is off by more than the threshold.
+    /// Steps the clock to the host's time when it is off by more than the
+    /// threshold. A time in whole seconds (no nanoseconds: the reference's
+    /// host) is only accurate to a second: it is read as the middle of that
+    /// second, and the guest is stepped only when it is off by more than a
+    /// second.
     fn sync_clock(&self, request: &AgentPingRequest) -> String {
-        if request.timestamp_secs <= 0 {
+        let (host, threshold) = if request.timestamp_nanos == 0 {
+            let middle = (WHOLE_SECONDS_PRECISION / 2).subsec_nanos();
+            (
+                unix_time::from_parts(request.timestamp_secs, middle),
+                self.step_threshold.max(WHOLE_SECONDS_PRECISION),
+            )
+        } else {
+            (unix_time::from_parts(request.timestamp_secs, request.timestamp_nanos), self.step_threshold)
+        };
+        let Some(host) = host else {
             return String::new();
-        }
-        let nanos = request.timestamp_nanos.min(999_999_999);
-        let host = UNIX_EPOCH + Duration::new(request.timestamp_secs as u64, nanos);
+        };
         let guest = self.clock.now();
         let (gap, ahead) = match host.duration_since(guest) {
             Ok(d) => (d, true),
             Err(e) => (e.duration(), false),
         };
-        if gap <= self.step_threshold {
+        if gap <= threshold {
             return "unchanged".to_owned();
         }
         match self.clock.set_now(host) {
@@ -78,14 +93,10 @@ impl<C: Clock> UnaryHandler for PingHandler<C> {
     }
 }
 
-/// Seconds and nanoseconds since the Unix epoch, for a Ping request.
-pub fn unix_time_parts(time: SystemTime) -> (i64, u32) {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    (i64::try_from(since.as_secs()).unwrap_or(i64::MAX), since.subsec_nanos())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use crate::fake::FakeClock;
 
@@ -134,12 +145,39 @@ mod tests {
 
     #[tokio::test]
     async fn a_clock_within_the_threshold_is_left_alone() {
-        let now = UNIX_EPOCH + Duration::new(1_700_000_000, 0);
+        let now = UNIX_EPOCH + Duration::new(1_700_000_000, 100_000_000);
         let clock = Arc::new(FakeClock::at(now + Duration::from_millis(2)));
-        let req = AgentPingRequest { timestamp_secs: 1_700_000_000, ..Default::default() };
+        let req = AgentPingRequest {
+            timestamp_secs: 1_700_000_000,
+            timestamp_nanos: 100_000_000,
+            ..Default::default()
+        };
         let r = handler(&clock).handle(ctx(), req).await.unwrap();
         assert_eq!(r.clock, "unchanged");
         assert!(clock.steps().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_time_in_whole_seconds_leaves_a_clock_within_that_second_alone() {
+        // The reference's host sends whole seconds: a guest 974 ms into the
+        // same second is right, and must not be stepped back.
+        for into_second_ms in [0, 500, 974, 999] {
+            let guest = UNIX_EPOCH + Duration::new(1_700_000_000, 0) + Duration::from_millis(into_second_ms);
+            let clock = Arc::new(FakeClock::at(guest));
+            let req = AgentPingRequest { timestamp_secs: 1_700_000_000, ..Default::default() };
+            let r = handler(&clock).handle(ctx(), req).await.unwrap();
+            assert_eq!(r.clock, "unchanged", "{into_second_ms} ms into the second");
+            assert!(clock.steps().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_time_in_whole_seconds_steps_a_clock_that_is_off_by_more_than_a_second() {
+        let clock = Arc::new(FakeClock::at(UNIX_EPOCH + Duration::new(1_700_000_003, 0)));
+        let req = AgentPingRequest { timestamp_secs: 1_700_000_000, ..Default::default() };
+        let r = handler(&clock).handle(ctx(), req).await.unwrap();
+        assert!(r.clock.starts_with("stepped -"), "{}", r.clock);
+        assert_eq!(clock.steps(), vec![UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000)]);
     }
 
     #[tokio::test]

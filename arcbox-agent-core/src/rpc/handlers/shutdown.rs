@@ -9,7 +9,7 @@ use crate::rpc::{HandlerError, RequestContext, Responder, StreamingHandler};
 use crate::sys::PowerControl;
 
 /// Grace period when the request says 0 (the reference's 25 s).
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(crate::config::DEFAULT_SHUTDOWN_GRACE_SECS);
 
 /// Serves ShutdownRequest. It is a streaming handler because the
 /// acknowledgement must be on the wire before the power-off begins.

@@ -4,7 +4,6 @@
 mod clock;
 mod disk;
 mod files;
-mod grpc;
 mod limits;
 mod modules;
 mod mount;

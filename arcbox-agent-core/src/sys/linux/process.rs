@@ -14,11 +14,10 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
-use crate::logging::{DEFAULT_LOG_FILES, DEFAULT_LOG_MAX_BYTES, RotatingFile, SharedLog};
-use crate::reaper::Reaper;
+use crate::sys::log_file::{RotatingFile, SharedLog};
 use crate::sys::{
-    ChildProcess, ChildReaping, ExitStatus, ProcessEntry, ProcessSpawner, ProcessSpec, ProcessTable,
-    ReapResult, SignalOutcome, SysError,
+    ChildProcess, ChildReaping, ExitRegistry, ExitStatus, ProcessEntry, ProcessSpawner, ProcessSpec,
+    ProcessTable, ReapResult, SignalOutcome, SysError,
 };
 
 /// `PF_KTHREAD` in /proc/<pid>/stat's flags field.
@@ -65,15 +64,15 @@ fn send_signal(pid: u32, signal: i32) -> Result<SignalOutcome, SysError> {
     }
 }
 
-/// Starts children whose exit statuses come from the shared [`Reaper`].
+/// Starts children whose exit statuses come from the one reaper.
 pub struct LinuxSpawner {
-    reaper: Arc<Reaper<LinuxChildReaping>>,
+    exits: Arc<dyn ExitRegistry>,
 }
 
 impl LinuxSpawner {
-    /// A spawner registering its children with `reaper`.
-    pub fn new(reaper: Arc<Reaper<LinuxChildReaping>>) -> Self {
-        Self { reaper }
+    /// A spawner registering its children with `exits` (the reaper).
+    pub fn new(exits: Arc<dyn ExitRegistry>) -> Self {
+        Self { exits }
     }
 }
 
@@ -93,10 +92,10 @@ fn pump(mut from: impl std::io::Read + Send + 'static, mut to: SharedLog) {
 #[async_trait::async_trait]
 impl ProcessSpawner for LinuxSpawner {
     async fn spawn(&self, spec: &ProcessSpec) -> Result<Box<dyn ChildProcess>, SysError> {
-        let log = match &spec.log_file {
-            Some(path) => Some(SharedLog::new(
-                RotatingFile::open(path, DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_FILES)
-                    .map_err(|e| SysError::io("open log", path, e))?,
+        let log = match &spec.log {
+            Some(log) => Some(SharedLog::new(
+                RotatingFile::open(&log.path, log.max_bytes, log.files)
+                    .map_err(|e| SysError::io("open log", &log.path, e))?,
             )),
             None => None,
         };
@@ -104,11 +103,14 @@ impl ProcessSpawner for LinuxSpawner {
         command.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null());
         let output = || if log.is_some() { Stdio::piped() } else { Stdio::null() };
         command.stdout(output()).stderr(output());
-        let (mut child, pid, exit) = self.reaper.spawn_registered(|| {
+        let mut spawned = None;
+        let (pid, exit) = self.exits.register_spawn(&mut || {
             let child = command.spawn().map_err(|e| SysError::io("spawn", &spec.program, e))?;
             let pid = child.id();
-            Ok::<_, SysError>((child, pid))
+            spawned = Some(child);
+            Ok(pid)
         })?;
+        let Some(mut child) = spawned else { return Err(SysError::Unsupported("a spawn without a child")) };
         if let Some(log) = log {
             if let Some(out) = child.stdout.take() {
                 pump(out, log.clone());
@@ -242,8 +244,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_spawned_child_gets_its_exit_code_from_the_reaper() {
-        let reaper = Reaper::new(LinuxChildReaping);
-        let spawner = LinuxSpawner::new(Arc::clone(&reaper));
+        let reaper = crate::reaper::Reaper::new(LinuxChildReaping);
+        let spawner = LinuxSpawner::new(reaper.clone());
         let spec = ProcessSpec {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "exit 3".into()],

@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use arcbox_agent_core::config::LogConfig;
-use arcbox_agent_core::logging::{RotatingFile, SharedLog};
+use crate::config::LogConfig;
+use crate::sys::log_file::{RotatingFile, SharedLog};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;

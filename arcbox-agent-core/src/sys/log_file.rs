@@ -1,20 +1,15 @@
 //! Size-rotated log files: `agent.log` plus `agent.log.1`..`.N-1`, the
-//! oldest dropped. The reference's log never rotated (§4.6, §11.12) and
-//! filled the host's disk; daemon output goes through the same writer.
+//! oldest dropped. The reference's log never rotated and filled the host's
+//! disk; daemon output goes through the same writer.
 //!
-//! This is plain `std::fs` append I/O, like a transport's socket I/O; it
-//! takes no decision about the system, so it lives in the core where both
-//! the agent's tracing layer and the spawner's output pumps can use it.
+//! Plain `std::fs` append I/O with no policy of its own (sizes and counts
+//! come from the caller), so the spawner's output pumps and the agent's
+//! tracing layer share it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-/// Rotate at this size (the reference's later 10 MiB).
-pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
-/// Files kept, the live one included.
-pub const DEFAULT_LOG_FILES: u32 = 5;
 
 /// An append-only file that rotates itself by size.
 #[derive(Debug)]
@@ -146,8 +141,7 @@ mod tests {
     fn a_shared_log_writes_whole_buffers() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.log");
-        let mut shared =
-            SharedLog::new(RotatingFile::open(&path, DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_FILES).unwrap());
+        let mut shared = SharedLog::new(RotatingFile::open(&path, 1 << 20, 2).unwrap());
         shared.write_all(b"hello\n").unwrap();
         shared.flush().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\n");

@@ -6,7 +6,7 @@ use std::path::Path;
 use bytes::{Buf as _, Bytes, BytesMut};
 use tokio::net::UnixStream;
 
-use crate::sys::SysError;
+use super::ApiError;
 
 const VERSION_PATH: &str = "/containerd.services.version.v1.Version/Version";
 /// A gRPC message frame: 1 byte compressed flag, u32 BE length.
@@ -23,13 +23,18 @@ struct VersionResponse {
     revision: String,
 }
 
-fn failed(socket: &Path, detail: impl std::fmt::Display) -> SysError {
-    SysError::io("containerd Version", socket, std::io::Error::other(detail.to_string()))
+fn failed(socket: &Path, detail: impl std::fmt::Display) -> ApiError {
+    ApiError::Answer {
+        endpoint: socket.display().to_string(),
+        detail: format!("containerd Version: {detail}"),
+    }
 }
 
 /// Calls Version and returns `version (revision)`.
-pub async fn containerd_version(socket: &Path) -> Result<String, SysError> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| SysError::io("connect", socket, e))?;
+pub(super) async fn version(socket: &Path) -> Result<String, ApiError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ApiError::Connect { endpoint: socket.display().to_string(), source })?;
     let (client, connection) = h2::client::handshake(stream).await.map_err(|e| failed(socket, e))?;
     let driver = tokio::spawn(connection);
     let result = call(client, socket).await;
@@ -37,7 +42,7 @@ pub async fn containerd_version(socket: &Path) -> Result<String, SysError> {
     result
 }
 
-async fn call(client: h2::client::SendRequest<Bytes>, socket: &Path) -> Result<String, SysError> {
+async fn call(client: h2::client::SendRequest<Bytes>, socket: &Path) -> Result<String, ApiError> {
     let mut client = client.ready().await.map_err(|e| failed(socket, e))?;
     let request = http::Request::post(format!("http://containerd{VERSION_PATH}"))
         .header("content-type", "application/grpc")
@@ -69,7 +74,7 @@ async fn call(client: h2::client::SendRequest<Bytes>, socket: &Path) -> Result<S
     decode_version(&mut data).ok_or_else(|| failed(socket, "malformed VersionResponse"))
 }
 
-fn check_grpc_status(headers: &http::HeaderMap, socket: &Path) -> Result<(), SysError> {
+fn check_grpc_status(headers: &http::HeaderMap, socket: &Path) -> Result<(), ApiError> {
     match headers.get("grpc-status").map(|v| v.to_str().unwrap_or("?")) {
         None | Some("0") => Ok(()),
         Some(code) => {
@@ -91,11 +96,11 @@ fn decode_version(data: &mut BytesMut) -> Option<String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     /// A stand-in containerd answering Version over HTTP/2 on `path`.
-    pub(crate) fn serve_version(path: &Path, version: &'static str) -> tokio::task::JoinHandle<()> {
+    fn serve_version(path: &Path, version: &'static str) -> tokio::task::JoinHandle<()> {
         let listener = tokio::net::UnixListener::bind(path).unwrap();
         tokio::spawn(async move {
             loop {
@@ -130,7 +135,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("containerd.sock");
         let _server = serve_version(&path, "1.6.20");
-        assert_eq!(containerd_version(&path).await.unwrap(), "1.6.20 (abc)");
+        assert_eq!(version(&path).await.unwrap(), "1.6.20 (abc)");
     }
 
     #[tokio::test]
@@ -142,7 +147,7 @@ pub(crate) mod tests {
             let (s, _) = listener.accept().await.unwrap();
             drop(s);
         });
-        assert!(containerd_version(&path).await.is_err());
-        assert!(containerd_version(&dir.path().join("absent.sock")).await.is_err());
+        assert!(matches!(version(&path).await, Err(ApiError::Answer { .. })));
+        assert!(matches!(version(&dir.path().join("absent.sock")).await, Err(ApiError::Connect { .. })));
     }
 }

@@ -1,0 +1,78 @@
+//! [`LinuxGuestOs`]: the real implementations of every capability the
+//! guest's services use, with child exits owned by one reaper.
+
+use std::sync::Arc;
+
+use crate::guest::GuestOs;
+use crate::init::InitOps;
+use crate::reaper::Reaper;
+use crate::runtime::RuntimeOps;
+use crate::runtime::api::SocketApis;
+use crate::shutdown::ShutdownOps;
+use crate::sys::linux::{
+    LinuxChildReaping, LinuxClock, LinuxDisk, LinuxFiles, LinuxMount, LinuxPowerSwitch, LinuxProcessTable,
+    LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
+};
+
+/// The real system.
+pub struct LinuxGuestOs {
+    reaper: Arc<Reaper<LinuxChildReaping>>,
+    spawner: Arc<LinuxSpawner>,
+}
+
+impl LinuxGuestOs {
+    /// The real system, whose children's exits come from `reaper`.
+    pub fn new(reaper: Arc<Reaper<LinuxChildReaping>>) -> Self {
+        let spawner = Arc::new(LinuxSpawner::new(reaper.clone()));
+        Self { reaper, spawner }
+    }
+}
+
+impl GuestOs for LinuxGuestOs {
+    type Spawner = LinuxSpawner;
+    type Probe = LinuxSocketProbe;
+    type Files = LinuxFiles;
+    type Apis = SocketApis;
+    type Mount = LinuxMount;
+    type Disk = LinuxDisk;
+    type Clock = LinuxClock;
+    type System = LinuxSystemInfo;
+
+    fn runtime_ops(&self) -> RuntimeOps<LinuxSpawner, LinuxSocketProbe, LinuxFiles, SocketApis> {
+        RuntimeOps::new(
+            Arc::clone(&self.spawner),
+            Arc::new(LinuxSocketProbe),
+            Arc::new(LinuxFiles),
+            Arc::new(SocketApis),
+        )
+    }
+
+    fn mount(&self) -> Arc<LinuxMount> {
+        Arc::new(LinuxMount)
+    }
+
+    fn disk(&self) -> Arc<LinuxDisk> {
+        Arc::new(LinuxDisk)
+    }
+
+    fn clock(&self) -> Arc<LinuxClock> {
+        Arc::new(LinuxClock)
+    }
+
+    fn system(&self) -> Arc<LinuxSystemInfo> {
+        Arc::new(LinuxSystemInfo)
+    }
+
+    fn init_ops(&self) -> InitOps {
+        InitOps::linux(Arc::clone(&self.reaper) as Arc<dyn crate::sys::ExitRegistry>)
+    }
+
+    fn shutdown_ops(&self) -> ShutdownOps {
+        ShutdownOps {
+            processes: Arc::new(LinuxProcessTable),
+            files: Arc::new(LinuxFiles),
+            mount: Arc::new(LinuxMount),
+            power: Arc::new(LinuxPowerSwitch),
+        }
+    }
+}
