@@ -95,6 +95,9 @@ async fn a_waiting_ensure_on_a_fresh_agent_reports_started() {
     let mut client = client_for(&sim.address).await;
     let r = client.ensure_runtime_wait(Duration::from_secs(10)).await.unwrap();
     assert_eq!((r.ready, r.status.as_str()), (true, "started"));
+    // A probe of a ready runtime names its endpoint, as the reference's does.
+    let probe = client.ensure_runtime(false).await.unwrap();
+    assert_eq!((probe.ready, probe.endpoint.as_str()), (true, "vsock:2375"), "{probe:?}");
 }
 
 #[tokio::test]
@@ -103,13 +106,14 @@ async fn scenarios_shape_the_runtime_outcome() {
     let mut client = client_for(&sim.address).await;
     let r = client.ensure_runtime_wait(Duration::from_secs(10)).await.unwrap();
     assert_eq!(r.status, "failed");
-    assert!(r.message.contains("dockerd exited"), "{}", r.message);
+    assert!(r.message.contains("dockerd: gave up after 3 failed starts"), "{}", r.message);
+    assert!(r.message.contains("exit code 1"), "{}", r.message);
 
     let sim = sim_server(Scenario::MissingBinaries);
     let mut client = client_for(&sim.address).await;
     let r = client.ensure_runtime_wait(Duration::from_secs(10)).await.unwrap();
     assert_eq!(r.status, "failed");
-    assert!(r.message.contains("missing runtime binaries: dockerd, containerd"), "{}", r.message);
+    assert!(r.message.contains("missing runtime binaries: containerd, dockerd"), "{}", r.message);
 
     let sim = sim_server(Scenario::FlakyRuntime);
     let mut client = client_for(&sim.address).await;
@@ -238,7 +242,8 @@ async fn watch_readiness_pushes_agent_and_runtime_events_without_polling() {
             break;
         }
     }
-    assert_eq!(kinds, ["runtime_starting", "runtime_ready"]);
+    // Each daemon's readiness is its own event, before the runtime's.
+    assert_eq!(kinds, ["runtime_starting", "daemon_ready", "daemon_ready", "runtime_ready"]);
     watching.await.unwrap().unwrap();
 }
 
@@ -257,5 +262,85 @@ async fn a_watcher_joining_late_learns_the_current_phase_first() {
         .unwrap();
     assert_eq!(seen[0].0, "agent_ready");
     assert_eq!(seen[1].0, "runtime_failed");
-    assert!(seen[1].1.contains("dockerd exited"), "{}", seen[1].1);
+    assert!(seen[1].1.contains("dockerd: gave up"), "{}", seen[1].1);
+}
+
+/// The reference's host pings with whole seconds only (`timestamp_secs`,
+/// no nanoseconds) and an empty trace id. Those exact bytes, written by
+/// hand rather than by our codec, must leave a correct guest clock alone:
+/// the sub-second part is not drift.
+#[tokio::test]
+async fn the_reference_hosts_whole_second_ping_does_not_step_a_correct_clock() {
+    use prost::Message as _;
+    use tokio::io::AsyncWriteExt as _;
+
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    let before = client.system_info().await.unwrap().time_unix_nanos;
+    // The guest's own time, truncated to the second as the reference host does.
+    let secs = before / 1_000_000_000;
+    let mut payload = vec![0x10]; // field 2 (timestamp_secs), varint
+    let mut v = secs as u64;
+    while v >= 0x80 {
+        payload.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    payload.push(v as u8);
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(4 + 2 + payload.len() as u32).to_be_bytes()); // length
+    frame.extend_from_slice(&1u32.to_be_bytes()); // PingRequest
+    frame.extend_from_slice(&0u16.to_be_bytes()); // empty trace id
+    frame.extend_from_slice(&payload);
+
+    let Address::Unix(path) = &sim.address else { unreachable!() };
+    let mut stream = tokio::net::UnixStream::connect(path).await.unwrap();
+    stream.write_all(&frame).await.unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut rest = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut rest).await.unwrap();
+    assert_eq!(u32::from_be_bytes(rest[0..4].try_into().unwrap()), 0x1001, "a PingResponse");
+    assert_eq!(u16::from_be_bytes(rest[4..6].try_into().unwrap()), 0, "the empty trace id echoed");
+    let pong = arcbox_agent_wire::protocol::proto::agent::AgentPingResponse::decode(&rest[6..]).unwrap();
+    assert_eq!(pong.message, "pong");
+    assert_eq!(pong.clock, "unchanged");
+    let after = client.system_info().await.unwrap().time_unix_nanos;
+    assert!(after >= before, "the guest clock went back: {before} -> {after}");
+}
+
+#[tokio::test]
+async fn kubernetes_is_served_and_its_events_are_told_apart_from_dockers() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = client_for(&sim.address).await;
+    let watching = tokio::spawn(async move {
+        watcher
+            .watch_readiness(Some(Duration::from_secs(20)), |event| {
+                let done = event.kind == "kubernetes_ready" || event.kind == "kubernetes_failed";
+                tx.send(event.kind).unwrap();
+                !done
+            })
+            .await
+    });
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap(),
+        "agent_ready"
+    );
+    let started = client.kubernetes_start().await.unwrap();
+    assert!(started.running || !started.detail.is_empty(), "{started:?}");
+    let mut kinds = Vec::new();
+    while let Some(kind) = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap() {
+        kinds.push(kind);
+    }
+    watching.await.unwrap().unwrap();
+    // k3s runs on the guest's containerd (not dockerd): its daemons come up
+    // under k3s's phase, which a watcher tells apart from Docker's.
+    assert_eq!(kinds, ["kubernetes_starting", "daemon_ready", "daemon_ready", "kubernetes_ready"]);
+    let status = client.kubernetes_status().await.unwrap();
+    assert!(status.running && status.api_ready, "{status:?}");
+    assert_eq!(status.endpoint, "https://127.0.0.1:16443", "the reference's endpoint");
+    let stopped = client.kubernetes_stop().await.unwrap();
+    assert!(stopped.stopped, "{stopped:?}");
+    assert!(!client.kubernetes_status().await.unwrap().running);
 }
