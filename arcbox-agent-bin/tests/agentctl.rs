@@ -1,11 +1,18 @@
 //! `arcbox-agentctl` as a user runs it, against the simulated agent on a
-//! real Unix socket: text and JSON output, exit codes.
+//! real Unix socket: text and JSON output, global flags, exit codes.
 
-use std::process::{Command, Output};
+use std::io::{BufRead as _, BufReader, Lines};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
+use arcbox_agent_core::fake::{FakeGuest, FakeProgram};
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_sim::{Scenario, SimAgent};
 use tokio_util::sync::CancellationToken;
+
+/// The environment variable agentctl reads the address from; removed
+/// from every run so the tests do not depend on the caller's environment.
+const ADDRESS_ENV: &str = "ARCBOX_AGENT_ADDR";
 
 struct Sim {
     address: String,
@@ -21,6 +28,11 @@ impl Drop for Sim {
 }
 
 fn sim(scenario: Scenario) -> Sim {
+    sim_with(scenario, |_| {})
+}
+
+/// A simulator whose fake guest `adjust` changes before it boots.
+fn sim_with(scenario: Scenario, adjust: impl FnOnce(&FakeGuest) + Send + 'static) -> Sim {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.sock");
@@ -29,21 +41,90 @@ fn sim(scenario: Scenario) -> Sim {
         let _guard = runtime.enter();
         let listener = UnixTransport::bind(&path).unwrap();
         let stop = stop.clone();
-        runtime.spawn(async move { SimAgent::new(scenario).await.serve(listener, stop).await });
+        runtime.spawn(async move {
+            let agent = SimAgent::new(scenario).await;
+            adjust(&agent.fake);
+            agent.serve(listener, stop).await;
+        });
     }
     Sim { address: format!("unix:{}", path.display()), stop, _dir: dir, _runtime: runtime }
 }
 
+/// A guest whose DHCP client never gets a lease: the late init phase,
+/// and so init, never completes (the agent serves all the same).
+fn init_never_completes(guest: &FakeGuest) {
+    guest.processes.install("busybox", FakeProgram::daemon());
+}
+
+fn agentctl_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_arcbox-agentctl"));
+    command.env_remove(ADDRESS_ENV);
+    command
+}
+
 fn agentctl(address: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_arcbox-agentctl"))
-        .args(["--connect", address])
-        .args(args)
-        .output()
-        .expect("run arcbox-agentctl")
+    agentctl_command().args(["--connect", address]).args(args).output().expect("run arcbox-agentctl")
 }
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
+}
+
+/// A running `arcbox-agentctl watch`, read line by line.
+struct Watcher {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    /// The event lines read so far.
+    seen: Vec<String>,
+}
+
+impl Watcher {
+    /// Starts `watch --until until` (giving up after 30 s without an event).
+    fn start(address: &str, until: &str) -> Self {
+        let mut child = agentctl_command()
+            .args(["--connect", address, "watch", "--until", until, "--idle-timeout", "30"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self { child, lines, seen: Vec::new() }
+    }
+
+    /// Reads one event line and returns its kind. Once `agent_ready` has
+    /// been read, the agent has subscribed the watcher: later events reach it.
+    fn next_kind(&mut self) -> Option<String> {
+        let line = self.lines.next()?.unwrap();
+        let kind = event_kind(&line).to_owned();
+        self.seen.push(line);
+        Some(kind)
+    }
+
+    /// Reads the events up to the end of the stream and waits for the exit:
+    /// every event line read, and the exit status.
+    fn finish(mut self) -> (ExitStatus, Vec<String>) {
+        while self.next_kind().is_some() {}
+        (self.child.wait().unwrap(), self.seen)
+    }
+}
+
+/// The kind of an event line: `[   0.307s] kind service (pid N): reason`.
+fn event_kind(line: &str) -> &str {
+    line.split_once("] ").and_then(|(_, rest)| rest.split([' ', ':']).next()).unwrap_or(line)
+}
+
+/// The service an event line names (empty when it names none).
+fn event_service(line: &str) -> &str {
+    let rest = line.split_once("] ").map_or("", |(_, rest)| rest);
+    let head = rest.split(':').next().unwrap_or("");
+    head.split(' ').nth(1).filter(|s| !s.starts_with('(')).unwrap_or("")
 }
 
 #[test]
@@ -64,7 +145,7 @@ fn info_json_is_machine_readable() {
     let sim = sim(Scenario::Healthy);
     let out = agentctl(&sim.address, &["info", "--json"]);
     assert!(out.status.success(), "{out:?}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json(&out);
     assert_eq!(v["hostname"], "arcbox-sim");
     assert_eq!(v["cpu_count"], 2);
     assert!(v["agent_rss_bytes"].as_u64().unwrap() > 0);
@@ -78,10 +159,10 @@ fn ensure_runtime_wait_shows_progress_and_succeeds() {
     let text = stdout(&out);
     assert!(text.contains("runtime started: containerd and dockerd ready"), "{text}");
     assert!(text.contains("endpoint: vsock:2375"), "{text}");
-    let progress = String::from_utf8_lossy(&out.stderr);
+    let progress = stderr(&out);
     assert!(progress.contains("containerd"), "no progress lines: {progress}");
     let status = agentctl(&sim.address, &["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let v = json(&status);
     assert_eq!(v["state"], "ready");
     assert_eq!(v["docker_ready"], true);
 }
@@ -95,22 +176,12 @@ fn a_failing_runtime_exits_1_with_the_reason() {
 }
 
 #[test]
-fn boot_report_lists_steps() {
-    let sim = sim(Scenario::Healthy);
-    let out = agentctl(&sim.address, &["boot-report"]);
-    assert!(out.status.success(), "{out:?}");
-    let text = stdout(&out);
-    assert!(text.contains("listener ready:"), "{text}");
-    assert!(text.contains("skipped") && text.contains("share arcbox at /arcbox"), "{text}");
-}
-
-#[test]
 fn shutdown_is_accepted_and_the_agent_stops() {
     let sim = sim(Scenario::Healthy);
     let out = agentctl(&sim.address, &["shutdown", "--timeout", "1"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stdout(&out).trim(), "shutdown accepted");
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(200));
     let after = agentctl(&sim.address, &["--connect-timeout", "0", "ping"]);
     assert_eq!(after.status.code(), Some(3), "{after:?}");
 }
@@ -119,10 +190,10 @@ fn shutdown_is_accepted_and_the_agent_stops() {
 fn an_unreachable_agent_exits_3_and_a_bad_address_is_explained() {
     let out = agentctl("unix:/nonexistent/agent.sock", &["--connect-timeout", "0", "ping"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"), "{out:?}");
+    assert!(stderr(&out).contains("cannot connect"), "{out:?}");
     let bad = agentctl("vsock:three:1024", &["ping"]);
     assert_eq!(bad.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("CID is not a number"), "{bad:?}");
+    assert!(stderr(&bad).contains("CID is not a number"), "{bad:?}");
 }
 
 #[test]
@@ -142,19 +213,18 @@ fn docker_proxy_relays_http_and_half_close_to_the_target() {
         write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
         request
     });
-    let mut proxy = Command::new(env!("CARGO_BIN_EXE_arcbox-agentctl"))
-        .args(["--connect", &format!("unix:{}", upstream.display()), "docker-proxy"])
+    // The global --connect after the subcommand, as a user types it.
+    let mut proxy = agentctl_command()
+        .args(["docker-proxy", "--connect", &format!("unix:{}", upstream.display())])
         .args(["--listen", &format!("unix:{}", local.display())])
-        .stderr(std::process::Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     let mut client = loop {
         match UnixStream::connect(&local) {
             Ok(s) => break s,
-            Err(_) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("proxy socket never appeared: {e}"),
         }
     };
@@ -171,29 +241,175 @@ fn docker_proxy_relays_http_and_half_close_to_the_target() {
 
 #[test]
 fn watch_prints_events_until_the_runtime_is_ready() {
-    let sim = sim(Scenario::SlowRuntime);
-    let watcher = Command::new(env!("CARGO_BIN_EXE_arcbox-agentctl"))
-        .args(["--connect", &sim.address, "watch", "--until", "runtime_ready", "--idle-timeout", "30"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let sim = sim(Scenario::Healthy);
+    let mut watcher = Watcher::start(&sim.address, "runtime_ready");
+    assert_eq!(watcher.next_kind().as_deref(), Some("agent_ready"));
     let start = agentctl(&sim.address, &["ensure-runtime"]);
     assert!(stdout(&start).contains("runtime starting"), "{start:?}");
-    let out = watcher.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = stdout(&out);
-    let kinds: Vec<&str> =
-        text.lines().filter_map(|l| l.split_once("] ")?.1.split([' ', ':']).next()).collect();
-    assert_eq!(kinds, ["agent_ready", "runtime_starting", "runtime_ready"], "{text}");
+    let (status, lines) = watcher.finish();
+    assert!(status.success(), "{status:?}: {lines:#?}");
+    let kinds: Vec<&str> = lines.iter().map(|l| event_kind(l)).collect();
+    assert_eq!(
+        kinds,
+        ["agent_ready", "runtime_starting", "daemon_ready", "daemon_ready", "runtime_ready"],
+        "{lines:#?}"
+    );
+    let daemons: Vec<&str> = lines[2..4].iter().map(|l| event_service(l)).collect();
+    assert_eq!(daemons, ["containerd", "dockerd"], "{lines:#?}");
 }
 
 #[test]
-fn an_unserved_request_exits_1_naming_the_type_and_code() {
-    // The simulator serves no Kubernetes: the agent's 501 reaches the user.
+fn watch_until_kubernetes_ready_runs_past_the_runtimes_ready_event() {
+    let sim = sim(Scenario::Healthy);
+    assert!(agentctl(&sim.address, &["ensure-runtime", "--wait"]).status.success());
+    // A late watcher learns the runtime's phase first: runtime_ready,
+    // which must not end a watch for kubernetes_ready.
+    let mut watcher = Watcher::start(&sim.address, "kubernetes_ready");
+    assert_eq!(watcher.next_kind().as_deref(), Some("agent_ready"));
+    assert_eq!(watcher.next_kind().as_deref(), Some("runtime_ready"));
+    let start = agentctl(&sim.address, &["k8s", "start"]);
+    assert!(start.status.success(), "{start:?}");
+    let (status, lines) = watcher.finish();
+    assert!(status.success(), "{status:?}: {lines:#?}");
+    let kinds: Vec<&str> = lines.iter().map(|l| event_kind(l)).collect();
+    assert_eq!(
+        kinds,
+        ["agent_ready", "runtime_ready", "kubernetes_starting", "daemon_ready", "kubernetes_ready"],
+        "{lines:#?}"
+    );
+    assert_eq!(event_service(&lines[3]), "k3s", "{lines:#?}");
+}
+
+#[test]
+fn watch_until_rejects_an_unknown_event_kind() {
+    // A misspelt kind would never arrive: it is a usage error, listing the kinds.
+    let out = agentctl("unix:/nonexistent/agent.sock", &["watch", "--until", "runtime-ready"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("runtime_ready") && err.contains("kubernetes_ready"), "{err}");
+}
+
+#[test]
+fn boot_report_lists_steps() {
+    let sim = sim(Scenario::Healthy);
+    let out = agentctl(&sim.address, &["boot-report", "--wait"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("listener ready:"), "{text}");
+    let init = text.lines().find_map(|l| l.strip_prefix("init complete:  ")).unwrap_or_default();
+    let ms: f64 = init.strip_suffix(" ms after agent start").and_then(|t| t.parse().ok()).unwrap_or(0.0);
+    assert!(ms > 0.0, "init complete shows no time: {text}");
+    let steps: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert!(steps.iter().any(|s| s.first() == Some(&"skipped")), "{text}");
+    assert!(steps.iter().any(|s| matches!(s[..], ["ok", _, "ms", "share", "arcbox"])), "{text}");
+}
+
+#[test]
+fn boot_report_without_wait_says_init_is_still_running() {
+    let sim = sim_with(Scenario::Healthy, init_never_completes);
+    let report = agentctl(&sim.address, &["boot-report", "--json"]);
+    assert!(report.status.success(), "{report:?}");
+    assert_eq!(json(&report)["init_complete_us"], 0, "{report:?}");
+    let out = agentctl(&sim.address, &["boot-report"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("\ninit complete:  not yet (init still running; use --wait)\n"), "{text}");
+}
+
+#[test]
+fn boot_report_wait_exits_4_when_init_does_not_complete_in_time() {
+    let sim = sim_with(Scenario::Healthy, init_never_completes);
+    let started = Instant::now();
+    let out = agentctl(&sim.address, &["boot-report", "--wait", "--wait-timeout", "1"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "did not wait: {:?}", started.elapsed());
+    assert!(stderr(&out).contains("init did not complete within 1 s"), "{out:?}");
+    // The report so far is still printed.
+    assert!(stdout(&out).contains("init complete:  not yet (init still running)\n"), "{out:?}");
+    // JSON keeps the report's shape.
+    let waited = agentctl(&sim.address, &["boot-report", "--json", "--wait", "--wait-timeout", "0"]);
+    assert_eq!(waited.status.code(), Some(4), "{waited:?}");
+    let plain = agentctl(&sim.address, &["boot-report", "--json"]);
+    let keys = |v: serde_json::Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(keys(json(&waited)), keys(json(&plain)));
+}
+
+#[test]
+fn k8s_status_prints_the_k3s_state() {
     let sim = sim(Scenario::Healthy);
     let out = agentctl(&sim.address, &["k8s", "status"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.starts_with("k3s: not running\nendpoint: https://127.0.0.1:16443\n"), "{text}");
+    let k3s: Vec<&str> =
+        text.lines().find(|l| l.trim_start().starts_with("k3s ")).unwrap_or("").split_whitespace().collect();
+    assert_eq!(k3s[..2], ["k3s", "not_ready"], "{text}");
+    let v = json(&agentctl(&sim.address, &["k8s", "status", "--json"]));
+    assert_eq!((&v["running"], &v["api_ready"]), (&false.into(), &false.into()), "{v}");
+    let services: Vec<&str> =
+        v["services"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(services, ["containerd", "k3s"], "{v}");
+}
+
+#[test]
+fn k8s_start_leads_to_a_kubeconfig_and_stop_stops_k3s() {
+    let sim = sim(Scenario::Healthy);
+    let start = agentctl(&sim.address, &["k8s", "start"]);
+    assert!(start.status.success(), "{start:?}");
+    assert!(stdout(&start).starts_with("k3s starting, API not ready yet"), "{start:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while json(&agentctl(&sim.address, &["k8s", "status", "--json"]))["api_ready"] != true {
+        assert!(Instant::now() < deadline, "the k3s API never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kubeconfig = agentctl(&sim.address, &["k8s", "kubeconfig"]);
+    assert!(kubeconfig.status.success(), "{kubeconfig:?}");
+    assert!(stdout(&kubeconfig).starts_with("apiVersion: v1\n"), "{kubeconfig:?}");
+    let v = json(&agentctl(&sim.address, &["k8s", "kubeconfig", "--json"]));
+    assert_eq!((&v["context_name"], &v["endpoint"]), (&"arcbox".into(), &"https://127.0.0.1:16443".into()));
+    let stop = agentctl(&sim.address, &["k8s", "stop"]);
+    assert!(stop.status.success(), "{stop:?}");
+    assert_eq!(stdout(&stop).trim(), "k3s stopped");
+    let after = json(&agentctl(&sim.address, &["k8s", "status", "--json"]));
+    assert_eq!(after["running"], false, "{after}");
+}
+
+#[test]
+fn an_agent_error_exits_1_naming_the_code() {
+    // No kubeconfig before k3s has started: the agent's 404 reaches the user.
+    let sim = sim(Scenario::Healthy);
+    let out = agentctl(&sim.address, &["k8s", "kubeconfig"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("agent error 501") && err.contains("KubernetesStatusRequest(0x0008)"), "{err}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("agent error 404") && err.contains("is k3s started?"), "{err}");
+}
+
+#[test]
+fn global_flags_work_after_the_subcommand() {
+    let sim = sim(Scenario::Healthy);
+    let out = agentctl_command()
+        .args(["ping", "--json", "--connect", &sim.address, "--call-timeout", "5"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(json(&out)["message"], "pong");
+    let out = agentctl_command().args(["k8s", "status", "-c", &sim.address, "--json"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(json(&out)["running"], false);
+}
+
+#[test]
+fn a_command_without_an_agent_address_exits_2_and_the_environment_supplies_one() {
+    let out = agentctl_command().args(["ping"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("no agent address") && err.contains("--connect ADDR") && err.contains(ADDRESS_ENV),
+        "{err}"
+    );
+    let sim = sim(Scenario::Healthy);
+    let out = agentctl_command().env(ADDRESS_ENV, &sim.address).args(["ping", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(json(&out)["message"], "pong");
 }

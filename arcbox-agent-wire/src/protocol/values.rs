@@ -58,4 +58,18 @@ pub mod event_kind {
     pub const DAEMON_RESTARTING: &str = "daemon_restarting";
     /// A supervised daemon answers its API.
     pub const DAEMON_READY: &str = "daemon_ready";
+
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [&str; 10] = [
+        AGENT_READY,
+        RUNTIME_STARTING,
+        RUNTIME_READY,
+        RUNTIME_FAILED,
+        KUBERNETES_STARTING,
+        KUBERNETES_READY,
+        KUBERNETES_FAILED,
+        DAEMON_READY,
+        DAEMON_EXITED,
+        DAEMON_RESTARTING,
+    ];
 }
