@@ -70,6 +70,7 @@ impl Transport for TcpTransport {
 }
 
 /// The vsock listeners' accept backlog (the RPC listener and the proxies).
+#[cfg(target_os = "linux")]
 pub const VSOCK_BACKLOG: i32 = 4096;
 
 /// An AF_VSOCK listener.
