@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite, exactly what CI runs (.ci/run calls this script):
-# formatting, lints, API docs, every unit and integration test (the root-namespace
-# tests need root), the benchmarks compile, and the end-to-end suites in a
-# real micro-VM (scripts/vm.sh installs what it needs).
+# The whole test suite, exactly what CI runs (.ci/run only calls this script).
+# It sets up what it needs on a fresh machine first (Debian packages for the
+# root tests, rustup components and the macOS target, the micro-VM assets),
+# then runs: formatting, lints, API docs, every unit and integration test
+# (the namespace tests need root), the macOS host check, the benchmarks
+# compile, and the end-to-end suites in a real micro-VM. Each step prints
+# its time.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --no-vm    everything but the micro-VM suites (quick local loop)
@@ -20,7 +23,44 @@ for arg in "$@"; do
 	esac
 done
 
-step() { printf '\n==> %s\n' "$*"; }
+suite_start=$SECONDS
+step_name=""
+step_start=$SECONDS
+step() {
+	end_step
+	step_name="$*"
+	step_start=$SECONDS
+	printf '\n==> %s\n' "$step_name"
+}
+end_step() {
+	if [ -n "$step_name" ]; then
+		printf '<== %s: %d s\n' "$step_name" $((SECONDS - step_start))
+	fi
+	step_name=""
+}
+
+step "set-up: Debian packages, rustup components and targets"
+# Tools the root tests drive for real: mkfs.btrfs, mkfs.ext4, lsattr, losetup, unshare.
+need=()
+for tool in mkfs.btrfs:btrfs-progs mkfs.ext4:e2fsprogs lsattr:e2fsprogs losetup:mount unshare:util-linux; do
+	command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+	if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+	else
+		echo "note: missing ${need[*]} (not root or no apt-get): the root tests will show as ignored"
+	fi
+fi
+rustup component add rustfmt clippy >/dev/null
+macos_target=aarch64-apple-darwin
+macos_ok=1
+rustup target add "$macos_target" >/dev/null 2>&1 || macos_ok=0
+if [ "$run_vm" -eq 1 ]; then
+	# QEMU, busybox, lz4, cpio, the Debian kernel, vhost-device-vsock (cached).
+	scripts/vm.sh deps
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -34,6 +74,14 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 step "cargo test (unit, integration, namespace tests)"
 cargo test --workspace
 
+step "macOS hosts: the client crate, arcbox-agentctl and the simulator check for $macos_target"
+if [ "$macos_ok" -eq 1 ]; then
+	cargo check --quiet --target "$macos_target" -p arcbox-agent-wire -p arcbox-agent-sim
+	cargo check --quiet --target "$macos_target" -p arcbox-agent-bin --bin arcbox-agentctl
+else
+	echo "!!!!! SKIPPED: rustup could not install $macos_target; the macOS check did not run !!!!!"
+fi
+
 step "cargo bench --no-run"
 cargo bench --workspace --no-run
 
@@ -43,3 +91,5 @@ if [ "$run_vm" -eq 1 ]; then
 else
 	step "skipped: micro-VM suites (--no-vm)"
 fi
+end_step
+printf '\n==> all passed in %d min %d s\n' $(((SECONDS - suite_start) / 60)) $(((SECONDS - suite_start) % 60))

@@ -653,8 +653,14 @@ cmd_run() {
 cmd_e2e() {
 	cmd_deps
 	cd "$REPO_ROOT"
-	timeout 3600 cargo test --no-fail-fast --test vm_e2e --test vm_runtime -- \
-		--ignored --test-threads=1 --skip bench_ "$@"
+	# One suite at a time, each timed; a failed suite does not stop the next.
+	local suite start status=0
+	for suite in vm_e2e vm_runtime; do
+		start=$SECONDS
+		timeout 3600 cargo test --test "$suite" -- --ignored --test-threads=1 --skip bench_ "$@" || status=1
+		log "suite $suite: $((SECONDS - start)) s"
+	done
+	return "$status"
 }
 
 cmd_bench() {
