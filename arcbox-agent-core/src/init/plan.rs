@@ -98,7 +98,7 @@ pub fn standard_plan(config: &AgentConfig) -> Vec<Step> {
     plan.push(step("rlimit nofile", Early, false, Action::Nofile(init.nofile)));
     // Everything below runs after the listener is up: none of it is needed
     // to serve RPCs, and under TCG even cheap steps cost milliseconds each.
-    // Runtime starts wait for the whole plan (see SupervisedRuntime).
+    // Runtime starts wait for the whole plan (see `DockerEngine::with_start_gate`).
     for (target, mode) in [("/tmp", "1777"), ("/run", "0755"), ("/var", "0755"), ("/etc", "0755")] {
         let spec = spec("tmpfs", target, "tmpfs", NOSUID_NODEV, &format!("mode={mode}"));
         plan.push(step(format!("tmpfs {target}"), Late, true, Action::Tmpfs { spec, policy: init.tmpfs }));
