@@ -300,9 +300,7 @@ impl Drop for Watcher {
 async fn ensure_runtime_formats_a_blank_disk_and_the_docker_cli_runs_containers_over_vsock() {
     // Proxy debug lines show that the guest relays vsock <-> docker.sock by
     // splice rather than falling back to copying.
-    let vm = boot(VmOptions::runtime().cmdline(
-        "arcbox_agent.log=info,arcbox_agent_core::proxy=debug",
-    ));
+    let vm = boot(VmOptions::runtime().cmdline("arcbox_agent.log=info,arcbox_agent_core::proxy=debug"));
     let mut agent = client(&vm).await;
     let before = agent.runtime_status().await.expect("runtime status");
     assert_eq!(before.state, "not_started", "{before:?}");

@@ -139,7 +139,7 @@ impl<B: Backend> Lifecycle<B> {
             }
         };
         let EnsureMode::Wait(limit) = mode else {
-            return starting();
+            return starting(self.kind());
         };
         let outcome = tokio::time::timeout(limit, async {
             loop {
@@ -147,12 +147,12 @@ impl<B: Backend> Lifecycle<B> {
                     return answer;
                 }
                 if finished.changed().await.is_err() {
-                    return starting();
+                    return starting(self.kind());
                 }
             }
         })
         .await;
-        outcome.unwrap_or_else(|_| starting())
+        outcome.unwrap_or_else(|_| starting(self.kind()))
     }
 
     /// Probe-only: the backend's view, carrying the last start's failure
@@ -222,8 +222,13 @@ enum Decision {
     Probe(Option<StartFailure>),
 }
 
-fn starting() -> Ensured {
-    Ensured::Starting { reason: "runtime start in progress".to_owned() }
+/// A start still running, in words naming what starts.
+fn starting(kind: RuntimeKind) -> Ensured {
+    let reason = match kind {
+        RuntimeKind::Docker => "runtime start in progress",
+        RuntimeKind::Kubernetes => "k3s start in progress",
+    };
+    Ensured::Starting { reason: reason.to_owned() }
 }
 
 #[cfg(test)]

@@ -271,7 +271,9 @@ impl Supervisor {
             self.update(|s| s.failures = failures);
             self.exited(reason.clone());
             events.publish(EventKind::DaemonExited, name, reason, Some(pid));
-            if self.give_up_after(failures, &events) {
+            // An exit that raced the end of supervision (the shutdown's
+            // SIGTERM) is the shutdown's: never announce a restart.
+            if self.stop.is_cancelled() || self.give_up_after(failures, &events) {
                 return;
             }
             backoff = if started.elapsed() >= STABLE_RUN {
@@ -543,6 +545,25 @@ mod tests {
         assert_eq!(rig.guest.processes.running("d"), [pid], "stopping supervision killed the daemon");
         rig.guest.processes.crash(pid, ExitStatus::Signal(libc::SIGTERM));
         tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(rig.guest.processes.spawned().len(), 1, "a daemon was restarted during shutdown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exit_that_races_the_end_of_supervision_announces_no_restart() {
+        let rig = rig(daemon());
+        let supervisor = rig.start(Duration::from_secs(5));
+        supervisor.wait_ready(Duration::from_secs(5)).await.unwrap();
+        let mut sub = rig.events.subscribe();
+        let pid = supervisor.state().pid.unwrap();
+        // The shutdown's SIGTERM lands in the same tick as the end of supervision.
+        rig.guest.processes.crash(pid, ExitStatus::Signal(libc::SIGTERM));
+        rig.stop.cancel();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let mut kinds = Vec::new();
+        while let Ok(event) = sub.receiver.try_recv() {
+            kinds.push(event.kind);
+        }
+        assert!(!kinds.contains(&EventKind::DaemonRestarting), "{kinds:?}");
         assert_eq!(rig.guest.processes.spawned().len(), 1, "a daemon was restarted during shutdown");
     }
 }
