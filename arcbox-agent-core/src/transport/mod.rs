@@ -12,9 +12,9 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use accept::serve_connections;
-#[cfg(target_os = "linux")]
-pub use listener::VsockTransport;
 pub use listener::{AnyListener, TcpTransport, UnixTransport, VSOCK_BIND_DEADLINE};
+#[cfg(target_os = "linux")]
+pub use listener::{VSOCK_BACKLOG, VsockTransport};
 
 /// A source of incoming connections for the RPC server.
 pub trait Transport: Send + 'static {
