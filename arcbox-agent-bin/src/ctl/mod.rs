@@ -90,6 +90,11 @@ enum Command {
         #[arg(value_enum)]
         action: K8sAction,
     },
+    /// The guest DNS server: `list` its names and upstreams, `set-upstreams IP[:PORT]...`.
+    Dns {
+        #[command(subcommand)]
+        action: DnsAction,
+    },
     /// Print readiness events as they happen (agent, runtime, k3s, daemons).
     Watch {
         /// Exit 0 once an event of this kind arrives (e.g. runtime_ready, kubernetes_ready).
@@ -124,6 +129,18 @@ enum Command {
         /// Seconds of grace for processes to exit (0: the agent's default).
         #[arg(long, default_value_t = 0)]
         timeout: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DnsAction {
+    /// Show the registered names (containers), the local zone and the upstreams.
+    List,
+    /// Replace the upstreams the guest forwards other names to.
+    SetUpstreams {
+        /// `IP` (port 53), `IP:PORT` or `[V6]:PORT`, in failover order.
+        #[arg(required = true)]
+        upstreams: Vec<String>,
     },
 }
 
@@ -240,6 +257,16 @@ async fn run(args: &Args, connect: &str) -> Result<Exit, ClientError> {
             watch(client, &out, until.as_deref(), idle_timeout.map(Duration::from_secs)).await
         }
         Command::K8s { action } => kubernetes(client, &out, *action).await,
+        Command::Dns { action: DnsAction::List } => {
+            let r = client.dns_list().await?;
+            out.emit(&r, || text::dns_list(&r));
+            Ok(Exit::Success)
+        }
+        Command::Dns { action: DnsAction::SetUpstreams { upstreams } } => {
+            let r = client.dns_set_upstreams(upstreams.clone()).await?;
+            out.emit(&r, || format!("upstreams: {}", r.upstreams.join(", ")));
+            Ok(Exit::Success)
+        }
         Command::Shutdown { timeout } => {
             let answer = client.shutdown(*timeout).await?;
             out.emit(&answer, || {

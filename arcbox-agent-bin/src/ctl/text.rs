@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use arcbox_agent_wire::protocol::MessageType;
 use arcbox_agent_wire::protocol::proto::agent::{
-    AgentPingResponse, BootReport, KubernetesStartResponse, KubernetesStatusResponse, KubernetesStopResponse,
-    ReadinessEvent, RuntimeEnsureResponse, RuntimeStatusResponse, ServiceStatus, SystemInfo,
+    AgentPingResponse, BootReport, DnsListResponse, KubernetesStartResponse, KubernetesStatusResponse,
+    KubernetesStopResponse, ReadinessEvent, RuntimeEnsureResponse, RuntimeStatusResponse, ServiceStatus,
+    SystemInfo,
 };
 
 pub fn pong(pong: &AgentPingResponse, rtt: Duration) -> String {
@@ -157,6 +158,18 @@ pub fn k8s_status(r: &KubernetesStatusResponse) -> String {
     };
     let mut text = format!("k3s: {state}\nendpoint: {}\ndetail: {}", r.endpoint, r.detail);
     services(&mut text, &r.services);
+    text
+}
+
+/// The DNS server's zone, upstreams and one line per registered name.
+pub fn dns_list(r: &DnsListResponse) -> String {
+    let mut text = format!("zone: {}\nupstreams: {}", r.zone, r.upstreams.join(", "));
+    if r.names.is_empty() {
+        text.push_str("\nno names registered");
+    }
+    for name in &r.names {
+        let _ = write!(text, "\n  {:<24} {}", name.name, name.addresses.join(", "));
+    }
     text
 }
 

@@ -19,7 +19,8 @@ pub use error::ClientError;
 
 use crate::codec::{EncodeError, FrameReader, FrameWriter, ReadError};
 use crate::protocol::proto::agent::{
-    AgentPingRequest, AgentPingResponse, BootReport, BootReportRequest, Empty, KubernetesDeleteRequest,
+    AgentPingRequest, AgentPingResponse, BootReport, BootReportRequest, DnsListRequest, DnsListResponse,
+    DnsSetUpstreamsRequest, DnsSetUpstreamsResponse, Empty, KubernetesDeleteRequest,
     KubernetesDeleteResponse, KubernetesKubeconfigRequest, KubernetesKubeconfigResponse,
     KubernetesStartRequest, KubernetesStartResponse, KubernetesStatusRequest, KubernetesStatusResponse,
     KubernetesStopRequest, KubernetesStopResponse, ReadinessEvent, RuntimeEnsureRequest,
@@ -236,6 +237,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
             }
             tokio::time::sleep(poll.min(limit.saturating_sub(started.elapsed()))).await;
         }
+    }
+
+    /// The guest DNS server's registered names, upstreams and zone (extension).
+    pub async fn dns_list(&mut self) -> Result<DnsListResponse, ClientError> {
+        self.call(MessageType::DnsListRequest, &DnsListRequest {}).await
+    }
+
+    /// Replaces the guest DNS server's upstreams (`IP` or `IP:PORT`);
+    /// answers the upstreams now in use (extension).
+    pub async fn dns_set_upstreams(
+        &mut self,
+        upstreams: Vec<String>,
+    ) -> Result<DnsSetUpstreamsResponse, ClientError> {
+        self.call(MessageType::DnsSetUpstreamsRequest, &DnsSetUpstreamsRequest { upstreams }).await
     }
 
     /// Starts k3s (non-blocking: `api_ready` turns true later; watch for

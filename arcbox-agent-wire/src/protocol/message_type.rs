@@ -95,6 +95,10 @@ message_types! {
     BootReportRequest = 0x0100,
     /// Extension (reserved): readiness event stream.
     WatchReadinessRequest = 0x0101,
+    /// Extension: `DnsListRequest` (the guest DNS server's names and upstreams).
+    DnsListRequest = 0x0102,
+    /// Extension: `DnsSetUpstreamsRequest`.
+    DnsSetUpstreamsRequest = 0x0103,
     /// `AgentPingResponse`.
     PingResponse = 0x1001,
     /// `SystemInfo`.
@@ -149,6 +153,10 @@ message_types! {
     BootReportResponse = 0x1100,
     /// Extension (reserved): readiness event.
     ReadinessEvent = 0x1101,
+    /// Extension: `DnsListResponse`.
+    DnsListResponse = 0x1102,
+    /// Extension: `DnsSetUpstreamsResponse`.
+    DnsSetUpstreamsResponse = 0x1103,
     /// Error frame with the binary payload of [`crate::protocol::ErrorPayload`].
     Error = 0xFFFF,
 }
@@ -213,6 +221,10 @@ mod tests {
                     | MessageType::BootReportResponse
                     | MessageType::WatchReadinessRequest
                     | MessageType::ReadinessEvent
+                    | MessageType::DnsListRequest
+                    | MessageType::DnsListResponse
+                    | MessageType::DnsSetUpstreamsRequest
+                    | MessageType::DnsSetUpstreamsResponse
             );
             assert_eq!(MessageType::is_extension(t.code()), ours, "{t}");
         }

@@ -1,6 +1,7 @@
 //! One handler module per request family.
 
 mod boot_report;
+mod dns;
 mod kubernetes;
 mod ping;
 mod readiness;
@@ -9,6 +10,7 @@ mod shutdown;
 mod system_info;
 
 pub use boot_report::BootReportHandler;
+pub use dns::{DnsControl, NameEntry, parse_upstreams, register_dns};
 pub use kubernetes::{K3sLifecycle, register_kubernetes};
 pub use ping::{DEFAULT_CLOCK_STEP_THRESHOLD, PingHandler, WHOLE_SECONDS_PRECISION};
 pub use readiness::{WatchReadinessHandler, event_message, kind_name};
