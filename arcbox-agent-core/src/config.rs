@@ -226,6 +226,44 @@ impl Default for NetworkConfig {
     }
 }
 
+/// The guest DNS server's default bind address.
+pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:53";
+/// The local zone container names are answered in (the reference's).
+pub const DEFAULT_DNS_ZONE: &str = "arcbox.local";
+
+/// `[dns]`: the guest DNS server for container names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Serve DNS (`arcbox_agent.dns=off` turns it off).
+    pub enabled: bool,
+    /// UDP and TCP bind address.
+    pub listen: String,
+    /// The local zone (`web` answers as `web` and `web.<zone>`).
+    pub zone: String,
+    /// Upstreams for other names (`IP` or `IP:PORT`); empty: the
+    /// nameservers of `[init]` (`arcbox_agent.dns_upstreams=` on the command line).
+    pub upstreams: Vec<String>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: DEFAULT_DNS_LISTEN.into(),
+            zone: DEFAULT_DNS_ZONE.into(),
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The DNS server's upstreams: `[dns] upstreams`, else the nameservers.
+    pub fn dns_upstreams(&self) -> &[String] {
+        if self.dns.upstreams.is_empty() { &self.init.nameservers } else { &self.dns.upstreams }
+    }
+}
+
 /// `[shutdown]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -295,6 +333,8 @@ pub struct AgentConfig {
     pub modules: ModulesConfig,
     /// `[network]`.
     pub network: NetworkConfig,
+    /// `[dns]`.
+    pub dns: DnsConfig,
     /// `[shutdown]`.
     pub shutdown: ShutdownConfig,
     /// `[runtime]`.
@@ -370,6 +410,8 @@ impl AgentConfig {
             "arcbox_agent.load" => self.modules.devices.extend(list(value)),
             "arcbox_agent.dhcp" => self.network.dhcp = parse_bool(key, value)?,
             "arcbox_agent.nameserver" => self.init.nameservers = list(value),
+            "arcbox_agent.dns" => self.dns.enabled = parse_bool(key, value)?,
+            "arcbox_agent.dns_upstreams" => self.dns.upstreams = list(value),
             "arcbox_agent.shutdown_grace" => self.shutdown.grace_secs = parse_num(key, value)?,
             "arcbox_agent.tmpfs" => {
                 self.init.tmpfs = match value {
@@ -472,6 +514,10 @@ mod tests {
         assert!(!c.init.shares[0].required);
         assert_eq!(c.init.shares.last().unwrap().path, Path::new("/mnt/extra"));
         assert_eq!(c.init.nameservers, ["1.1.1.1", "8.8.8.8"]);
+        // The DNS server forwards to the nameservers unless told otherwise.
+        assert_eq!(c.dns_upstreams(), ["1.1.1.1", "8.8.8.8"]);
+        c.apply_cmdline("arcbox_agent.dns_upstreams=9.9.9.9:5353 arcbox_agent.dns=0");
+        assert_eq!((c.dns_upstreams(), c.dns.enabled), (&["9.9.9.9:5353".to_owned()][..], false));
     }
 
     #[test]
