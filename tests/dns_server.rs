@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         garbage_is_answered_formerr_or_dropped_while_good_queries_are_answered,
         tcp_serves_several_queries_per_connection_and_closes_idle_ones,
         an_upstream_answer_with_tc_is_fetched_again_over_tcp,
+        shutdown_ends_run_and_closes_tcp_connections,
     ];
     let dig_missing = !on_path("dig");
     let ignore_dig = dig_missing && !under_ci();
@@ -110,6 +111,7 @@ struct Server {
     handle: DnsHandle,
     registry: Registry,
     stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Server {
@@ -133,8 +135,8 @@ impl Server {
         assert_eq!(server.tcp_addr().expect("tcp addr"), addr, "UDP and TCP share one port");
         let handle = server.handle();
         let stop = CancellationToken::new();
-        tokio::spawn(server.run(stop.clone().cancelled_owned()));
-        Self { addr, handle, registry, stop }
+        let task = Some(tokio::spawn(server.run(stop.clone().cancelled_owned())));
+        Self { addr, handle, registry, stop, task }
     }
 
     fn stats(&self) -> DnsStats {
@@ -702,4 +704,32 @@ async fn an_upstream_answer_with_tc_is_fetched_again_over_tcp() {
             .expect("answered");
     assert!(plain.truncation && plain.answers.is_empty() && plain.edns.is_none());
     assert_eq!(server.stats().cache_hits, 1);
+}
+
+async fn shutdown_ends_run_and_closes_tcp_connections() {
+    let mut server = Server::start(vec![], |_| {}).await;
+    server.registry.set_owner("c1", vec!["web".into()], vec![ip("172.17.0.2")]);
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let q = query(5, "web.", RecordType::A, None);
+    stream
+        .write_all(&[&u16::try_from(q.len()).expect("fits").to_be_bytes()[..], &q].concat())
+        .await
+        .expect("write");
+    let len = stream.read_u16().await.expect("length");
+    let mut buf = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut buf).await.expect("reply");
+
+    server.stop.cancel();
+    let task = server.task.take().expect("running");
+    tokio::time::timeout(Duration::from_secs(3), task)
+        .await
+        .expect("run returns at shutdown")
+        .expect("no panic");
+    let mut rest = [0u8; 1];
+    let read =
+        tokio::time::timeout(Duration::from_secs(3), stream.read(&mut rest)).await.expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "the open connection is closed: {read:?}");
+    let q = query(6, "web.", RecordType::A, None);
+    assert!(udp_ask(server.addr, &q, Duration::from_millis(300)).await.is_none(), "UDP is no longer served");
+    assert!(TcpStream::connect(server.addr).await.is_err(), "the listener is closed");
 }
