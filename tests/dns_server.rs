@@ -49,6 +49,7 @@ fn main() -> ExitCode {
         tcp_serves_several_queries_per_connection_and_closes_idle_ones,
         an_upstream_answer_with_tc_is_fetched_again_over_tcp,
         shutdown_ends_run_and_closes_tcp_connections,
+        tcp_connections_over_the_cap_wait_until_one_closes,
     ];
     let dig_missing = !on_path("dig");
     let ignore_dig = dig_missing && !under_ci();
@@ -732,4 +733,37 @@ async fn shutdown_ends_run_and_closes_tcp_connections() {
     let q = query(6, "web.", RecordType::A, None);
     assert!(udp_ask(server.addr, &q, Duration::from_millis(300)).await.is_none(), "UDP is no longer served");
     assert!(TcpStream::connect(server.addr).await.is_err(), "the listener is closed");
+}
+
+/// Writes one length-prefixed query and reads the reply, or `None` after `wait`.
+async fn tcp_ask(stream: &mut TcpStream, bytes: &[u8], wait: Duration) -> Option<Message> {
+    let len = u16::try_from(bytes.len()).expect("fits").to_be_bytes();
+    stream.write_all(&[&len[..], bytes].concat()).await.expect("write");
+    let exchange = async {
+        let len = stream.read_u16().await.expect("length");
+        let mut buf = vec![0u8; usize::from(len)];
+        stream.read_exact(&mut buf).await.expect("reply");
+        Message::from_vec(&buf).expect("parses")
+    };
+    tokio::time::timeout(wait, exchange).await.ok()
+}
+
+async fn tcp_connections_over_the_cap_wait_until_one_closes() {
+    let server = Server::start(vec![], |c| c.max_tcp_connections = 1).await;
+    server.registry.set_owner("c1", vec!["web".into()], vec![ip("172.17.0.2")]);
+    let q = query(1, "web.", RecordType::A, None);
+    let mut first = TcpStream::connect(server.addr).await.expect("connect");
+    assert!(
+        tcp_ask(&mut first, &q, Duration::from_secs(3)).await.is_some(),
+        "the first connection is served"
+    );
+    let mut second = TcpStream::connect(server.addr).await.expect("connect (the backlog takes it)");
+    let mut reply = tokio::spawn(async move { tcp_ask(&mut second, &q, Duration::from_secs(5)).await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(400), &mut reply).await.is_err(),
+        "the second connection waits while the first is open"
+    );
+    drop(first);
+    let reply = reply.await.expect("no panic").expect("served once the first closed");
+    assert_eq!(a_addrs(&reply), [Ipv4Addr::new(172, 17, 0, 2)]);
 }
