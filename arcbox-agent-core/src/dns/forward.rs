@@ -18,6 +18,8 @@ use super::EDNS_UDP_BYTES;
 pub(crate) enum ForwardError {
     #[error("no upstream resolvers configured")]
     NoUpstreams,
+    #[error("the query to forward does not encode: {0}")]
+    Encode(#[source] hickory_proto::ProtoError),
     #[error("upstream {upstream} did not answer within {timeout:?}")]
     Timeout { upstream: SocketAddr, timeout: Duration },
     #[error("upstream {upstream}: {source}")]
@@ -60,10 +62,7 @@ impl Forwarder {
         let mut edns = Edns::new();
         edns.set_max_payload(EDNS_UDP_BYTES);
         upstream_query.set_edns(edns);
-        let bytes = upstream_query.to_vec().map_err(|e| ForwardError::Malformed {
-            upstream: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            reason: e.to_string(),
-        })?;
+        let bytes = upstream_query.to_vec().map_err(ForwardError::Encode)?;
 
         let mut last = ForwardError::NoUpstreams;
         for &upstream in self.upstreams().iter() {
