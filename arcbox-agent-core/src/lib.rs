@@ -22,6 +22,7 @@
 //! - [`transport`]: the listeners and the accept loop (connection cap, backoff) the RPC
 //!   server and proxies share.
 //! - [`proxy`]: byte proxies with half-close (Docker and Kubernetes APIs), splice on Linux.
+//! - [`dns`]: the container-name DNS server (local zone `arcbox.local`, forwarding with a cache).
 //! - [`boot`]: the boot report.
 //! - [`config`]: every default, the TOML file and the kernel command-line keys.
 //! - [`init`]: the init plan (named, idempotent steps) and its runner.
@@ -40,6 +41,7 @@ pub use arcbox_agent_wire::protocol;
 pub mod agent;
 pub mod boot;
 pub mod config;
+pub mod dns;
 pub mod guest;
 pub mod init;
 pub mod modules;
