@@ -215,3 +215,108 @@ impl Stream for EventStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt as _;
+
+    use super::super::{FakeContainer, FakeDockerd, JsonStreamError};
+    use super::*;
+
+    async fn wait_for_streams(dockerd: &FakeDockerd, n: usize) {
+        for _ in 0..500 {
+            if dockerd.event_streams() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("{n} event streams never opened");
+    }
+
+    #[tokio::test]
+    async fn ping_list_and_inspect_read_the_fake_dockerd() {
+        let dir = tempfile::tempdir().unwrap();
+        let dockerd = FakeDockerd::serve(&dir.path().join("docker.sock")).unwrap();
+        let client = DockerClient::new(dockerd.socket());
+        client.ping().await.unwrap();
+        dockerd.set_ping_status(500);
+        let busy = client.ping().await.unwrap_err();
+        assert!(matches!(busy, DockerApiError::Status { status: StatusCode::INTERNAL_SERVER_ERROR, .. }));
+
+        let web = dockerd.run(FakeContainer::named("web").network("bridge", "172.17.0.2", ""));
+        let old = dockerd.run(FakeContainer::named("old"));
+        dockerd.stop(&old);
+        let listed = client.list_containers().await.unwrap();
+        assert_eq!(listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [web.as_str()]);
+        assert_eq!(listed[0].names, ["/web"]);
+        let inspected = client.inspect(&web).await.unwrap().unwrap();
+        assert_eq!((inspected.name.as_str(), inspected.state.running), ("/web", true));
+        assert_eq!(inspected.network_settings.networks["bridge"].ip_address, "172.17.0.2");
+        assert_eq!(client.inspect("nope").await.unwrap(), None);
+        assert_eq!(dockerd.requests()[..2], ["/_ping", "/_ping"]);
+    }
+
+    #[tokio::test]
+    async fn events_decode_however_the_chunks_are_cut() {
+        // One chunk per batch (several events per chunk), cuts inside the
+        // JSON, and one byte per chunk.
+        for plan in [vec![], vec![5, 300, 17], vec![1]] {
+            let dir = tempfile::tempdir().unwrap();
+            let dockerd = FakeDockerd::serve(&dir.path().join("docker.sock")).unwrap();
+            dockerd.set_chunk_plan(plan.clone());
+            let client = DockerClient::new(dockerd.socket());
+            let mut events = client.events().await.unwrap();
+            wait_for_streams(&dockerd, 1).await;
+            let web = dockerd.run(FakeContainer::named("web"));
+            dockerd.rename(&web, "site");
+            dockerd.remove(&web);
+            let mut seen = Vec::new();
+            for _ in 0..5 {
+                let event = events.next().await.unwrap().unwrap();
+                assert_eq!((event.kind.as_str(), event.actor.id.as_str()), ("container", web.as_str()));
+                seen.push(event.action.clone());
+                if event.action == "rename" {
+                    assert_eq!(event.actor.attributes["oldName"], "/web", "plan {plan:?}");
+                    assert_eq!(event.actor.attributes["name"], "site", "plan {plan:?}");
+                }
+            }
+            assert_eq!(seen, ["create", "start", "rename", "die", "destroy"], "plan {plan:?}");
+            assert!(dockerd.requests().contains(&EVENTS_PATH.to_owned()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_broken_inside_an_event_ends_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let dockerd = FakeDockerd::serve(&dir.path().join("docker.sock")).unwrap();
+        let mut events = DockerClient::new(dockerd.socket()).events().await.unwrap();
+        wait_for_streams(&dockerd, 1).await;
+        dockerd.break_event_streams();
+        let error = events.next().await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                error,
+                DockerApiError::Http { .. }
+                    | DockerApiError::Stream { source: JsonStreamError::Truncated { .. }, .. }
+            ),
+            "{error}"
+        );
+        assert!(events.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out_and_a_missing_socket_does_not_connect() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let _server = tokio::spawn(async move {
+            let (_stream, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let client = DockerClient::new(&path).with_timeout(Duration::from_millis(100));
+        let silent = client.list_containers().await.unwrap_err();
+        assert!(matches!(silent, DockerApiError::TimedOut { .. }), "{silent}");
+        let absent = DockerClient::new(dir.path().join("none")).ping().await.unwrap_err();
+        assert!(matches!(absent, DockerApiError::Connect { .. }), "{absent}");
+    }
+}

@@ -400,7 +400,8 @@ impl FakeNameSink {
     pub async fn wait_until(&self, timeout: Duration, mut done: impl FnMut(&NameTable) -> bool) -> bool {
         let mut changes = self.changes.subscribe();
         tokio::time::timeout(timeout, async {
-            while !done(&self.table()) {
+            // A copy, so `done` may call back into the sink.
+            while !done(&self.entries()) {
                 if changes.changed().await.is_err() {
                     return false;
                 }

@@ -188,3 +188,159 @@ impl<S: NameSink> ContainerNameSync<S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::model::{COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL};
+    use super::super::{FakeContainer, FakeDockerd, FakeNameSink};
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(5);
+    const FAST: Backoff = Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+        healthy_after: Duration::from_secs(1),
+    };
+
+    struct Running {
+        sink: Arc<FakeNameSink>,
+        counters: Arc<SyncCounters>,
+        cancel: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start_sync(socket: &Path, sink: Arc<FakeNameSink>) -> Running {
+        let sync = ContainerNameSync::new(DockerClient::new(socket), Arc::clone(&sink)).with_backoff(FAST);
+        let counters = sync.counters();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(sync.run(cancel.clone()));
+        Running { sink, counters, cancel, task }
+    }
+
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_first_reconcile_removes_stale_entries_and_skips_stopped_containers() {
+        let dir = tempfile::tempdir().unwrap();
+        let dockerd = FakeDockerd::serve(&dir.path().join("docker.sock")).unwrap();
+        let web = dockerd.run(FakeContainer::named("web").network("bridge", "172.17.0.2", "fd00::2"));
+        let old = dockerd.run(FakeContainer::named("old").network("bridge", "172.17.0.3", ""));
+        dockerd.stop(&old);
+        let sink = Arc::new(FakeNameSink::default());
+        sink.set_owner("stale-id", vec!["ghost".into()], vec![ip("172.17.0.9")]);
+
+        let run = start_sync(dockerd.socket(), sink);
+        assert!(run.sink.wait_until(WAIT, |t| !t.contains_key("stale-id")).await);
+        let entries = run.sink.entries();
+        assert_eq!(entries.keys().collect::<Vec<_>>(), [&web]);
+        assert_eq!(entries[&web], (vec!["web".to_owned()], vec![ip("172.17.0.2"), ip("fd00::2")]));
+        let once = SyncStats { reconciles: 1, events_applied: 0, reconnects: 0 };
+        eventually("one reconcile counted", || run.counters.snapshot() == once).await;
+        run.cancel.cancel();
+        tokio::time::timeout(WAIT, run.task).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn start_die_rename_and_destroy_events_drive_the_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let dockerd = FakeDockerd::serve(&dir.path().join("docker.sock")).unwrap();
+        // Chunks cut inside events, one byte at a time, and several events in one.
+        dockerd.set_chunk_plan(vec![5, 1, 1, 1, 1, 400, 3]);
+        let run = start_sync(dockerd.socket(), Arc::new(FakeNameSink::default()));
+        eventually("reconciled and subscribed", || {
+            run.counters.snapshot().reconciles == 1 && dockerd.event_streams() == 1
+        })
+        .await;
+
+        let web = dockerd.run(FakeContainer::named("web").network("bridge", "172.17.0.2", ""));
+        assert!(run.sink.wait_until(WAIT, |_| run.sink.resolve("web") == [ip("172.17.0.2")]).await);
+        dockerd.stop(&web);
+        assert!(run.sink.wait_until(WAIT, |t| t.is_empty()).await);
+        dockerd.start(&web);
+        assert!(run.sink.wait_until(WAIT, |t| t.contains_key(&web)).await);
+        dockerd.rename(&web, "site");
+        assert!(run.sink.wait_until(WAIT, |_| !run.sink.resolve("site").is_empty()).await);
+        assert!(run.sink.resolve("web").is_empty(), "the old name went with the rename");
+
+        let db = dockerd.run(
+            FakeContainer::named("shop-db-1")
+                .label(COMPOSE_PROJECT_LABEL, "shop")
+                .label(COMPOSE_SERVICE_LABEL, "db")
+                .network("shop_default", "172.18.0.2", "")
+                .network("shop_back", "172.19.0.2", "fd00:1::2"),
+        );
+        assert!(run.sink.wait_until(WAIT, |t| t.contains_key(&db)).await);
+        assert_eq!(
+            run.sink.entries()[&db],
+            (
+                vec!["db.shop".to_owned(), "shop-db-1".to_owned()],
+                vec![ip("172.19.0.2"), ip("fd00:1::2"), ip("172.18.0.2")]
+            )
+        );
+        dockerd.remove(&web);
+        assert!(run.sink.wait_until(WAIT, |t| !t.contains_key(&web)).await);
+        // start, die, start, rename, start (db), die + destroy; create and stop change nothing.
+        eventually("every event counted", || run.counters.snapshot().events_applied == 7).await;
+        assert_eq!(run.counters.snapshot().reconnects, 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_breaks_reconnects_and_reconciles_what_changed_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let dockerd = FakeDockerd::serve(&dir.path().join("docker.sock")).unwrap();
+        let web = dockerd.run(FakeContainer::named("web").network("bridge", "172.17.0.2", ""));
+        let db = dockerd.run(FakeContainer::named("db").network("bridge", "172.17.0.3", ""));
+        let run = start_sync(dockerd.socket(), Arc::new(FakeNameSink::default()));
+        assert!(run.sink.wait_until(WAIT, |t| t.len() == 2).await);
+        eventually("subscribed", || dockerd.event_streams() == 1).await;
+
+        // db goes while the watcher is away; no event will ever say so.
+        dockerd.forget(&db);
+        dockerd.break_event_streams();
+        assert!(run.sink.wait_until(WAIT, |t| !t.contains_key(&db)).await);
+        assert!(run.sink.entries().contains_key(&web));
+        eventually("one reconnect, a second reconcile", || {
+            let stats = run.counters.snapshot();
+            (stats.reconciles, stats.reconnects) == (2, 1)
+        })
+        .await;
+
+        // The new stream is watched.
+        eventually("subscribed again", || dockerd.event_streams() == 1).await;
+        let api = dockerd.run(FakeContainer::named("api").network("bridge", "172.17.0.4", ""));
+        assert!(run.sink.wait_until(WAIT, |t| t.contains_key(&api)).await);
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_appears_late_and_a_dockerd_still_initialising_are_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        let run = start_sync(&socket, Arc::new(FakeNameSink::default()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(run.counters.snapshot(), SyncStats::default());
+
+        let dockerd = FakeDockerd::serve(&socket).unwrap();
+        dockerd.set_ping_status(500);
+        let web = dockerd.run(FakeContainer::named("web").network("bridge", "172.17.0.2", ""));
+        eventually("pinged", || dockerd.requests().iter().filter(|r| *r == "/_ping").count() >= 2).await;
+        assert!(run.sink.entries().is_empty(), "no reconcile before /_ping answers 200");
+
+        dockerd.set_ping_status(200);
+        assert!(run.sink.wait_until(WAIT, |t| t.contains_key(&web)).await);
+        // Waiting is not reconnecting.
+        let once = SyncStats { reconciles: 1, events_applied: 0, reconnects: 0 };
+        eventually("one reconcile counted", || run.counters.snapshot() == once).await;
+    }
+}
