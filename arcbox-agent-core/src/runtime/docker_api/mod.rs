@@ -23,8 +23,8 @@
 //! - `model.rs`: the API's JSON shapes ([`ContainerInspect`], [`Event`], ...) and the
 //!   alias rules ([`ContainerNames`]).
 //! - [`ContainerNameSync`], [`NameSink`] (`sync.rs`): the reconcile-and-watch task.
-//! - `fake.rs` (feature `fake`): [`FakeDockerd`], a dockerd model serving the API on a
-//!   Unix socket, and [`FakeNameSink`], a name table.
+//! - `fake.rs` (feature `fake`): `FakeDockerd`, a dockerd model serving the API on a
+//!   Unix socket, and `FakeNameSink`, a name table.
 
 mod client;
 #[cfg(any(test, feature = "fake"))]
