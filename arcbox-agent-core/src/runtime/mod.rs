@@ -9,12 +9,14 @@
 //! - [`Lifecycle`] (`lifecycle.rs`): `NotStarted -> Starting -> Ready | Failed`, shared starts, waits.
 //! - [`supervisor`]: one supervised daemon: start, readiness, restart with backoff, give-up.
 //! - [`api`]: the daemons' API checks (containerd's Version over gRPC, dockerd's `/_ping`).
+//! - [`docker_api`]: dockerd's Engine API client and the container-name sync for the guest DNS.
 //! - [`DockerEngine`] (`docker.rs`): containerd then dockerd on the data disk.
 //! - [`K3s`] (`kubernetes.rs`): k3s on the shared containerd.
 //! - [`events`]: readiness events (WatchReadiness).
 
 pub mod api;
 mod docker;
+pub mod docker_api;
 pub mod events;
 mod kubernetes;
 mod lifecycle;

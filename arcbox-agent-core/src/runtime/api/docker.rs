@@ -1,82 +1,70 @@
-//! `GET <path>` over HTTP/1.1 on a Unix socket, for dockerd's `/_ping`:
-//! only the status line is read.
+//! dockerd's `GET /_ping` on the Engine API client of
+//! [`crate::runtime::docker_api`]: ready only on HTTP 200.
 
 use std::path::Path;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::UnixStream;
+use super::{API_CALL_TIMEOUT, ApiError};
+use crate::runtime::docker_api::{DockerApiError, DockerClient};
 
-use super::ApiError;
-
-/// Largest HTTP status line read.
-const MAX_STATUS_LINE_BYTES: usize = 256;
-
-/// Sends `GET <path>` and returns the HTTP status code.
-pub(super) async fn get_status(socket: &Path, path: &str) -> Result<u16, ApiError> {
+/// `GET /_ping`; `Ok` only for 200.
+pub(super) async fn ping(socket: &Path) -> Result<(), ApiError> {
     let endpoint = || socket.display().to_string();
-    let mut stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| ApiError::Connect { endpoint: endpoint(), source })?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    let exchange = async {
-        stream.write_all(request.as_bytes()).await?;
-        let mut line = Vec::with_capacity(64);
-        let mut chunk = [0u8; 64];
-        while !line.contains(&b'\n') && line.len() < MAX_STATUS_LINE_BYTES {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            line.extend_from_slice(&chunk[..n]);
-        }
-        Ok::<_, std::io::Error>(line)
-    };
-    let line = exchange
-        .await
-        .map_err(|e| ApiError::Answer { endpoint: endpoint(), detail: format!("GET {path}: {e}") })?;
-    parse_status_line(&line).ok_or_else(|| ApiError::Answer {
-        endpoint: endpoint(),
-        detail: format!("not an HTTP status line: {:?}", String::from_utf8_lossy(&line)),
+    DockerClient::new(socket).with_timeout(API_CALL_TIMEOUT).ping().await.map_err(|e| match e {
+        DockerApiError::Connect { source, .. } => ApiError::Connect { endpoint: endpoint(), source },
+        DockerApiError::TimedOut { .. } => ApiError::TimedOut { endpoint: endpoint() },
+        DockerApiError::Status { status, .. } => ApiError::Answer {
+            endpoint: endpoint(),
+            detail: format!("GET /_ping answered {}", status.as_u16()),
+        },
+        other => ApiError::Answer { endpoint: endpoint(), detail: other.to_string() },
     })
-}
-
-/// The status code of `HTTP/1.x NNN ...`.
-fn parse_status_line(bytes: &[u8]) -> Option<u16> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut parts = text.split_whitespace();
-    parts.next().filter(|v| v.starts_with("HTTP/"))?;
-    parts.next()?.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::UnixListener;
 
     use super::*;
 
-    #[test]
-    fn status_lines_parse() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(parse_status_line(b"HTTP/1.0 503 Service Unavailable\r\n"), Some(503));
-        assert_eq!(parse_status_line(b"SSH-2.0\r\n"), None);
-    }
-
-    #[tokio::test]
-    async fn get_reads_the_status_of_a_real_unix_socket_server() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("api.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        let server = tokio::spawn(async move {
+    /// One connection answered with `reply`; returns the request it read.
+    fn serve_once(listener: UnixListener, reply: &'static [u8]) -> tokio::task::JoinHandle<Vec<u8>> {
+        tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 256];
             let n = s.read(&mut buf).await.unwrap();
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK").await.unwrap();
+            s.write_all(reply).await.unwrap();
             buf[..n].to_vec()
-        });
-        assert_eq!(get_status(&path, "/_ping").await.unwrap(), 200);
+        })
+    }
+
+    #[tokio::test]
+    async fn ping_is_ready_on_200_from_a_real_unix_socket_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let server =
+            serve_once(UnixListener::bind(&path).unwrap(), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK");
+        ping(&path).await.unwrap();
         let request = server.await.unwrap();
         assert!(request.starts_with(b"GET /_ping HTTP/1.1\r\n"), "{request:?}");
-        let absent = get_status(&dir.path().join("none"), "/_ping").await.unwrap_err();
+        let absent = ping(&dir.path().join("none")).await.unwrap_err();
         assert!(matches!(absent, ApiError::Connect { .. }), "{absent}");
+    }
+
+    #[tokio::test]
+    async fn ping_is_not_ready_on_another_status_or_a_non_http_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = serve_once(listener, b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+        let busy = ping(&path).await.unwrap_err();
+        assert!(matches!(&busy, ApiError::Answer { detail, .. } if detail.contains("503")), "{busy}");
+        server.await.unwrap();
+
+        std::fs::remove_file(&path).unwrap();
+        let server = serve_once(UnixListener::bind(&path).unwrap(), b"SSH-2.0-OpenSSH_9.6\r\n");
+        let garbage = ping(&path).await.unwrap_err();
+        assert!(matches!(garbage, ApiError::Answer { .. }), "{garbage}");
+        server.await.unwrap();
     }
 }

@@ -7,7 +7,7 @@
 //! # Layout
 //! - `mod.rs`: [`Readiness`], [`ApiCheck`], [`SocketApis`], [`answers`].
 //! - `containerd.rs`: the Version call over HTTP/2 on containerd's socket.
-//! - `docker.rs`: `GET /_ping` over HTTP/1.1 on dockerd's socket.
+//! - `docker.rs`: `GET /_ping` on dockerd's socket, by the [`super::docker_api`] client.
 
 mod containerd;
 mod docker;
@@ -90,13 +90,7 @@ impl ApiCheck for SocketApis {
     }
 
     async fn docker_ping(&self, socket: &Path) -> Result<(), ApiError> {
-        match docker::get_status(socket, "/_ping").await? {
-            200 => Ok(()),
-            code => Err(ApiError::Answer {
-                endpoint: socket.display().to_string(),
-                detail: format!("GET /_ping answered {code}"),
-            }),
-        }
+        docker::ping(socket).await
     }
 
     async fn tcp_accepts(&self, addr: SocketAddr) -> Result<(), ApiError> {
