@@ -5,7 +5,7 @@ use std::io::{BufRead as _, BufReader, Lines};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use arcbox_agent_core::fake::{FakeGuest, FakeProgram};
+use arcbox_agent_core::fake::FakeProgram;
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_sim::{Scenario, SimAgent};
 use tokio_util::sync::CancellationToken;
@@ -31,8 +31,8 @@ fn sim(scenario: Scenario) -> Sim {
     sim_with(scenario, |_| {})
 }
 
-/// A simulator whose fake guest `adjust` changes before it boots.
-fn sim_with(scenario: Scenario, adjust: impl FnOnce(&FakeGuest) + Send + 'static) -> Sim {
+/// A simulator that `adjust` changes before it boots (its fake guest, its DNS names).
+fn sim_with(scenario: Scenario, adjust: impl FnOnce(&SimAgent) + Send + 'static) -> Sim {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.sock");
@@ -43,7 +43,7 @@ fn sim_with(scenario: Scenario, adjust: impl FnOnce(&FakeGuest) + Send + 'static
         let stop = stop.clone();
         runtime.spawn(async move {
             let agent = SimAgent::new(scenario).await;
-            adjust(&agent.fake);
+            adjust(&agent);
             agent.serve(listener, stop).await;
         });
     }
@@ -52,8 +52,8 @@ fn sim_with(scenario: Scenario, adjust: impl FnOnce(&FakeGuest) + Send + 'static
 
 /// A guest whose DHCP client never gets a lease: the late init phase,
 /// and so init, never completes (the agent serves all the same).
-fn init_never_completes(guest: &FakeGuest) {
-    guest.processes.install("busybox", FakeProgram::daemon());
+fn init_never_completes(agent: &SimAgent) {
+    agent.fake.processes.install("busybox", FakeProgram::daemon());
 }
 
 fn agentctl_command() -> Command {
@@ -412,4 +412,30 @@ fn a_command_without_an_agent_address_exits_2_and_the_environment_supplies_one()
     let out = agentctl_command().env(ADDRESS_ENV, &sim.address).args(["ping", "--json"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(json(&out)["message"], "pong");
+}
+
+#[test]
+fn dns_list_shows_registered_names_and_set_upstreams_replaces_them() {
+    let sim = sim_with(Scenario::Healthy, |agent| {
+        let web = "172.17.0.2".parse().unwrap();
+        agent.dns().registry().set_owner("c1", vec!["web".to_owned(), "web.shop".to_owned()], vec![web]);
+    });
+    let list = agentctl(&sim.address, &["dns", "list"]);
+    assert!(list.status.success(), "{list:?}");
+    let text = stdout(&list);
+    assert!(text.contains("zone: arcbox.local") && text.contains("upstreams: 10.0.2.1:53"), "{text}");
+    assert!(text.lines().any(|l| l.split_whitespace().eq(["web.shop", "172.17.0.2"])), "{text}");
+
+    let set =
+        agentctl(&sim.address, &["dns", "set-upstreams", "192.168.1.1", "[2001:db8::1]:5353", "--json"]);
+    assert!(set.status.success(), "{set:?}");
+    let json: serde_json::Value = serde_json::from_slice(&set.stdout).unwrap();
+    assert_eq!(json["upstreams"], serde_json::json!(["192.168.1.1:53", "[2001:db8::1]:5353"]));
+
+    // One bad entry refuses the whole request; the upstreams stay.
+    let bad = agentctl(&sim.address, &["dns", "set-upstreams", "1.1.1.1", "dns.example"]);
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("dns.example"), "{bad:?}");
+    let after = stdout(&agentctl(&sim.address, &["dns", "list"]));
+    assert!(after.contains("upstreams: 192.168.1.1:53, [2001:db8::1]:5353"), "{after}");
 }

@@ -226,15 +226,10 @@ impl Default for NetworkConfig {
     }
 }
 
-/// The guest DNS server's default bind address.
-pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:53";
-/// The local zone container names are answered in (the reference's).
-pub const DEFAULT_DNS_ZONE: &str = "arcbox.local";
-
-/// `[dns]`: the guest DNS server for container names.
+/// `[dns]`: the guest DNS server for container names (`crate::dns`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct DnsConfig {
+pub struct DnsSection {
     /// Serve DNS (`arcbox_agent.dns=off` turns it off).
     pub enabled: bool,
     /// UDP and TCP bind address.
@@ -246,12 +241,12 @@ pub struct DnsConfig {
     pub upstreams: Vec<String>,
 }
 
-impl Default for DnsConfig {
+impl Default for DnsSection {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: DEFAULT_DNS_LISTEN.into(),
-            zone: DEFAULT_DNS_ZONE.into(),
+            listen: crate::dns::DEFAULT_BIND.to_string(),
+            zone: crate::dns::DEFAULT_ZONE.into(),
             upstreams: Vec::new(),
         }
     }
@@ -334,7 +329,7 @@ pub struct AgentConfig {
     /// `[network]`.
     pub network: NetworkConfig,
     /// `[dns]`.
-    pub dns: DnsConfig,
+    pub dns: DnsSection,
     /// `[shutdown]`.
     pub shutdown: ShutdownConfig,
     /// `[runtime]`.

@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Scenario, SimAgent};
 
+/// The address of the demo's stand-in container (Docker's first bridge address).
+const DEMO_CONTAINER_IP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(172, 17, 0, 2));
+
 /// How long the demo waits for the runtime and for k3s.
 const RUNTIME_WAIT: Duration = Duration::from_secs(30);
 /// How often it polls while waiting.
@@ -60,6 +63,8 @@ pub async fn run(scenario: Scenario, out: &mut (dyn Write + Send)) -> Result<(),
     let listener = UnixTransport::bind(&socket).map_err(DemoError::Setup)?;
     let sim = SimAgent::new(scenario).await;
     let power = sim.power();
+    // A running container, as the Docker event sync would register it.
+    sim.dns().registry().set_owner("4f2c9e", vec!["web".to_owned()], vec![DEMO_CONTAINER_IP]);
     let stop = CancellationToken::new();
     let server = tokio::spawn(sim.serve(listener, stop.clone()));
     let result = walk(scenario, &Address::Unix(socket), out).await;
@@ -176,6 +181,7 @@ async fn walk(scenario: Scenario, address: &Address, out: &mut (dyn Write + Send
     }
 
     kubernetes(&mut client, &mut events, out).await?;
+    dns(&mut client, out).await?;
 
     say!(out, "\n-- shutdown");
     let answer = client.shutdown(5).await.map_err(|e| DemoError::Call("shutdown", e))?;
@@ -225,6 +231,21 @@ async fn kubernetes(
     let delete = client.kubernetes_delete().await.map_err(|e| DemoError::Call("k8s delete", e))?;
     say!(out, "delete: {}", delete.detail);
     show_events(events, out, Duration::from_millis(50)).await
+}
+
+/// The guest DNS server's requests: its names, then new upstreams.
+async fn dns(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+    say!(out, "\n-- dns: registered container names, then new upstreams (the host moved networks)");
+    let list = client.dns_list().await.map_err(|e| DemoError::Call("dns list", e))?;
+    say!(out, "zone {}, upstreams {}", list.zone, list.upstreams.join(", "));
+    for name in &list.names {
+        say!(out, "  {:<12} {}  (owner {})", name.name, name.addresses.join(", "), name.owners.join(", "));
+    }
+    let upstreams = vec!["192.168.1.1".to_owned(), "1.1.1.1:53".to_owned()];
+    let set =
+        client.dns_set_upstreams(upstreams).await.map_err(|e| DemoError::Call("dns set-upstreams", e))?;
+    say!(out, "upstreams now {}", set.upstreams.join(", "));
+    Ok(())
 }
 
 async fn connect(address: &Address) -> Result<AgentClient, DemoError> {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use arcbox_agent_core::config::{AgentConfig, DEFAULT_LOG_DIR};
 use arcbox_agent_core::fake::{FakeGuest, FakeProgram};
-use arcbox_agent_core::guest::{Guest, GuestOs as _, GuestSettings, kernel_phase};
+use arcbox_agent_core::guest::{Guest, GuestDns, GuestOs as _, GuestSettings, kernel_phase};
 use arcbox_agent_core::new_boot_id;
 use arcbox_agent_core::rpc::{Router, ServerConfig};
 use arcbox_agent_core::runtime::{K3sLayout, RuntimeLayout};
@@ -47,7 +47,9 @@ impl SimAgent {
     /// and the init plan's kernel phase done (boot continues in `serve`).
     pub async fn new(scenario: Scenario) -> Self {
         let fake = FakeGuest::new();
-        let config = AgentConfig::default();
+        let mut config = AgentConfig::default();
+        // The guest DNS server on a free loopback port: a laptop has its own port 53.
+        config.dns.listen = "127.0.0.1:0".to_owned();
         let layout = RuntimeLayout::from_config(&config);
         prepare(&fake);
         fake.install_runtime(&layout, &K3sLayout::default(), scenario.timings());
@@ -69,6 +71,12 @@ impl SimAgent {
     /// after a Shutdown.
     pub fn power(&self) -> Arc<GuestPower> {
         Arc::clone(self.guest.power())
+    }
+
+    /// The guest DNS service: its registry stands in for dockerd's
+    /// containers (register names as the Docker event sync would).
+    pub fn dns(&self) -> Arc<GuestDns> {
+        Arc::clone(self.guest.dns())
     }
 
     /// Cancelled when the simulated guest has powered off (after a Shutdown).

@@ -13,10 +13,14 @@
 //!
 //! # Layout
 //! - `mod.rs`: [`GuestOs`], [`Guest`] (assembly and boot sequence), [`GuestHooks`].
+//! - [`GuestDns`] (`dns.rs`): the DNS server, its Docker-fed names and its requests.
 //! - [`linux`] (Linux only): the real OS parts, logging, signals and the binary's `main`.
 
+mod dns;
 #[cfg(target_os = "linux")]
 pub mod linux;
+
+pub use dns::GuestDns;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,7 +34,7 @@ use crate::boot::BootRecorder;
 use crate::config::AgentConfig;
 use crate::init::{InitOps, InitRunner, Phase, Step, StepReport, standard_plan};
 use crate::rpc::ServerConfig;
-use crate::rpc::handlers::register_kubernetes;
+use crate::rpc::handlers::{register_dns, register_kubernetes};
 use crate::runtime::api::ApiCheck;
 use crate::runtime::{
     DataDiskStep, DockerEngine, K3s, K3sLayout, Lifecycle, ReadinessEvents, RuntimeLayout, RuntimeOps,
@@ -128,6 +132,7 @@ pub struct Guest<O: GuestOs> {
     docker: Arc<Lifecycle<GuestDocker<O>>>,
     kubernetes: Arc<Lifecycle<GuestK3s<O>>>,
     power: Arc<GuestPower>,
+    dns: Arc<GuestDns>,
     boot: BootRecorder,
     events: ReadinessEvents,
     plan: Vec<Step>,
@@ -168,11 +173,14 @@ impl<O: GuestOs> Guest<O> {
         let (mut agent, docker) = Agent::new(parts, &settings.boot_id);
         let kubernetes = Lifecycle::new(Arc::new(K3s::new(engine, K3sLayout::default())), events.clone());
         register_kubernetes(agent.router_mut(), Arc::clone(&kubernetes));
+        let dns = GuestDns::from_config(config);
+        register_dns(agent.router_mut(), Arc::clone(&dns));
         Self {
             agent,
             docker,
             kubernetes,
             power,
+            dns,
             boot,
             events,
             plan: standard_plan(config),
@@ -196,6 +204,11 @@ impl<O: GuestOs> Guest<O> {
     /// k3s's lifecycle (the Kubernetes requests).
     pub fn kubernetes(&self) -> &Arc<Lifecycle<GuestK3s<O>>> {
         &self.kubernetes
+    }
+
+    /// The DNS service (container names, upstreams).
+    pub fn dns(&self) -> &Arc<GuestDns> {
+        &self.dns
     }
 
     /// The power control (Shutdown, shutdown signals).
@@ -233,7 +246,10 @@ impl<O: GuestOs> Guest<O> {
             init.run_phase(Phase::Early).await;
         }
         let listener = bind().await.map_err(GuestError::Listen)?;
-        let serving = tokio::spawn(self.agent.serve(listener, server, self.stop));
+        let serving = tokio::spawn(self.agent.serve(listener, server, self.stop.clone()));
+        if let Err(why) = self.dns.start(self.stop).await {
+            tracing::warn!(why, "no guest DNS server");
+        }
         hooks.serving().await;
         if self.init_mode {
             init.run_phase(Phase::Late).await;

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use os::LinuxGuestOs;
 
-use super::{Guest, GuestHooks, GuestSettings, kernel_phase};
+use super::{Guest, GuestDns, GuestHooks, GuestSettings, kernel_phase};
 use crate::config::{
     AgentConfig, ConfigError, DEFAULT_CONFIG_PATH, KUBERNETES_API_ADDR, KUBERNETES_API_VSOCK_PORT,
 };
@@ -144,6 +144,7 @@ async fn run(args: GuestArgs, pid1: bool, init_mode: bool) -> ExitCode {
     watch_signals(Arc::clone(guest.power()), init_mode, Duration::from_secs(config.shutdown.grace_secs));
     let hooks = LinuxHooks {
         config: &config,
+        dns: Arc::clone(guest.dns()),
         ready_port: args.ready_port.or(config.agent.ready_port),
         boot_id,
         log_file,
@@ -162,6 +163,7 @@ async fn run(args: GuestArgs, pid1: bool, init_mode: bool) -> ExitCode {
 /// The Linux steps of the boot sequence.
 struct LinuxHooks<'a> {
     config: &'a AgentConfig,
+    dns: Arc<GuestDns>,
     ready_port: Option<u32>,
     boot_id: String,
     log_file: logging::LateFile,
@@ -170,7 +172,10 @@ struct LinuxHooks<'a> {
 
 impl GuestHooks for LinuxHooks<'_> {
     async fn serving(&self) {
-        let docker = Address::Unix(RuntimeSockets::default().docker);
+        let docker_socket = RuntimeSockets::default().docker;
+        // Container names for the guest DNS, from whichever dockerd runs.
+        self.dns.follow_docker(docker_socket.clone(), self.stop.clone());
+        let docker = Address::Unix(docker_socket);
         tokio::spawn(serve_vsock_proxy(
             "docker",
             self.config.runtime.docker_vsock_port,
