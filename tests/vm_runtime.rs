@@ -337,6 +337,8 @@ async fn ensure_runtime_formats_a_blank_disk_and_the_docker_cli_runs_containers_
     let answer = http_get_through_vsock(&vm, KUBERNETES_PORT, "/version").await;
     assert!(answer.starts_with("HTTP/1.") && answer.ends_with("\r\n\r\napi-stand-in\n"), "{answer:?}");
 
+    container_names_resolve_through_the_guest_dns(&docker, &mut agent).await;
+
     let console = vm.console();
     assert!(console.contains("proxy connection closed"), "no proxy debug lines:\n{}", vm.console_tail(40));
     assert!(
@@ -354,6 +356,38 @@ async fn ensure_runtime_formats_a_blank_disk_and_the_docker_cli_runs_containers_
     );
     drop(docker);
     stop(vm);
+}
+
+/// The guest DNS with the real dockerd: a started container's name shows
+/// in DnsList (from Docker's events), another container on the default
+/// bridge resolves it through the guest's server (busybox nslookup, a real
+/// resolver client), and once the container is removed the name is gone.
+async fn container_names_resolve_through_the_guest_dns(docker: &DockerProxy, agent: &mut AgentClient) {
+    docker.docker_ok(&["run", "-d", "--name", "web", IMAGE, "sleep", "600"], None).await;
+    let address = wait_for_dns_name(agent, "web", true).await.expect("web registered from Docker's events");
+    // The guest's server listens on every address: the bridge's gateway is one.
+    let lookup = "nslookup web.arcbox.local 172.17.0.1";
+    let out = docker.docker_ok(&["run", "--rm", IMAGE, "sh", "-c", lookup], None).await;
+    assert!(out.contains(&address), "nslookup did not answer {address}: {out}");
+    docker.docker_ok(&["rm", "-f", "web"], None).await;
+    assert!(wait_for_dns_name(agent, "web", false).await.is_none(), "web still registered after rm");
+    let gone =
+        docker.docker(&["run", "--rm", IMAGE, "nslookup", "web.arcbox.local", "172.17.0.1"], None).await;
+    let text = format!("{}{}", String::from_utf8_lossy(&gone.stdout), String::from_utf8_lossy(&gone.stderr));
+    assert!(text.contains("NXDOMAIN") && !text.contains(&address), "web.arcbox.local after rm: {text}");
+}
+
+/// Polls DnsList until `name` is (or is no longer) registered; its first address.
+async fn wait_for_dns_name(agent: &mut AgentClient, name: &str, present: bool) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = agent.dns_list().await.expect("dns list");
+        let found = list.names.iter().find(|n| n.name == name).and_then(|n| n.addresses.first().cloned());
+        if found.is_some() == present || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
