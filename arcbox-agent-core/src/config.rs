@@ -22,7 +22,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/arcbox/agent.toml";
 /// The reference's NOFILE limit (agent rlimit and dockerd default-ulimits).
 pub const DEFAULT_NOFILE: u64 = 1_048_576;
 /// The host's userspace network stack: gateway and DNS forwarder.
-pub const DEFAULT_GATEWAY_DNS: &str = "10.0.2.1";
+pub const DEFAULT_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 /// The host share the reference boots from (tag `arcbox`).
 pub const HOST_SHARE_DIR: &str = "/arcbox";
 /// Preferred directory of the runtime binaries (on the host share), then `PATH`.
@@ -162,8 +162,8 @@ impl Default for InitConfig {
             root: "/".into(),
             tmpfs: TmpfsPolicy::Auto,
             nofile: DEFAULT_NOFILE,
-            nameservers: vec![DEFAULT_GATEWAY_DNS.into()],
-            docker_dns: vec![DEFAULT_GATEWAY_DNS.into()],
+            nameservers: vec![DEFAULT_GATEWAY.to_string()],
+            docker_dns: vec![DEFAULT_GATEWAY.to_string()],
             ca_bundle: "/cacerts/ca-certificates.crt".into(),
             ip_forward: true,
             shares: vec![

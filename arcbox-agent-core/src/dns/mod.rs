@@ -31,7 +31,8 @@ pub const DEFAULT_ZONE: &str = "arcbox.local";
 /// Where the guest serves DNS.
 pub const DEFAULT_BIND: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 53));
 /// The host-side forwarder (the VMM's user-space network stack).
-pub const DEFAULT_UPSTREAM: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 1), 53));
+pub const DEFAULT_UPSTREAM: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(crate::config::DEFAULT_GATEWAY, 53));
 /// TTL of local answers: short, because containers come and go and their
 /// addresses are reused.
 pub const DEFAULT_LOCAL_TTL_SECS: u32 = 5;

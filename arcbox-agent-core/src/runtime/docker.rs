@@ -63,7 +63,7 @@ impl Default for RuntimeSockets {
                 PathBuf::from("/run/containerd/containerd.sock"),
                 PathBuf::from("/var/run/containerd/containerd.sock"),
             ],
-            docker: PathBuf::from("/var/run/docker.sock"),
+            docker: PathBuf::from(super::docker_api::DOCKER_SOCKET),
             endpoint: format!("vsock:{DOCKER_API_VSOCK_PORT}"),
         }
     }
