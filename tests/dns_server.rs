@@ -645,15 +645,8 @@ async fn garbage_is_answered_formerr_or_dropped_while_good_queries_are_answered(
     // TCP: junk that cannot hold a header is skipped; the connection serves on.
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     stream.write_all(&[0, 5, 1, 2, 3, 4, 5]).await.expect("write");
-    let q = good();
-    stream
-        .write_all(&[&u16::try_from(q.len()).expect("fits").to_be_bytes()[..], &q].concat())
-        .await
-        .expect("write");
-    let len = stream.read_u16().await.expect("length");
-    let mut buf = vec![0u8; usize::from(len)];
-    stream.read_exact(&mut buf).await.expect("reply");
-    assert_eq!(a_addrs(&Message::from_vec(&buf).expect("parses")), [Ipv4Addr::new(172, 17, 0, 2)]);
+    let reply = tcp_ask(&mut stream, &good(), Duration::from_secs(3)).await.expect("a reply");
+    assert_eq!(a_addrs(&reply), [Ipv4Addr::new(172, 17, 0, 2)]);
 }
 
 async fn tcp_serves_several_queries_per_connection_and_closes_idle_ones() {
@@ -670,10 +663,7 @@ async fn tcp_serves_several_queries_per_connection_and_closes_idle_ones() {
     stream.write_all(&batch).await.expect("write");
     let mut replies = Vec::new();
     for _ in 0..3 {
-        let len = stream.read_u16().await.expect("length");
-        let mut buf = vec![0u8; usize::from(len)];
-        stream.read_exact(&mut buf).await.expect("reply");
-        replies.push(Message::from_vec(&buf).expect("parses"));
+        replies.push(read_tcp_reply(&mut stream).await);
     }
     let seen: Vec<(u16, ResponseCode)> = replies.iter().map(|r| (r.id, r.response_code)).collect();
     assert_eq!(seen, [(1, ResponseCode::NoError), (2, ResponseCode::NoError), (3, ResponseCode::NXDomain)]);
@@ -712,13 +702,7 @@ async fn shutdown_ends_run_and_closes_tcp_connections() {
     server.registry.set_owner("c1", vec!["web".into()], vec![ip("172.17.0.2")]);
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     let q = query(5, "web.", RecordType::A, None);
-    stream
-        .write_all(&[&u16::try_from(q.len()).expect("fits").to_be_bytes()[..], &q].concat())
-        .await
-        .expect("write");
-    let len = stream.read_u16().await.expect("length");
-    let mut buf = vec![0u8; usize::from(len)];
-    stream.read_exact(&mut buf).await.expect("reply");
+    tcp_ask(&mut stream, &q, Duration::from_secs(3)).await.expect("a reply");
 
     server.stop.cancel();
     let task = server.task.take().expect("running");
@@ -739,13 +723,15 @@ async fn shutdown_ends_run_and_closes_tcp_connections() {
 async fn tcp_ask(stream: &mut TcpStream, bytes: &[u8], wait: Duration) -> Option<Message> {
     let len = u16::try_from(bytes.len()).expect("fits").to_be_bytes();
     stream.write_all(&[&len[..], bytes].concat()).await.expect("write");
-    let exchange = async {
-        let len = stream.read_u16().await.expect("length");
-        let mut buf = vec![0u8; usize::from(len)];
-        stream.read_exact(&mut buf).await.expect("reply");
-        Message::from_vec(&buf).expect("parses")
-    };
-    tokio::time::timeout(wait, exchange).await.ok()
+    tokio::time::timeout(wait, read_tcp_reply(stream)).await.ok()
+}
+
+/// Reads one length-prefixed reply.
+async fn read_tcp_reply(stream: &mut TcpStream) -> Message {
+    let len = stream.read_u16().await.expect("length");
+    let mut buf = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut buf).await.expect("reply");
+    Message::from_vec(&buf).expect("parses")
 }
 
 async fn tcp_connections_over_the_cap_wait_until_one_closes() {
