@@ -12,8 +12,7 @@ use std::time::Instant;
 use arcbox_agent_core::boot::StepOutcome;
 use arcbox_agent_core::config::{AgentConfig, ShareConfig};
 use arcbox_agent_core::init::{InitOps, InitRunner, Phase, StepReport, standard_plan};
-use arcbox_agent_core::reaper::Reaper;
-use arcbox_agent_core::sys::linux::{LinuxChildReaping, parse_mountinfo};
+use arcbox_agent_core::sys::linux::parse_mountinfo;
 use nix::mount::{MsFlags, mount};
 use root_ns::Namespaces;
 
@@ -66,8 +65,7 @@ fn init_plan_mounts_writes_and_is_idempotent_in_a_fresh_namespace() {
     }];
     let plan = standard_plan(&config);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let reaper = Reaper::new(LinuxChildReaping);
-    let ops = InitOps::linux(reaper);
+    let ops = InitOps::linux();
     let runner = InitRunner::new(ops, &root);
     let run_all = || {
         rt.block_on(async {

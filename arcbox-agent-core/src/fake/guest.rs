@@ -163,7 +163,6 @@ impl GuestOs for FakeGuest {
             network: self.network.clone(),
             modules: self.modules.clone(),
             limits: self.limits.clone(),
-            spawner: self.processes.clone(),
         }
     }
 

@@ -12,6 +12,7 @@
 //! - [`FakeEndpoints`], [`FakeSocketProbe`], [`FakeApis`] (`endpoints.rs`): listening sockets.
 //! - `files.rs`, `mount.rs`, `disk.rs`, `clock.rs`, `power.rs`,
 //!   `system.rs`, `system_info.rs`: one fake per OS trait.
+//! - [`FakeNetwork`], [`FakeDhcpServer`] (`network.rs`): links, addresses, routes and a DHCP server on them.
 
 mod clock;
 mod disk;
@@ -19,6 +20,7 @@ mod endpoints;
 mod files;
 mod guest;
 mod mount;
+mod network;
 mod power;
 mod process;
 mod system;
@@ -30,7 +32,8 @@ pub use endpoints::{Endpoint, FAKE_CONTAINERD_VERSION, FakeApis, FakeEndpoints, 
 pub use files::FakeFiles;
 pub use guest::{DaemonTimings, FakeGuest, FakeRuntimeOps};
 pub use mount::FakeMount;
+pub use network::{DhcpServerScript, FakeDhcpServer, FakeNetwork};
 pub use power::FakePower;
 pub use process::{FakeProcesses, FakeProgram};
-pub use system::{FakeLimits, FakeModules, FakeNetwork, FakePowerSwitch};
+pub use system::{FakeLimits, FakeModules, FakePowerSwitch};
 pub use system_info::FakeSystemInfo;

@@ -1,65 +1,15 @@
-//! Fakes of the small system capabilities: network links, module loading,
-//! resource limits and the power switch.
+//! Fakes of the small system capabilities: module loading, resource
+//! limits and the power switch.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::modules::module_name;
-use crate::sys::{
-    LinkOutcome, ModuleLoader, ModuleOutcome, NetworkOps, PowerSwitch, ResourceLimits, SysError,
-};
+use crate::sys::{ModuleLoader, ModuleOutcome, PowerSwitch, ResourceLimits, SysError};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A fake [`NetworkOps`]: named links with an up flag.
-#[derive(Default)]
-pub struct FakeNetwork {
-    links: Mutex<BTreeMap<String, bool>>,
-    addressed: Mutex<HashSet<String>>,
-}
-
-impl FakeNetwork {
-    /// Links with these names, all down.
-    pub fn with_links(names: &[&str]) -> Self {
-        Self {
-            links: Mutex::new(names.iter().map(|n| ((*n).to_owned(), false)).collect()),
-            addressed: Mutex::default(),
-        }
-    }
-
-    /// Gives `name` an IPv4 address, as an applied DHCP lease would.
-    pub fn assign_ipv4(&self, name: &str) {
-        lock(&self.addressed).insert(name.to_owned());
-    }
-
-    /// Whether `name` is up.
-    pub fn is_up(&self, name: &str) -> bool {
-        lock(&self.links).get(name).copied().unwrap_or(false)
-    }
-}
-
-impl NetworkOps for FakeNetwork {
-    fn interfaces(&self) -> Result<Vec<String>, SysError> {
-        Ok(lock(&self.links).keys().cloned().collect())
-    }
-
-    fn set_link_up(&self, name: &str) -> Result<LinkOutcome, SysError> {
-        match lock(&self.links).get_mut(name) {
-            Some(up) if *up => Ok(LinkOutcome::AlreadyUp),
-            Some(up) => {
-                *up = true;
-                Ok(LinkOutcome::BroughtUp)
-            }
-            None => Err(SysError::io("SIOCGIFFLAGS", name, std::io::Error::from_raw_os_error(libc::ENODEV))),
-        }
-    }
-
-    fn has_ipv4(&self, name: &str) -> Result<bool, SysError> {
-        Ok(lock(&self.addressed).contains(name))
-    }
 }
 
 /// A fake [`ModuleLoader`]: records insertions in order.

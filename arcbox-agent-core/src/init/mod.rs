@@ -16,14 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use plan::{GROUP, PASSWD, UDHCPC_SCRIPT, docker_daemon_json, resolv_conf, standard_plan};
+pub use plan::{GROUP, PASSWD, docker_daemon_json, resolv_conf, standard_plan};
 
 use crate::boot::{BootRecorder, StepOutcome};
 use crate::config::{ShareConfig, TmpfsPolicy};
 use crate::modules::{ModuleError, ModuleIndex, load_modules, parse_proc_modules};
 use crate::sys::{
-    CreateOutcome, ExitStatus, FileOps, LinkOutcome, ModuleLoader, MountOps, MountOutcome, MountSpec,
-    NetworkOps, ProcessSpawner, ProcessSpec, ResourceLimits, SysError, WriteOutcome,
+    CreateOutcome, FileOps, LinkOutcome, ModuleLoader, MountOps, MountOutcome, MountSpec, NetworkOps,
+    ResourceLimits, SysError, WriteOutcome,
 };
 
 /// When a step runs relative to the RPC listener.
@@ -102,11 +102,6 @@ pub enum Action {
     LinkUp(Link),
     /// A VirtioFS share.
     Share(ShareConfig),
-    /// DHCP on the primary NIC with busybox udhcpc.
-    Dhcp {
-        /// The busybox binary.
-        busybox: PathBuf,
-    },
 }
 
 /// One named step of the plan.
@@ -162,14 +157,6 @@ pub enum InitError {
         #[source]
         source: SysError,
     },
-    /// udhcpc ran and failed.
-    #[error("udhcpc on {interface} ended with {status:?}")]
-    Dhcp {
-        /// The NIC.
-        interface: String,
-        /// How it ended.
-        status: ExitStatus,
-    },
 }
 
 /// A step that did not fail: it changed something, or had nothing to do.
@@ -187,43 +174,37 @@ pub struct InitOps {
     pub mount: Arc<dyn MountOps>,
     /// Files, sysctls.
     pub files: Arc<dyn FileOps>,
-    /// Links.
+    /// Links (netlink).
     pub network: Arc<dyn NetworkOps>,
     /// Modules.
     pub modules: Arc<dyn ModuleLoader>,
     /// Resource limits.
     pub limits: Arc<dyn ResourceLimits>,
-    /// Child processes (udhcpc).
-    pub spawner: Arc<dyn ProcessSpawner>,
 }
 
 #[cfg(target_os = "linux")]
 impl InitOps {
-    /// The real system, spawning children whose exits come from `exits` (the reaper).
-    pub fn linux(exits: Arc<dyn crate::sys::ExitRegistry>) -> Self {
-        use crate::sys::linux::{
-            LinuxFiles, LinuxLimits, LinuxModules, LinuxMount, LinuxNetwork, LinuxSpawner,
-        };
+    /// The real system.
+    pub fn linux() -> Self {
+        use crate::sys::linux::{LinuxFiles, LinuxLimits, LinuxModules, LinuxMount, LinuxNetwork};
         Self {
             mount: Arc::new(LinuxMount),
             files: Arc::new(LinuxFiles),
             network: Arc::new(LinuxNetwork),
             modules: Arc::new(LinuxModules),
             limits: Arc::new(LinuxLimits),
-            spawner: Arc::new(LinuxSpawner::new(exits)),
         }
     }
 }
 
 /// The first real NIC in sorted order: not `lo`, `dummy*`, `veth*`,
 /// `br-*`, `docker*` (the reference's rule).
-pub fn primary_interface(names: &[String]) -> Option<String> {
-    let mut names: Vec<&String> = names
-        .iter()
+pub fn primary_interface<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    names
+        .into_iter()
         .filter(|n| *n != "lo" && !["dummy", "veth", "br-", "docker"].iter().any(|p| n.starts_with(p)))
-        .collect();
-    names.sort();
-    names.first().map(|n| (*n).clone())
+        .min()
+        .map(str::to_owned)
 }
 
 /// Executes steps through [`InitOps`] under a root directory.
@@ -337,9 +318,8 @@ impl InitRunner {
             }
             Action::Nofile(limit) => self.nofile(*limit),
             Action::Modules(names) => self.modules(names),
-            Action::LinkUp(link) => self.link_up(*link),
+            Action::LinkUp(link) => self.link_up(*link).await,
             Action::Share(share) => self.share(share),
-            Action::Dhcp { busybox } => self.dhcp(busybox).await,
         }
     }
 
@@ -426,15 +406,18 @@ impl InitRunner {
         Ok(Done::Changed)
     }
 
-    fn link_up(&self, link: Link) -> Result<Done, InitError> {
+    async fn link_up(&self, link: Link) -> Result<Done, InitError> {
         let name = match link {
             Link::Loopback => "lo".to_owned(),
-            Link::Primary => match primary_interface(&self.ops.network.interfaces()?) {
-                Some(name) => name,
-                None => return Ok(Done::Skipped("no NIC".into())),
-            },
+            Link::Primary => {
+                let links = self.ops.network.links().await?;
+                match primary_interface(links.iter().map(|l| l.name.as_str())) {
+                    Some(name) => name,
+                    None => return Ok(Done::Skipped("no NIC".into())),
+                }
+            }
         };
-        Ok(match self.ops.network.set_link_up(&name)? {
+        Ok(match self.ops.network.set_link_up(&name).await? {
             LinkOutcome::BroughtUp => Done::Changed,
             LinkOutcome::AlreadyUp => Done::Skipped(format!("{name} already up")),
         })
@@ -456,32 +439,6 @@ impl InitRunner {
             Err(err) if !share.required => Ok(Done::Skipped(format!("optional share absent: {err}"))),
             Err(err) => Err(err),
         }
-    }
-
-    async fn dhcp(&self, busybox: &Path) -> Result<Done, InitError> {
-        if self.root != Path::new("/") {
-            return Ok(Done::Skipped("DHCP runs only at the system root".into()));
-        }
-        let Some(interface) = primary_interface(&self.ops.network.interfaces()?) else {
-            return Ok(Done::Skipped("no NIC".into()));
-        };
-        if self.ops.network.has_ipv4(&interface)? {
-            return Ok(Done::Skipped(format!("{interface} has an address")));
-        }
-        if !self.ops.files.exists(busybox) {
-            return Ok(Done::Skipped(format!("{} absent", busybox.display())));
-        }
-        let script = Path::new("/run/udhcpc.script");
-        self.ops.files.write_file(script, UDHCPC_SCRIPT.as_bytes(), 0o755)?;
-        let args = ["udhcpc", "-i", &interface, "-n", "-q", "-t", "3", "-T", "2", "-s", "/run/udhcpc.script"];
-        let spec = ProcessSpec {
-            program: busybox.to_path_buf(),
-            args: args.iter().map(|s| (*s).to_owned()).collect(),
-            env: vec![("BUSYBOX".into(), busybox.display().to_string())],
-            log: None,
-        };
-        let status = self.ops.spawner.spawn(&spec).await?.wait().await?;
-        if status.success() { Ok(Done::Changed) } else { Err(InitError::Dhcp { interface, status }) }
     }
 }
 

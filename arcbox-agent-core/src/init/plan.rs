@@ -3,7 +3,9 @@
 //! modules). Each step names its phase: `Kernel` before anything else,
 //! `Early` before the RPC listener binds (only the vsock transport modules
 //! and the fd limit), `Late` after it (the rest: /etc, cgroups, devices,
-//! shares, DHCP, storage modules), while RPCs are already served.
+//! shares, storage modules), while RPCs are already served. The NIC's
+//! address (DHCP or static) is the network service's (`crate::net`), which
+//! starts after the plan and keeps the lease.
 
 use std::path::PathBuf;
 
@@ -190,38 +192,8 @@ pub fn standard_plan(config: &AgentConfig) -> Vec<Step> {
     for share in &init.shares {
         plan.push(step(format!("share {}", share.tag), Late, share.required, Action::Share(share.clone())));
     }
-    if config.network.dhcp {
-        plan.push(step(
-            "dhcp primary NIC",
-            Late,
-            false,
-            Action::Dhcp { busybox: config.network.busybox.clone() },
-        ));
-    }
     if config.modules.enabled && !config.modules.late.is_empty() {
         plan.push(step("modules: storage", Late, false, Action::Modules(config.modules.late.clone())));
     }
     plan
 }
-
-/// The udhcpc script: address, netmask and broadcast, then the default
-/// route through the DHCP router (the reference's `/run/udhcpc.script`).
-pub const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
-# Written by arcbox-agent: applies a udhcpc lease.
-bb=${BUSYBOX:-/bin/busybox}
-case "$1" in
-  deconfig)
-    $bb ifconfig "$interface" 0.0.0.0 || true
-    ;;
-  renew|bound)
-    $bb ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" broadcast "${broadcast:-+}" up
-    if [ -n "${router:-}" ]; then
-      while $bb route del default gw 0.0.0.0 dev "$interface" 2>/dev/null; do :; done
-      for r in $router; do
-        $bb route add default gw "$r" dev "$interface" && break
-      done
-    fi
-    ;;
-esac
-exit 0
-"#;

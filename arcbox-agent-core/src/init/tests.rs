@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::config::AgentConfig;
-use crate::fake::{FakeFiles, FakeLimits, FakeModules, FakeMount, FakeNetwork, FakeProcesses};
+use crate::fake::{FakeFiles, FakeLimits, FakeModules, FakeMount, FakeNetwork};
 use crate::sys::MockMountOps;
 
 const DEP: &str = "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/drivers/virtio/virtio.ko kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/drivers/virtio/virtio_ring.ko kernel/net/vmw_vsock/vsock.ko\n\
@@ -28,7 +28,6 @@ struct System {
     network: Arc<FakeNetwork>,
     modules: Arc<FakeModules>,
     limits: Arc<FakeLimits>,
-    spawner: Arc<FakeProcesses>,
 }
 
 impl System {
@@ -41,7 +40,6 @@ impl System {
         files.put("/proc/sys/net/ipv4/ip_forward", "0\n");
         files.put("/lib/modules/6.1.0-test/modules.dep", DEP);
         files.put("/cacerts/ca-certificates.crt", "CERT");
-        files.put("/bin/busybox", "");
         files.set_read_only("/");
         Self {
             mount: Arc::new(FakeMount::new()),
@@ -49,7 +47,6 @@ impl System {
             network: Arc::new(FakeNetwork::with_links(&["lo", "eth0", "veth0"])),
             modules: Arc::new(FakeModules::default()),
             limits: Arc::new(FakeLimits::new(1024, 4096)),
-            spawner: Arc::new(FakeProcesses::default()),
         }
     }
 
@@ -61,7 +58,6 @@ impl System {
                 network: self.network.clone(),
                 modules: self.modules.clone(),
                 limits: self.limits.clone(),
-                spawner: self.spawner.clone(),
             },
             "/",
         )
@@ -94,11 +90,12 @@ fn the_plan_orders_kernel_filesystems_modules_tmpfs_etc_and_network() {
     assert!(pos("tmpfs /etc") < pos("write /etc/resolv.conf"));
     assert!(pos("tmpfs /var") < pos("mkdir runtime dirs"));
     assert!(pos("mount /sys") < pos("mount cgroup2") && pos("mount /dev") < pos("mount devpts"));
-    assert!(pos("link up lo") < pos("dhcp primary NIC"));
+    assert!(pos("link up lo") < pos("link up primary NIC"));
+    assert!(pos("modules: devices") < pos("link up primary NIC"));
     assert!(pos("modules: devices") < pos("share arcbox"));
     let phase = |n: &str| plan[pos(n)].phase;
     assert_eq!(phase("modules: vsock transport"), Phase::Early);
-    assert_eq!(phase("dhcp primary NIC"), Phase::Late);
+    assert_eq!(phase("link up primary NIC"), Phase::Late);
     assert_eq!(phase("modules: storage"), Phase::Late);
     // Only what the listener needs runs before it; the rest comes after.
     let early: Vec<&str> = plan.iter().filter(|s| s.phase == Phase::Early).map(|s| s.name.as_str()).collect();
@@ -114,8 +111,6 @@ async fn a_first_run_does_the_work_and_a_second_run_changes_nothing() {
     let failed: Vec<_> = first.iter().filter(|r| matches!(r.outcome, StepOutcome::Failed(_))).collect();
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(first.len(), plan.len());
-    // The fake udhcpc cannot configure the link: apply its "lease".
-    sys.network.assign_ipv4("eth0");
     let table = sys.mount.table();
     let writes = sys.files.writes();
     let second = run_all(&sys.runner(), &plan).await;
@@ -164,10 +159,6 @@ async fn the_steps_write_the_reference_files_and_state() {
     let transport = loaded.iter().position(|m| m == "vmw_vsock_virtio_transport").unwrap();
     assert!(vsock < transport);
     assert_eq!(loaded.iter().filter(|m| *m == "virtio").count(), 1);
-    // DHCP ran udhcpc on the primary NIC.
-    let spawned = sys.spawner.spawned();
-    assert_eq!(spawned.len(), 1);
-    assert_eq!(spawned[0].args[..3], ["udhcpc", "-i", "eth0"]);
 }
 
 #[tokio::test]
@@ -222,7 +213,6 @@ async fn tmpfs_layers_are_skipped_on_a_writable_root_in_auto_mode() {
             network: sys.network.clone(),
             modules: sys.modules.clone(),
             limits: sys.limits.clone(),
-            spawner: sys.spawner.clone(),
         },
         "/",
     );
@@ -232,20 +222,6 @@ async fn tmpfs_layers_are_skipped_on_a_writable_root_in_auto_mode() {
     assert!(
         matches!(outcome(&reports, "modules: vsock transport"), StepOutcome::Skipped(why) if why.contains("no /proc/modules"))
     );
-}
-
-#[tokio::test]
-async fn a_failed_dhcp_is_a_non_critical_failure_and_a_scratch_root_skips_it() {
-    let sys = System::new();
-    sys.spawner.script_exit("/bin/busybox", ExitStatus::Code(1));
-    let plan = standard_plan(&AgentConfig::default());
-    let reports = sys.runner().run_phase(&plan, Phase::Late).await;
-    let dhcp = reports.iter().find(|r| r.name == "dhcp primary NIC").unwrap();
-    assert!(!dhcp.critical);
-    assert!(matches!(&dhcp.outcome, StepOutcome::Failed(why) if why.contains("eth0")));
-    let scratch = InitRunner::new(sys.runner().ops.clone(), "/scratch");
-    let reports = scratch.run_phase(&plan, Phase::Late).await;
-    assert!(matches!(outcome(&reports, "dhcp primary NIC"), StepOutcome::Skipped(_)));
 }
 
 #[tokio::test]
@@ -264,7 +240,7 @@ async fn every_step_lands_in_the_boot_report() {
 
 #[test]
 fn the_primary_nic_skips_virtual_interfaces() {
-    let names = ["veth1", "lo", "eth1", "docker0", "br-x", "eth0", "dummy0"].map(String::from);
-    assert_eq!(primary_interface(&names).as_deref(), Some("eth0"));
-    assert_eq!(primary_interface(&["lo".to_owned()]), None);
+    let names = ["veth1", "lo", "eth1", "docker0", "br-x", "eth0", "dummy0"];
+    assert_eq!(primary_interface(names).as_deref(), Some("eth0"));
+    assert_eq!(primary_interface(["lo"]), None);
 }

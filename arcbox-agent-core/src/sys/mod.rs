@@ -8,6 +8,7 @@
 //! # Layout
 //! - `mod.rs`: the traits and their plain data types.
 //! - [`DiskOps`] (`disk.rs`): block-device heads and Btrfs ioctls.
+//! - [`NetworkOps`] (`network.rs`): links, IPv4 addresses and routes (netlink), DHCP sockets.
 //! - [`log_file`]: size-rotated append files (daemon output, the agent's log).
 //! - [`linux`] (Linux only): the real implementations.
 
@@ -23,8 +24,10 @@ mod disk;
 #[cfg(target_os = "linux")]
 pub mod linux;
 pub mod log_file;
+mod network;
 
 pub use disk::DiskOps;
+pub use network::{DhcpSocket, Ipv4Cidr, LinkInfo, LinkOutcome, NetworkOps, Route};
 
 /// Errors from an OS operation, with the operation and path that failed.
 #[derive(Debug, thiserror::Error)]
@@ -305,25 +308,6 @@ pub trait FileOps: Send + Sync + 'static {
     fn is_read_only(&self, path: &Path) -> Result<bool, SysError>;
     /// Flushes every filesystem (`sync()`).
     fn sync(&self);
-}
-
-/// What bringing a link up did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkOutcome {
-    /// IFF_UP was set now.
-    BroughtUp,
-    /// The link was up already.
-    AlreadyUp,
-}
-
-/// Network interface control in the agent's network namespace.
-pub trait NetworkOps: Send + Sync + 'static {
-    /// Interface names, sorted.
-    fn interfaces(&self) -> Result<Vec<String>, SysError>;
-    /// Sets IFF_UP on `name`.
-    fn set_link_up(&self, name: &str) -> Result<LinkOutcome, SysError>;
-    /// Whether `name` has an IPv4 address (a DHCP lease applied).
-    fn has_ipv4(&self, name: &str) -> Result<bool, SysError>;
 }
 
 /// What a module load did.

@@ -112,11 +112,8 @@ pub fn main(args: GuestArgs) -> ExitCode {
 async fn run(args: GuestArgs, pid1: bool, init_mode: bool) -> ExitCode {
     // Kernel filesystems first: config (/proc/cmdline) and logging (/dev) need them.
     let defaults = AgentConfig::default();
-    let kernel_steps = if init_mode {
-        kernel_phase(crate::init::InitOps::linux(Reaper::new(LinuxChildReaping)), &defaults).await
-    } else {
-        Vec::new()
-    };
+    let kernel_steps =
+        if init_mode { kernel_phase(crate::init::InitOps::linux(), &defaults).await } else { Vec::new() };
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (config, problems) = load_config(args.config.clone(), &cmdline);
     let log_file = logging::init(&config.log);

@@ -16,15 +16,13 @@ use crate::sys::linux::{
 
 /// The real system.
 pub struct LinuxGuestOs {
-    reaper: Arc<Reaper<LinuxChildReaping>>,
     spawner: Arc<LinuxSpawner>,
 }
 
 impl LinuxGuestOs {
     /// The real system, whose children's exits come from `reaper`.
     pub fn new(reaper: Arc<Reaper<LinuxChildReaping>>) -> Self {
-        let spawner = Arc::new(LinuxSpawner::new(reaper.clone()));
-        Self { reaper, spawner }
+        Self { spawner: Arc::new(LinuxSpawner::new(reaper)) }
     }
 }
 
@@ -64,7 +62,7 @@ impl GuestOs for LinuxGuestOs {
     }
 
     fn init_ops(&self) -> InitOps {
-        InitOps::linux(Arc::clone(&self.reaper) as Arc<dyn crate::sys::ExitRegistry>)
+        InitOps::linux()
     }
 
     fn shutdown_ops(&self) -> ShutdownOps {

@@ -5,7 +5,9 @@ use std::os::fd::AsRawFd as _;
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
-use crate::sys::{LinkOutcome, NetworkOps, SysError};
+use async_trait::async_trait;
+
+use crate::sys::{DhcpSocket, Ipv4Cidr, LinkInfo, LinkOutcome, NetworkOps, Route, SysError};
 
 /// The kernel's interfaces in this network namespace.
 #[derive(Debug, Default, Clone, Copy)]
@@ -24,16 +26,59 @@ fn ifreq_for(name: &str) -> Result<libc::ifreq, SysError> {
     Ok(req)
 }
 
+// Interim: the netlink implementation replaces this file.
+#[async_trait]
 impl NetworkOps for LinuxNetwork {
-    fn interfaces(&self) -> Result<Vec<String>, SysError> {
+    async fn links(&self) -> Result<Vec<LinkInfo>, SysError> {
         let list = nix::net::if_::if_nameindex()
             .map_err(|errno| SysError::io("if_nameindex", "interfaces", errno.into()))?;
-        let mut names: Vec<String> = list.iter().map(|i| i.name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        Ok(names)
+        let mut links: Vec<LinkInfo> = list
+            .iter()
+            .map(|i| LinkInfo {
+                name: i.name().to_string_lossy().into_owned(),
+                index: i.index(),
+                mac: Vec::new(),
+                up: false,
+                mtu: 0,
+            })
+            .collect();
+        links.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(links)
     }
 
-    fn set_link_up(&self, name: &str) -> Result<LinkOutcome, SysError> {
+    async fn set_mtu(&self, _link: &str, _mtu: u32) -> Result<(), SysError> {
+        Err(SysError::Unsupported("MTU"))
+    }
+
+    async fn addresses(&self, _link: &str) -> Result<Vec<Ipv4Cidr>, SysError> {
+        Err(SysError::Unsupported("addresses"))
+    }
+
+    async fn add_address(&self, _link: &str, _address: Ipv4Cidr) -> Result<(), SysError> {
+        Err(SysError::Unsupported("addresses"))
+    }
+
+    async fn remove_address(&self, _link: &str, _address: Ipv4Cidr) -> Result<(), SysError> {
+        Err(SysError::Unsupported("addresses"))
+    }
+
+    async fn default_routes(&self) -> Result<Vec<Route>, SysError> {
+        Err(SysError::Unsupported("routes"))
+    }
+
+    async fn replace_default_route(&self, _route: &Route) -> Result<(), SysError> {
+        Err(SysError::Unsupported("routes"))
+    }
+
+    async fn remove_default_route(&self, _route: &Route) -> Result<(), SysError> {
+        Err(SysError::Unsupported("routes"))
+    }
+
+    async fn dhcp_socket(&self, _link: &str) -> Result<Box<dyn DhcpSocket>, SysError> {
+        Err(SysError::Unsupported("DHCP socket"))
+    }
+
+    async fn set_link_up(&self, name: &str) -> Result<LinkOutcome, SysError> {
         let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
             .map_err(|errno| SysError::io("socket", name, errno.into()))?;
         let mut req = ifreq_for(name)?;
@@ -54,23 +99,15 @@ impl NetworkOps for LinuxNetwork {
         }
         Ok(LinkOutcome::BroughtUp)
     }
-
-    fn has_ipv4(&self, name: &str) -> Result<bool, SysError> {
-        let addrs =
-            nix::ifaddrs::getifaddrs().map_err(|errno| SysError::io("getifaddrs", name, errno.into()))?;
-        Ok(addrs.into_iter().any(|a| {
-            a.interface_name == name && a.address.is_some_and(|addr| addr.as_sockaddr_in().is_some())
-        }))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn loopback_is_listed() {
-        assert!(LinuxNetwork.interfaces().expect("interfaces").iter().any(|n| n == "lo"));
+    #[tokio::test]
+    async fn loopback_is_listed() {
+        assert!(LinuxNetwork.links().await.expect("links").iter().any(|l| l.name == "lo"));
     }
 
     #[test]
