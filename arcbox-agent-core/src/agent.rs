@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::boot::BootRecorder;
 use crate::protocol::MessageType;
 use crate::rpc::handlers::{
-    AgentIdentity, BootReportHandler, DEFAULT_CLOCK_STEP_THRESHOLD, EnsureRuntimeHandler, PingHandler,
-    RuntimeStatusHandler, ShutdownHandler, SystemInfoHandler, WatchReadinessHandler,
+    AgentIdentity, BootReportHandler, DEFAULT_CLOCK_STEP_THRESHOLD, EnsureRuntimeHandler, NetworkWatch,
+    PingHandler, RuntimeStatusHandler, ShutdownHandler, SystemInfoHandler, WatchReadinessHandler,
+    unmanaged_network,
 };
 use crate::rpc::{Router, Server, ServerConfig, ServerStats};
 use crate::runtime::{Backend, Lifecycle, ReadinessEvents};
@@ -32,6 +33,8 @@ pub struct AgentParts<C, S, B, P> {
     pub boot: BootRecorder,
     /// Readiness events (the runtimes publish to the same bus).
     pub events: ReadinessEvents,
+    /// The guest network's status (BootReport, GetSystemInfo).
+    pub network: NetworkWatch,
     /// Steps of less than this are not applied to the clock.
     pub clock_step_threshold: Duration,
 }
@@ -46,6 +49,7 @@ impl<C, S, B, P> AgentParts<C, S, B, P> {
             power,
             boot,
             events: ReadinessEvents::default(),
+            network: unmanaged_network(),
             clock_step_threshold: DEFAULT_CLOCK_STEP_THRESHOLD,
         }
     }
@@ -83,12 +87,18 @@ impl Agent {
             )
             .unary(
                 MessageType::GetSystemInfoRequest,
-                SystemInfoHandler::new(parts.system, parts.clock, Arc::clone(&identity), Arc::clone(&stats)),
+                SystemInfoHandler::new(
+                    parts.system,
+                    parts.clock,
+                    Arc::clone(&identity),
+                    Arc::clone(&stats),
+                    parts.network.clone(),
+                ),
             )
             .unary(MessageType::EnsureRuntimeRequest, EnsureRuntimeHandler::new(Arc::clone(&runtime)))
             .unary(MessageType::RuntimeStatusRequest, RuntimeStatusHandler::new(Arc::clone(&runtime)))
             .streaming(MessageType::ShutdownRequest, ShutdownHandler::new(parts.power))
-            .unary(MessageType::BootReportRequest, BootReportHandler::new(parts.boot.clone()))
+            .unary(MessageType::BootReportRequest, BootReportHandler::new(parts.boot.clone(), parts.network))
             .streaming(
                 MessageType::WatchReadinessRequest,
                 WatchReadinessHandler::new(parts.events, stopping.clone()),

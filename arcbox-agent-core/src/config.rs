@@ -23,6 +23,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/arcbox/agent.toml";
 pub const DEFAULT_NOFILE: u64 = 1_048_576;
 /// The host's userspace network stack: gateway and DNS forwarder.
 pub const DEFAULT_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+/// dockerd's default bridge (`docker0`) address: containers reach the
+/// guest DNS server there.
+pub const DOCKER_BRIDGE_GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
 /// The host share the reference boots from (tag `arcbox`).
 pub const HOST_SHARE_DIR: &str = "/arcbox";
 /// Preferred directory of the runtime binaries (on the host share), then `PATH`.
@@ -69,6 +72,16 @@ pub enum ConfigError {
     #[error("kernel command line {key}={value}: {expected}")]
     Cmdline {
         /// The key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What it should look like.
+        expected: &'static str,
+    },
+    /// A setting (from the file or the command line) has a value it cannot take.
+    #[error("{key} = {value:?}: expected {expected}")]
+    Value {
+        /// The setting (`[network] address`).
         key: String,
         /// The value given.
         value: String,
@@ -144,9 +157,11 @@ pub struct InitConfig {
     pub tmpfs: TmpfsPolicy,
     /// RLIMIT_NOFILE (and fs.nr_open if lower).
     pub nofile: u64,
-    /// Nameservers for /etc/resolv.conf.
+    /// Nameservers for /etc/resolv.conf; empty: the guest DNS server
+    /// (see [`AgentConfig::resolv_nameservers`]).
     pub nameservers: Vec<String>,
-    /// DNS servers in /etc/docker/daemon.json.
+    /// DNS servers in /etc/docker/daemon.json; empty: the guest DNS
+    /// server on the bridge (see [`AgentConfig::docker_nameservers`]).
     pub docker_dns: Vec<String>,
     /// The CA bundle /etc/ssl/certs/ca-certificates.crt links to.
     pub ca_bundle: PathBuf,
@@ -162,8 +177,8 @@ impl Default for InitConfig {
             root: "/".into(),
             tmpfs: TmpfsPolicy::Auto,
             nofile: DEFAULT_NOFILE,
-            nameservers: vec![DEFAULT_GATEWAY.to_string()],
-            docker_dns: vec![DEFAULT_GATEWAY.to_string()],
+            nameservers: Vec::new(),
+            docker_dns: Vec::new(),
             ca_bundle: "/cacerts/ca-certificates.crt".into(),
             ip_forward: true,
             shares: vec![
@@ -210,19 +225,34 @@ impl Default for ModulesConfig {
     }
 }
 
-/// `[network]`.
+/// `[network]`: the primary NIC's IPv4 configuration (`crate::net`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
-    /// Run DHCP on the primary NIC (after the listener is up).
+    /// Run the DHCP client (unless `address` gives a static configuration).
     pub dhcp: bool,
-    /// The busybox binary that provides udhcpc.
-    pub busybox: PathBuf,
+    /// The NIC; empty: the primary one (the first that is not virtual).
+    pub interface: String,
+    /// A static address with prefix (`10.0.2.15/24`); empty: DHCP.
+    pub address: String,
+    /// The static default gateway; empty: none.
+    pub gateway: String,
+    /// Static DNS servers (the guest DNS server's upstreams).
+    pub dns: Vec<String>,
+    /// The static MTU; 0 leaves the link's own.
+    pub mtu: u16,
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { dhcp: true, busybox: "/bin/busybox".into() }
+        Self {
+            dhcp: true,
+            interface: String::new(),
+            address: String::new(),
+            gateway: String::new(),
+            dns: Vec::new(),
+            mtu: 0,
+        }
     }
 }
 
@@ -237,7 +267,9 @@ pub struct DnsSection {
     /// The local zone (`web` answers as `web` and `web.<zone>`).
     pub zone: String,
     /// Upstreams for other names (`IP` or `IP:PORT`); empty: the
-    /// nameservers of `[init]` (`arcbox_agent.dns_upstreams=` on the command line).
+    /// nameservers of `[init]` if given, else the DNS servers of the
+    /// network (DHCP lease or `[network] dns`), else the gateway
+    /// (`arcbox_agent.dns_upstreams=` on the command line).
     pub upstreams: Vec<String>,
 }
 
@@ -253,9 +285,98 @@ impl Default for DnsSection {
 }
 
 impl AgentConfig {
-    /// The DNS server's upstreams: `[dns] upstreams`, else the nameservers.
-    pub fn dns_upstreams(&self) -> &[String] {
-        if self.dns.upstreams.is_empty() { &self.init.nameservers } else { &self.dns.upstreams }
+    /// The DNS server's upstreams before the network says otherwise:
+    /// `[dns] upstreams`, else the nameservers, else the static DNS, else the gateway.
+    pub fn dns_upstreams(&self) -> Vec<String> {
+        [&self.dns.upstreams, &self.init.nameservers, &self.network.dns]
+            .into_iter()
+            .find(|list| !list.is_empty())
+            .cloned()
+            .unwrap_or_else(|| vec![DEFAULT_GATEWAY.to_string()])
+    }
+
+    /// Whether the configuration names the upstreams, so a DHCP lease's
+    /// DNS servers must not replace them.
+    pub fn dns_upstreams_pinned(&self) -> bool {
+        !self.dns.upstreams.is_empty() || !self.init.nameservers.is_empty()
+    }
+
+    /// Where the guest DNS server can be reached on port 53 (its address,
+    /// 127.0.0.1 for a wildcard bind), if it is enabled there.
+    fn dns_server_ip(&self) -> Option<Ipv4Addr> {
+        let bind: SocketAddr = self.dns.listen.parse().ok()?;
+        match bind {
+            SocketAddr::V4(v4) if self.dns.enabled && v4.port() == 53 => {
+                Some(if v4.ip().is_unspecified() { Ipv4Addr::LOCALHOST } else { *v4.ip() })
+            }
+            _ => None,
+        }
+    }
+
+    /// /etc/resolv.conf's nameservers: `[init] nameservers`, else the
+    /// guest DNS server, else the upstreams (hosts only: resolv.conf has no ports).
+    pub fn resolv_nameservers(&self) -> Vec<String> {
+        if !self.init.nameservers.is_empty() {
+            return self.init.nameservers.clone();
+        }
+        match self.dns_server_ip() {
+            Some(ip) => vec![ip.to_string()],
+            None => self.dns_upstreams().iter().map(|u| host_of(u)).collect(),
+        }
+    }
+
+    /// daemon.json's DNS servers: `[init] docker_dns`, else the guest DNS
+    /// server as containers reach it (the docker0 bridge address when it
+    /// listens on every address), else what the guest itself uses.
+    pub fn docker_nameservers(&self) -> Vec<String> {
+        if !self.init.docker_dns.is_empty() {
+            return self.init.docker_dns.clone();
+        }
+        match self.dns_server_ip() {
+            Some(ip) if ip.is_loopback() => vec![DOCKER_BRIDGE_GATEWAY.to_string()],
+            Some(ip) => vec![ip.to_string()],
+            None => self.dns_upstreams().iter().map(|u| host_of(u)).collect(),
+        }
+    }
+
+    /// What the network service is to do, from `[network]`.
+    pub fn network_plan(&self) -> Result<crate::net::NetworkPlan, ConfigError> {
+        use crate::net::{Ipv4Config, NetworkPlan};
+        let net = &self.network;
+        let interface = (!net.interface.is_empty()).then(|| net.interface.clone());
+        if net.address.is_empty() {
+            return Ok(if net.dhcp {
+                NetworkPlan::Dhcp { interface }
+            } else {
+                NetworkPlan::Unmanaged("DHCP is off and no static address is configured".into())
+            });
+        }
+        let bad = |key: &str, value: &str, expected| ConfigError::Value {
+            key: format!("[network] {key}"),
+            value: value.to_owned(),
+            expected,
+        };
+        let address =
+            net.address.parse().map_err(|_| bad("address", &net.address, "an IPv4 address/prefix"))?;
+        let gateway = match net.gateway.as_str() {
+            "" => None,
+            text => Some(text.parse().map_err(|_| bad("gateway", text, "an IPv4 address"))?),
+        };
+        let dns = net
+            .dns
+            .iter()
+            .map(|text| text.parse().map_err(|_| bad("dns", text, "IPv4 addresses")))
+            .collect::<Result<_, _>>()?;
+        let mtu = (net.mtu != 0).then_some(net.mtu);
+        Ok(NetworkPlan::Static { interface, config: Ipv4Config { address, gateway, dns, mtu } })
+    }
+}
+
+/// The host of `IP` or `IP:PORT`.
+fn host_of(upstream: &str) -> String {
+    match upstream.parse::<SocketAddr>() {
+        Ok(addr) => addr.ip().to_string(),
+        Err(_) => upstream.to_owned(),
     }
 }
 
@@ -404,6 +525,11 @@ impl AgentConfig {
             "arcbox_agent.modules" => self.modules.enabled = parse_bool(key, value)?,
             "arcbox_agent.load" => self.modules.devices.extend(list(value)),
             "arcbox_agent.dhcp" => self.network.dhcp = parse_bool(key, value)?,
+            "arcbox_agent.iface" => self.network.interface = value.into(),
+            "arcbox_agent.ip" => self.network.address = value.into(),
+            "arcbox_agent.gateway" => self.network.gateway = value.into(),
+            "arcbox_agent.network_dns" => self.network.dns = list(value),
+            "arcbox_agent.mtu" => self.network.mtu = parse_num(key, value)?,
             "arcbox_agent.nameserver" => self.init.nameservers = list(value),
             "arcbox_agent.dns" => self.dns.enabled = parse_bool(key, value)?,
             "arcbox_agent.dns_upstreams" => self.dns.upstreams = list(value),
@@ -512,7 +638,7 @@ mod tests {
         // The DNS server forwards to the nameservers unless told otherwise.
         assert_eq!(c.dns_upstreams(), ["1.1.1.1", "8.8.8.8"]);
         c.apply_cmdline("arcbox_agent.dns_upstreams=9.9.9.9:5353 arcbox_agent.dns=0");
-        assert_eq!((c.dns_upstreams(), c.dns.enabled), (&["9.9.9.9:5353".to_owned()][..], false));
+        assert_eq!((c.dns_upstreams(), c.dns.enabled), (vec!["9.9.9.9:5353".to_owned()], false));
     }
 
     #[test]
@@ -526,5 +652,54 @@ mod tests {
             AgentConfig::cmdline_config_path("a arcbox_agent.config=/x.toml").as_deref(),
             Some(Path::new("/x.toml"))
         );
+    }
+
+    #[test]
+    fn resolvers_point_at_the_guest_dns_server_unless_told_otherwise() {
+        let mut c = AgentConfig::default();
+        assert_eq!(c.resolv_nameservers(), ["127.0.0.1"]);
+        assert_eq!(c.docker_nameservers(), ["172.17.0.1"]);
+        assert_eq!(c.dns_upstreams(), ["10.0.2.1"]);
+        assert!(!c.dns_upstreams_pinned());
+        // Off, or on a port resolv.conf cannot name: the upstreams themselves.
+        c.apply_cmdline("arcbox_agent.dns=off arcbox_agent.dns_upstreams=9.9.9.9:5353");
+        assert_eq!(
+            (c.resolv_nameservers(), c.docker_nameservers()),
+            (vec!["9.9.9.9".into()], vec!["9.9.9.9".into()])
+        );
+        assert!(c.dns_upstreams_pinned());
+        let mut named = AgentConfig::default();
+        named.apply_cmdline("arcbox_agent.nameserver=1.1.1.1");
+        assert_eq!(
+            (named.resolv_nameservers(), named.docker_nameservers()),
+            (vec!["1.1.1.1".into()], vec!["172.17.0.1".into()])
+        );
+    }
+
+    #[test]
+    fn the_network_plan_is_dhcp_static_or_unmanaged() {
+        use crate::net::NetworkPlan;
+        let mut c = AgentConfig::default();
+        assert_eq!(c.network_plan().unwrap(), NetworkPlan::Dhcp { interface: None });
+        c.apply_cmdline(
+            "arcbox_agent.ip=192.168.64.5/24 arcbox_agent.gateway=192.168.64.1 arcbox_agent.iface=eth1 \
+             arcbox_agent.network_dns=1.1.1.1,8.8.8.8 arcbox_agent.mtu=1400",
+        );
+        let NetworkPlan::Static { interface, config } = c.network_plan().unwrap() else {
+            panic!("not static")
+        };
+        assert_eq!(interface.as_deref(), Some("eth1"));
+        assert_eq!(config.address.to_string(), "192.168.64.5/24");
+        assert_eq!(
+            (config.gateway.unwrap().to_string(), config.dns.len(), config.mtu),
+            ("192.168.64.1".into(), 2, Some(1400))
+        );
+        assert_eq!(c.dns_upstreams(), ["1.1.1.1", "8.8.8.8"], "static DNS servers are the upstreams");
+        c.network.gateway = "not-an-ip".into();
+        let err = c.network_plan().unwrap_err().to_string();
+        assert!(err.contains("[network] gateway") && err.contains("not-an-ip"), "{err}");
+        let mut off = AgentConfig::default();
+        off.apply_cmdline("arcbox_agent.dhcp=0");
+        assert!(matches!(off.network_plan().unwrap(), NetworkPlan::Unmanaged(_)));
     }
 }

@@ -22,6 +22,7 @@
 //! - [`transport`]: the listeners and the accept loop (connection cap, backoff) the RPC
 //!   server and proxies share.
 //! - [`proxy`]: byte proxies with half-close (Docker and Kubernetes APIs), splice on Linux.
+//! - [`net`]: the primary NIC's address from in-process DHCP (or static), kept and released.
 //! - [`dns`]: the container-name DNS server (local zone `arcbox.local`, forwarding with a cache).
 //! - [`boot`]: the boot report.
 //! - [`config`]: every default, the TOML file and the kernel command-line keys.
@@ -45,6 +46,7 @@ pub mod dns;
 pub mod guest;
 pub mod init;
 pub mod modules;
+pub mod net;
 pub mod proxy;
 pub mod reaper;
 pub mod rpc;

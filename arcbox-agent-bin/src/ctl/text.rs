@@ -7,8 +7,8 @@ use std::time::Duration;
 use arcbox_agent_wire::protocol::MessageType;
 use arcbox_agent_wire::protocol::proto::agent::{
     AgentPingResponse, BootReport, DnsListResponse, KubernetesStartResponse, KubernetesStatusResponse,
-    KubernetesStopResponse, ReadinessEvent, RuntimeEnsureResponse, RuntimeStatusResponse, ServiceStatus,
-    SystemInfo,
+    KubernetesStopResponse, NetworkStatus, ReadinessEvent, RuntimeEnsureResponse, RuntimeStatusResponse,
+    ServiceStatus, SystemInfo,
 };
 
 pub fn pong(pong: &AgentPingResponse, rtt: Duration) -> String {
@@ -29,7 +29,7 @@ pub fn pong(pong: &AgentPingResponse, rtt: Duration) -> String {
 }
 
 pub fn info(info: &SystemInfo) -> String {
-    format!(
+    let mut text = format!(
         "hostname:   {}\nkernel:     {} {} ({})\nos:         {}\ncpus:       {}\nmemory:     {} MiB total, {} MiB available\nload:       {:?}\nuptime:     {} s\naddresses:  {}\nagent rss:  {} KiB after {} requests",
         info.hostname,
         info.os_name,
@@ -44,7 +44,42 @@ pub fn info(info: &SystemInfo) -> String {
         if info.ip_addresses.is_empty() { "(none)".to_owned() } else { info.ip_addresses.join(" ") },
         info.agent_rss_bytes >> 10,
         info.agent_requests_served,
-    )
+    );
+    if let Some(net) = &info.network {
+        let _ = write!(text, "\nnetwork:    {}", network(net));
+    }
+    text
+}
+
+/// The guest network in one line: state, interface, address, lease or why none.
+pub fn network(net: &NetworkStatus) -> String {
+    let mut line = net.state.clone();
+    if !net.interface.is_empty() {
+        let _ = write!(line, " on {}", net.interface);
+    }
+    if !net.address.is_empty() {
+        let _ = write!(line, ": {}", net.address);
+    }
+    if !net.gateway.is_empty() {
+        let _ = write!(line, " via {}", net.gateway);
+    }
+    if !net.dns.is_empty() {
+        let _ = write!(line, ", dns {}", net.dns.join(" "));
+    }
+    if net.mtu != 0 {
+        let _ = write!(line, ", mtu {}", net.mtu);
+    }
+    if !net.dhcp_server.is_empty() {
+        let _ = write!(
+            line,
+            " (lease {} s from {}, renew at {} s, {} renewals)",
+            net.lease_secs, net.dhcp_server, net.renew_secs, net.renewals
+        );
+    }
+    if !net.reason.is_empty() {
+        let _ = write!(line, " ({})", net.reason);
+    }
+    line
 }
 
 pub fn ensure(answer: &RuntimeEnsureResponse) -> String {
@@ -99,6 +134,9 @@ pub fn boot_report(report: &BootReport, waited: bool) -> String {
         report.kernel_uptime_at_start_secs,
         report.listener_ready_us as f64 / 1e3,
     );
+    if let Some(net) = &report.network {
+        let _ = write!(text, "\nnetwork: {}", network(net));
+    }
     for step in &report.steps {
         let _ = write!(
             text,

@@ -4,7 +4,9 @@
 //!
 //! The requests are registered before the server is bound (the router is
 //! complete before serving starts), so upstreams set before the bind are
-//! kept and handed to the server when it starts.
+//! kept and handed to the server when it starts. Unless the configuration
+//! names them, the upstreams follow the network's DNS servers (a DHCP
+//! lease's, renewed or replaced when the host's network changes).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,13 +17,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 use crate::dns::{DnsConfig, DnsHandle, DnsServer, Registry};
-use crate::rpc::handlers::{DnsControl, NameEntry, parse_upstreams};
+use crate::rpc::handlers::{DnsControl, NameEntry, NetworkWatch, parse_upstreams};
 use crate::runtime::docker_api::{ContainerNameSync, DockerClient, NameSink};
 
 /// The guest DNS server and what feeds it.
 pub struct GuestDns {
     enabled: bool,
     listen: String,
+    /// The configuration names the upstreams: the network's DNS servers do not replace them.
+    pinned: bool,
     registry: Registry,
     /// Upstreams until the server is bound (then the server holds them).
     upstreams: Mutex<Vec<SocketAddr>>,
@@ -32,13 +36,14 @@ impl GuestDns {
     /// The service `config` describes; nothing is bound yet. Upstreams that
     /// do not parse are logged and left out.
     pub fn from_config(config: &AgentConfig) -> Arc<Self> {
-        let upstreams = parse_upstreams(config.dns_upstreams()).unwrap_or_else(|why| {
+        let upstreams = parse_upstreams(&config.dns_upstreams()).unwrap_or_else(|why| {
             tracing::warn!(why, "DNS upstreams in the configuration; forwarding to none");
             Vec::new()
         });
         Arc::new(Self {
             enabled: config.dns.enabled,
             listen: config.dns.listen.clone(),
+            pinned: config.dns_upstreams_pinned(),
             registry: Registry::new(&config.dns.zone),
             upstreams: Mutex::new(upstreams),
             server: OnceLock::new(),
@@ -80,6 +85,34 @@ impl GuestDns {
         }
         let sync = ContainerNameSync::new(DockerClient::new(socket), Arc::new(self.registry.clone()));
         tokio::spawn(sync.run(stop));
+    }
+}
+
+impl GuestDns {
+    /// Makes the network's DNS servers (port 53) the upstreams whenever
+    /// they change, unless the configuration pinned the upstreams.
+    pub fn follow_network(self: &Arc<Self>, mut network: NetworkWatch) {
+        if self.pinned {
+            return;
+        }
+        let dns = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let servers: Vec<SocketAddr> = network
+                    .borrow_and_update()
+                    .config
+                    .as_ref()
+                    .map(|c| c.dns.iter().map(|ip| SocketAddr::from((*ip, 53))).collect())
+                    .unwrap_or_default();
+                if !servers.is_empty() && servers != dns.upstreams() {
+                    tracing::info!(upstreams = ?servers, "DNS upstreams from the network");
+                    dns.set_upstreams(servers);
+                }
+                if network.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 }
 
@@ -175,6 +208,40 @@ mod tests {
         dns.set_upstreams(later.clone());
         assert_eq!((dns.upstreams(), dns.server().unwrap().upstreams()), (later.clone(), later));
         stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn upstreams_follow_the_network_unless_the_configuration_pins_them() {
+        use crate::net::{Ipv4Config, NetworkState, NetworkStatus};
+        let bound = |dns: &str| {
+            let mut status = NetworkStatus::new(NetworkState::Bound, "");
+            status.config = Some(Ipv4Config {
+                address: "10.0.2.15/24".parse().unwrap(),
+                gateway: None,
+                dns: vec![dns.parse().unwrap()],
+                mtu: None,
+            });
+            status
+        };
+        let following = GuestDns::from_config(&AgentConfig::default());
+        let (tx, rx) = tokio::sync::watch::channel(bound("10.0.2.3"));
+        following.follow_network(rx);
+        let wait_for = |want: &'static str| {
+            let dns = Arc::clone(&following);
+            async move {
+                let want: SocketAddr = want.parse().unwrap();
+                while dns.upstreams() != [want] {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        wait_for("10.0.2.3:53").await;
+        tx.send(bound("192.168.1.1")).unwrap();
+        wait_for("192.168.1.1:53").await;
+        let pinned = guest_dns("127.0.0.1:0", true);
+        pinned.follow_network(tokio::sync::watch::channel(bound("10.0.2.3")).1);
+        tokio::task::yield_now().await;
+        assert_eq!(pinned.upstreams(), ["127.0.0.1:9".parse::<SocketAddr>().unwrap()]);
     }
 
     #[tokio::test]

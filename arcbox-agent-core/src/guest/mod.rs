@@ -7,20 +7,24 @@
 //! The boot sequence: the init plan's kernel phase (before the
 //! configuration can be read), its early phase (the vsock modules the
 //! listener needs), the listener, serving; then the late phase (mounts,
-//! /etc, devices, shares, DHCP) while RPCs are already answered, off the
-//! async workers so accepts never wait behind a slow syscall; then "init
-//! complete", which lets runtime starts proceed.
+//! /etc, devices, shares) while RPCs are already answered, off the async
+//! workers so accepts never wait behind a slow syscall; then the network
+//! service (DHCP) in the background, and "init complete", which lets
+//! runtime starts proceed.
 //!
 //! # Layout
 //! - `mod.rs`: [`GuestOs`], [`Guest`] (assembly and boot sequence), [`GuestHooks`].
 //! - [`GuestDns`] (`dns.rs`): the DNS server, its Docker-fed names and its requests.
+//! - [`GuestNetwork`] (`network.rs`): the NIC's lease or static address, kept in the background.
 //! - [`linux`] (Linux only): the real OS parts, logging, signals and the binary's `main`.
 
 mod dns;
 #[cfg(target_os = "linux")]
 pub mod linux;
+mod network;
 
 pub use dns::GuestDns;
+pub use network::GuestNetwork;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -133,6 +137,8 @@ pub struct Guest<O: GuestOs> {
     kubernetes: Arc<Lifecycle<GuestK3s<O>>>,
     power: Arc<GuestPower>,
     dns: Arc<GuestDns>,
+    network: GuestNetwork,
+    files: Arc<dyn FileOps>,
     boot: BootRecorder,
     events: ReadinessEvents,
     plan: Vec<Step>,
@@ -167,9 +173,12 @@ impl<O: GuestOs> Guest<O> {
                 .with_start_gate(init_done.clone())
                 .with_supervision_until(power.stopping()),
         );
+        let init_ops = os.init_ops();
+        let network = GuestNetwork::from_config(Arc::clone(&init_ops.network), config, settings.init_mode);
         let mut parts =
             AgentParts::new(os.clock(), os.system(), Arc::clone(&engine), Arc::clone(&power), boot.clone());
         parts.events = events.clone();
+        parts.network = network.watch();
         let (mut agent, docker) = Agent::new(parts, &settings.boot_id);
         let kubernetes = Lifecycle::new(Arc::new(K3s::new(engine, K3sLayout::default())), events.clone());
         register_kubernetes(agent.router_mut(), Arc::clone(&kubernetes));
@@ -181,10 +190,12 @@ impl<O: GuestOs> Guest<O> {
             kubernetes,
             power,
             dns,
+            network,
+            files: Arc::clone(&init_ops.files),
             boot,
             events,
             plan: standard_plan(config),
-            runner: InitRunner::new(os.init_ops(), config.init.root.clone()),
+            runner: InitRunner::new(init_ops, config.init.root.clone()),
             init_mode: settings.init_mode,
             init_done,
             stop,
@@ -209,6 +220,11 @@ impl<O: GuestOs> Guest<O> {
     /// The DNS service (container names, upstreams).
     pub fn dns(&self) -> &Arc<GuestDns> {
         &self.dns
+    }
+
+    /// The network service (the NIC's lease).
+    pub fn network(&self) -> &GuestNetwork {
+        &self.network
     }
 
     /// The power control (Shutdown, shutdown signals).
@@ -247,13 +263,17 @@ impl<O: GuestOs> Guest<O> {
         }
         let listener = bind().await.map_err(GuestError::Listen)?;
         let serving = tokio::spawn(self.agent.serve(listener, server, self.stop.clone()));
-        if let Err(why) = self.dns.start(self.stop).await {
+        if let Err(why) = self.dns.start(self.stop.clone()).await {
             tracing::warn!(why, "no guest DNS server");
         }
+        self.dns.follow_network(self.network.watch());
         hooks.serving().await;
         if self.init_mode {
             init.run_phase(Phase::Late).await;
         }
+        // After the late phase: the NIC's driver is loaded, and DHCP never
+        // holds up the listener or the runtime (it runs in the background).
+        self.network.start(self.files, self.stop.clone());
         hooks.initialized();
         init.boot.mark_init_complete();
         self.init_done.cancel();

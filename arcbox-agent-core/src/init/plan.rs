@@ -116,7 +116,7 @@ pub fn standard_plan(config: &AgentConfig) -> Vec<Step> {
             "write /etc/resolv.conf",
             Late,
             false,
-            file("/etc/resolv.conf", resolv_conf(&init.nameservers), false),
+            file("/etc/resolv.conf", resolv_conf(&config.resolv_nameservers()), false),
         ),
         step("write /etc/hosts", Late, false, Action::WriteHosts),
         step("write /etc/passwd", Late, false, file("/etc/passwd", PASSWD.into(), true)),
@@ -125,7 +125,11 @@ pub fn standard_plan(config: &AgentConfig) -> Vec<Step> {
             "write /etc/docker/daemon.json",
             Late,
             false,
-            file("/etc/docker/daemon.json", docker_daemon_json(&init.docker_dns, init.nofile), false),
+            file(
+                "/etc/docker/daemon.json",
+                docker_daemon_json(&config.docker_nameservers(), init.nofile),
+                false,
+            ),
         ),
         step(
             "link CA bundle",

@@ -127,7 +127,8 @@ async fn the_steps_write_the_reference_files_and_state() {
     let sys = System::new();
     let plan = standard_plan(&AgentConfig::default());
     run_all(&sys.runner(), &plan).await;
-    assert_eq!(sys.files.contents("/etc/resolv.conf").unwrap(), "nameserver 10.0.2.1\n");
+    // The guest resolves through its own DNS server; containers reach it on the bridge.
+    assert_eq!(sys.files.contents("/etc/resolv.conf").unwrap(), "nameserver 127.0.0.1\n");
     assert_eq!(
         sys.files.contents("/etc/hosts").unwrap(),
         "127.0.0.1\tlocalhost\n::1\t\tlocalhost\n127.0.1.1\tvm1\n"
@@ -136,7 +137,7 @@ async fn the_steps_write_the_reference_files_and_state() {
     assert_eq!(sys.files.contents("/etc/group").unwrap(), GROUP);
     let daemon: serde_json::Value =
         serde_json::from_str(&sys.files.contents("/etc/docker/daemon.json").unwrap()).unwrap();
-    assert_eq!(daemon["dns"][0], "10.0.2.1");
+    assert_eq!(daemon["dns"], serde_json::json!(["172.17.0.1"]));
     assert_eq!(daemon["default-ulimits"]["nofile"]["Soft"], 1_048_576);
     assert_eq!(daemon["features"]["containerd-snapshotter"], true);
     assert_eq!(

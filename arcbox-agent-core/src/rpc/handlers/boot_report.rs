@@ -1,5 +1,7 @@
-//! BootReport (extension): the init steps and boot milestones.
+//! BootReport (extension): the init steps and boot milestones, and the
+//! network's state now.
 
+use super::{NetworkWatch, network_message};
 use crate::boot::BootRecorder;
 use crate::protocol::proto::agent::{BootReport, BootReportRequest};
 use crate::rpc::{RequestContext, RpcError, UnaryHandler};
@@ -7,12 +9,13 @@ use crate::rpc::{RequestContext, RpcError, UnaryHandler};
 /// Serves BootReportRequest.
 pub struct BootReportHandler {
     recorder: BootRecorder,
+    network: NetworkWatch,
 }
 
 impl BootReportHandler {
-    /// A handler reading `recorder`.
-    pub fn new(recorder: BootRecorder) -> Self {
-        Self { recorder }
+    /// A handler reading `recorder` and `network`.
+    pub fn new(recorder: BootRecorder, network: NetworkWatch) -> Self {
+        Self { recorder, network }
     }
 }
 
@@ -25,6 +28,8 @@ impl UnaryHandler for BootReportHandler {
         _ctx: RequestContext<'_>,
         _request: BootReportRequest,
     ) -> Result<BootReport, RpcError> {
-        Ok(self.recorder.snapshot())
+        let mut report = self.recorder.snapshot();
+        report.network = Some(network_message(&self.network.borrow()));
+        Ok(report)
     }
 }

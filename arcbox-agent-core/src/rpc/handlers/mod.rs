@@ -3,6 +3,7 @@
 mod boot_report;
 mod dns;
 mod kubernetes;
+mod network;
 mod ping;
 mod readiness;
 mod runtime;
@@ -12,6 +13,7 @@ mod system_info;
 pub use boot_report::BootReportHandler;
 pub use dns::{DnsControl, NameEntry, parse_upstreams, register_dns};
 pub use kubernetes::{K3sLifecycle, register_kubernetes};
+pub use network::{NetworkWatch, network_message, unmanaged_network};
 pub use ping::{DEFAULT_CLOCK_STEP_THRESHOLD, PingHandler, WHOLE_SECONDS_PRECISION};
 pub use readiness::{WatchReadinessHandler, event_message, kind_name};
 pub use runtime::{DEFAULT_ENSURE_WAIT, EnsureRuntimeHandler, RuntimeStatusHandler};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
 
-use super::AgentIdentity;
+use super::{AgentIdentity, NetworkWatch, network_message};
 use crate::protocol::proto::agent::{Empty, SystemInfo};
 use crate::rpc::{RequestContext, RpcError, ServerStats, UnaryHandler};
 use crate::sys::{Clock, SystemInfoSource};
@@ -16,12 +16,19 @@ pub struct SystemInfoHandler<S, C> {
     clock: Arc<C>,
     identity: Arc<AgentIdentity>,
     stats: Arc<ServerStats>,
+    network: NetworkWatch,
 }
 
 impl<S: SystemInfoSource, C: Clock> SystemInfoHandler<S, C> {
-    /// A handler reading from `source`.
-    pub fn new(source: Arc<S>, clock: Arc<C>, identity: Arc<AgentIdentity>, stats: Arc<ServerStats>) -> Self {
-        Self { source, clock, identity, stats }
+    /// A handler reading from `source`, with the network's status from `network`.
+    pub fn new(
+        source: Arc<S>,
+        clock: Arc<C>,
+        identity: Arc<AgentIdentity>,
+        stats: Arc<ServerStats>,
+        network: NetworkWatch,
+    ) -> Self {
+        Self { source, clock, identity, stats, network }
     }
 }
 
@@ -40,6 +47,7 @@ impl<S: SystemInfoSource, C: Clock> UnaryHandler for SystemInfoHandler<S, C> {
         // RSS is best effort: a missing /proc entry must not fail the call.
         info.agent_rss_bytes = self.source.process_rss_bytes().unwrap_or(0);
         info.agent_requests_served = self.stats.requests_served.load(Ordering::Relaxed);
+        info.network = Some(network_message(&self.network.borrow()));
         Ok(info)
     }
 }
@@ -57,7 +65,13 @@ mod tests {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH + Duration::new(10, 5)));
         let stats = Arc::new(ServerStats::default());
         stats.requests_served.store(7, Ordering::Relaxed);
-        let h = SystemInfoHandler::new(source, clock, AgentIdentity::new("b"), stats);
+        let h = SystemInfoHandler::new(
+            source,
+            clock,
+            AgentIdentity::new("b"),
+            stats,
+            super::super::unmanaged_network(),
+        );
         let ctx = RequestContext { msg_type: 2, trace_id: "", peer: "" };
         let info = h.handle(ctx, Empty {}).await.unwrap();
         assert_eq!(info.hostname, "arcbox-sim");
