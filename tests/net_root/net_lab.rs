@@ -16,11 +16,14 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
 
 /// The programs these fixtures run.
 pub const TOOLS: &[&str] = &["ip", "dnsmasq"];
@@ -177,14 +180,21 @@ impl DhcpLab {
         self.stop_server();
         // Only lines of this run count: earlier runs logged the same.
         let from = self.log.state().text.len();
-        let mut child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &self.server_netns, "dnsmasq"])
             .args(self.dnsmasq_args(options))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start dnsmasq");
+            .stderr(Stdio::piped());
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes one async-signal-safe syscall (prctl).
+        unsafe {
+            // A body killed before its lab drops takes dnsmasq with it
+            // (the signal survives `ip netns exec`'s exec of dnsmasq).
+            command.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(Into::into));
+        }
+        let mut child = command.spawn().expect("start dnsmasq");
         let stderr = child.stderr.take().expect("dnsmasq's stderr is piped");
         self.log.state().ended = false;
         let log = Arc::clone(&self.log);
