@@ -41,9 +41,10 @@ end_step() {
 
 step "set-up: Debian packages, rustup components and targets"
 # Tools the root tests drive for real: mkfs.btrfs, mkfs.ext4, lsattr, losetup, unshare;
-# and dig, the real resolver client of the DNS tests.
+# dig, the real resolver client of the DNS tests; ip and dnsmasq, the link tool
+# and DHCP server of the network tests.
 need=()
-for tool in mkfs.btrfs:btrfs-progs mkfs.ext4:e2fsprogs lsattr:e2fsprogs losetup:mount unshare:util-linux dig:bind9-dnsutils; do
+for tool in mkfs.btrfs:btrfs-progs mkfs.ext4:e2fsprogs lsattr:e2fsprogs losetup:mount unshare:util-linux dig:bind9-dnsutils ip:iproute2 dnsmasq:dnsmasq-base; do
 	command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then

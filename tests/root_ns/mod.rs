@@ -38,6 +38,9 @@ pub enum Namespaces {
     Mount,
     /// PID 1 of fresh mount, PID and network namespaces, with its own /proc.
     Pid1,
+    /// A fresh network namespace (only `lo`, down) with a private mount
+    /// namespace, so what the body mounts (`ip netns` state) stays its own.
+    Net,
 }
 
 impl Namespaces {
@@ -45,6 +48,7 @@ impl Namespaces {
         match self {
             Self::Mount => &["--mount", "--propagation", "private", "--"],
             Self::Pid1 => &["--mount", "--pid", "--net", "--fork", "--mount-proc"],
+            Self::Net => &["--net", "--mount", "--propagation", "private", "--"],
         }
     }
 }
