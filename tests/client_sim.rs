@@ -146,6 +146,39 @@ async fn boot_report_and_shutdown() {
 }
 
 #[tokio::test]
+async fn the_simulated_guest_leases_its_address_by_dhcp_and_reports_it() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    let report =
+        client.boot_report_when_complete(Duration::from_secs(10), Duration::from_millis(20)).await.unwrap();
+    assert!(report.network.is_some(), "the boot report carries the network");
+    let network = loop {
+        let network = client.system_info().await.unwrap().network.expect("network status");
+        if network.state != "acquiring" {
+            break network;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((network.state.as_str(), network.interface.as_str()), ("bound", "eth0"));
+    assert_eq!((network.address.as_str(), network.gateway.as_str()), ("10.0.2.15/24", "10.0.2.2"));
+    assert_eq!(
+        (network.dhcp_server.as_str(), network.dns.as_slice()),
+        ("10.0.2.2", &["10.0.2.3".to_owned()][..])
+    );
+    // The lease's DNS server becomes the guest DNS server's upstream (a
+    // task follows the lease, so allow it a moment).
+    let mut upstreams = Vec::new();
+    for _ in 0..250 {
+        upstreams = client.dns_list().await.unwrap().upstreams;
+        if upstreams == ["10.0.2.3:53"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstreams, ["10.0.2.3:53"]);
+}
+
+#[tokio::test]
 async fn a_call_past_its_deadline_times_out_and_the_next_call_reconnects() {
     // First connection: swallow the request, never answer. Later ones: a real agent.
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arcbox_agent_core::shutdown::GuestPower;
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
-use arcbox_agent_wire::protocol::proto::agent::ReadinessEvent;
+use arcbox_agent_wire::protocol::proto::agent::{NetworkStatus, ReadinessEvent};
 use arcbox_agent_wire::transport::Address;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -139,6 +139,20 @@ async fn walk(scenario: Scenario, address: &Address, out: &mut (dyn Write + Send
         );
     }
 
+    say!(out, "\n-- network (the in-process DHCP client's lease, in the background after init)");
+    let network = network_settled(&mut client).await?;
+    say!(
+        out,
+        "{} on {}: {} via {}, dns {} (lease {} s from {})",
+        network.state,
+        network.interface,
+        network.address,
+        network.gateway,
+        network.dns.join(" "),
+        network.lease_secs,
+        network.dhcp_server
+    );
+
     say!(out, "\n-- watch readiness (a second connection; events are shown as they arrive)");
     let mut events = watch(address).await?;
     show_events(&mut events, out, Duration::from_millis(200)).await?;
@@ -231,6 +245,20 @@ async fn kubernetes(
     let delete = client.kubernetes_delete().await.map_err(|e| DemoError::Call("k8s delete", e))?;
     say!(out, "delete: {}", delete.detail);
     show_events(events, out, Duration::from_millis(50)).await
+}
+
+/// The network's status once the DHCP client has had its first answer
+/// (the lease comes in the background, so it may trail init by a moment).
+async fn network_settled(client: &mut AgentClient) -> Result<NetworkStatus, DemoError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let info = client.system_info().await.map_err(|e| DemoError::Call("info", e))?;
+        let network = info.network.unwrap_or_default();
+        if network.state != "acquiring" || Instant::now() >= deadline {
+            return Ok(network);
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// The guest DNS server's requests: its names, then new upstreams.

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    Endpoint, FakeApis, FakeClock, FakeDisk, FakeEndpoints, FakeFiles, FakeLimits, FakeModules, FakeMount,
-    FakeNetwork, FakePowerSwitch, FakeProcesses, FakeProgram, FakeSocketProbe, FakeSystemInfo,
+    DhcpServerScript, Endpoint, FakeApis, FakeClock, FakeDhcpServer, FakeDisk, FakeEndpoints, FakeFiles,
+    FakeLimits, FakeModules, FakeMount, FakeNetwork, FakePowerSwitch, FakeProcesses, FakeProgram,
+    FakeSocketProbe, FakeSystemInfo,
 };
 use crate::guest::GuestOs;
 use crate::init::InitOps;
@@ -58,6 +59,8 @@ pub struct FakeGuest {
     pub disk: Arc<FakeDisk>,
     /// Network links: `lo` and `eth0`.
     pub network: Arc<FakeNetwork>,
+    /// The DHCP server on `eth0` (QEMU user-mode networking's lease).
+    pub dhcp: Arc<FakeDhcpServer>,
     /// Kernel modules.
     pub modules: Arc<FakeModules>,
     /// Resource limits.
@@ -77,10 +80,14 @@ impl Default for FakeGuest {
 }
 
 impl FakeGuest {
-    /// An empty machine with a blank 1 MiB data disk and links `lo`, `eth0`.
+    /// An empty machine with a blank 1 MiB data disk and links `lo`, `eth0`
+    /// (with a DHCP server).
     pub fn new() -> Self {
         let files = Arc::new(FakeFiles::new());
         let endpoints = Arc::new(FakeEndpoints::default());
+        let network = Arc::new(FakeNetwork::with_links(&["eth0", "lo"]));
+        let dhcp = FakeDhcpServer::new(DhcpServerScript::default());
+        network.attach_dhcp(Arc::clone(&dhcp));
         Self {
             processes: Arc::new(FakeProcesses::new(Arc::clone(&files), Arc::clone(&endpoints))),
             probe: Arc::new(FakeSocketProbe::new(Arc::clone(&files), Arc::clone(&endpoints))),
@@ -89,7 +96,8 @@ impl FakeGuest {
             endpoints,
             mount: Arc::new(FakeMount::new()),
             disk: Arc::new(FakeDisk::with_image(vec![0; 1 << 20])),
-            network: Arc::new(FakeNetwork::with_links(&["eth0", "lo"])),
+            network,
+            dhcp,
             modules: Arc::new(FakeModules::default()),
             limits: Arc::new(FakeLimits::new(1024, 4096)),
             power_switch: Arc::new(FakePowerSwitch::default()),
