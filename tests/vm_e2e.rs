@@ -112,22 +112,51 @@ async fn system_info_reports_the_booted_kernel_memory_cpus_and_addresses() {
 
 #[tokio::test]
 #[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
-async fn system_info_lists_the_address_dhcp_gave_the_nic() {
+async fn the_agents_dhcp_client_leases_the_nic_its_address_and_dns_from_qemu() {
     let vm = boot(VmOptions::default().nic());
     let mut agent = client(&vm).await;
-    // DHCP runs after the listener is up: poll until init is complete.
+    // DHCP runs in the background after the init plan: poll its status.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while agent.boot_report().await.expect("boot report").init_complete_us == 0 {
-        assert!(Instant::now() < deadline, "init did not complete in 60 s");
+    let network = loop {
+        let network = agent.system_info().await.expect("system info").network.expect("network status");
+        if network.state == "bound" {
+            break network;
+        }
+        assert!(Instant::now() < deadline, "no lease in 60 s: {network:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    // QEMU user networking: 10.0.2.15/24 from its DHCP server at 10.0.2.2,
+    // which is also the router; its DNS forwarder is 10.0.2.3.
+    assert_eq!(
+        (network.interface.as_str(), network.address.as_str()),
+        ("eth0", "10.0.2.15/24"),
+        "{network:?}"
+    );
+    assert_eq!(
+        (network.gateway.as_str(), network.dhcp_server.as_str()),
+        ("10.0.2.2", "10.0.2.2"),
+        "{network:?}"
+    );
+    assert_eq!(network.dns, ["10.0.2.3"], "{network:?}");
+    assert!(network.lease_secs > 0 && network.renew_secs <= network.rebind_secs, "{network:?}");
     let info = agent.system_info().await.expect("system info");
-    // QEMU user networking leases 10.0.2.15 to the first client, and its
-    // router advertisements may add a SLAAC address in fec0::/64 too.
+    // Its router advertisements may add a SLAAC address in fec0::/64 too.
     let addrs = &info.ip_addresses;
     assert!(addrs.iter().any(|a| a == "10.0.2.15"), "no DHCP address in {addrs:?}");
     for addr in addrs {
         assert!(addr == "10.0.2.15" || addr.starts_with("fec0::"), "unexpected address {addr} in {addrs:?}");
+    }
+    let report = agent.boot_report().await.expect("boot report");
+    assert_eq!(report.network.map(|n| n.state), Some("bound".to_owned()));
+    // The lease's DNS server is the guest DNS server's upstream.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let upstreams = agent.dns_list().await.expect("dns list").upstreams;
+        if upstreams == ["10.0.2.3:53"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "upstreams {upstreams:?} do not follow the lease");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -330,7 +359,7 @@ async fn shutdown_rpc_powers_the_vm_off_within_a_deadline() {
 async fn the_boot_report_lists_every_init_step_and_the_listener_came_first() {
     let vm = boot(VmOptions::default().nic());
     let mut agent = client(&vm).await;
-    // Init completes after the late steps (DHCP); wait for it.
+    // Init completes after the late steps; wait for it.
     let deadline = Instant::now() + Duration::from_secs(30);
     let report = loop {
         let report = agent.boot_report().await.expect("boot report");
@@ -353,7 +382,6 @@ async fn the_boot_report_lists_every_init_step_and_the_listener_came_first() {
         "link up lo",
         "modules: devices",
         "link up primary NIC",
-        "dhcp primary NIC",
         "modules: storage",
     ] {
         assert!(names.contains(&expected), "step {expected:?} missing from {names:?}");
@@ -364,9 +392,12 @@ async fn the_boot_report_lists_every_init_step_and_the_listener_came_first() {
         assert!(!(step.critical && step.outcome == "failed"), "critical step failed: {step:?}");
     }
     // The listener was up before the slow steps finished.
-    let dhcp = report.steps.iter().find(|s| s.name == "dhcp primary NIC").unwrap();
-    assert_eq!(dhcp.outcome, "ok", "{dhcp:?}");
-    assert!(report.listener_ready_us < dhcp.finished_at_us, "listener after DHCP: {report:?}");
+    let nic = report.steps.iter().find(|s| s.name == "link up primary NIC").unwrap();
+    assert_eq!(nic.outcome, "ok", "{nic:?}");
+    assert!(report.listener_ready_us < nic.finished_at_us, "listener after the NIC: {report:?}");
+    // The lease comes in the background; the report says where it stands.
+    let network = report.network.expect("network status");
+    assert!(["acquiring", "bound"].contains(&network.state.as_str()), "{network:?}");
     eprintln!(
         "agent start -> listener ready {} us, -> init complete {} us",
         report.listener_ready_us, report.init_complete_us
