@@ -22,8 +22,9 @@ use super::json_stream::JsonStream;
 use super::model::{ContainerInspect, ContainerSummary, Event};
 use super::{DOCKER_CALL_TIMEOUT, DockerApiError, MAX_EVENT_BYTES, MAX_RESPONSE_BYTES};
 
-/// `GET /events?filters={"type":["container"]}`, percent-encoded.
-pub(super) const EVENTS_PATH: &str = "/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D";
+/// `GET /events?filters={"type":["container","network"]}`, percent-encoded.
+pub(super) const EVENTS_PATH: &str =
+    "/events?filters=%7B%22type%22%3A%5B%22container%22%2C%22network%22%5D%7D";
 
 /// A client of dockerd's Engine API on a Unix socket; cheap to clone.
 #[derive(Debug, Clone)]

@@ -109,24 +109,54 @@ struct State {
 }
 
 impl State {
+    /// Container events, in one batch.
     fn emit(&mut self, events: &[EventSpec<'_>]) {
+        let events = events
+            .iter()
+            .map(|(action, container, extra)| {
+                let mut attributes: BTreeMap<String, String> =
+                    container.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                attributes.insert("name".into(), container.name.clone());
+                attributes.insert("image".into(), "fake".into());
+                attributes.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+                ("container", *action, container.id.clone(), attributes)
+            })
+            .collect();
+        self.send(events);
+    }
+
+    /// Events of `(type, action, actor id, attributes)`, stamped and sent as one batch.
+    fn send(&mut self, events: Vec<(&str, &str, String, BTreeMap<String, String>)>) {
         let mut batch = Vec::new();
-        for (action, container, extra) in events {
+        for (kind, action, id, attributes) in events {
             self.time += 1;
-            let mut attributes: BTreeMap<String, String> =
-                container.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            attributes.insert("name".into(), container.name.clone());
-            attributes.insert("image".into(), "fake".into());
-            attributes.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
             let event = json!({
-                "status": action, "id": container.id, "from": "fake", "Type": "container", "Action": action,
-                "Actor": {"ID": container.id, "Attributes": attributes}, "scope": "local",
+                "status": action, "id": id, "from": "fake", "Type": kind, "Action": action,
+                "Actor": {"ID": id, "Attributes": attributes}, "scope": "local",
                 "time": self.time, "timeNano": self.time * 1_000_000_000,
             });
             batch.extend_from_slice(event.to_string().as_bytes());
             batch.push(b'\n');
         }
         self.streams.retain(|s| s.send(StreamCommand::Events(batch.clone())).is_ok());
+    }
+
+    /// A container joining or leaving `network` (the address given or dropped).
+    fn network_change(
+        &mut self,
+        id: &str,
+        network: &str,
+        action: &str,
+        edit: impl FnOnce(&mut FakeContainer),
+    ) {
+        let Some(container) = self.containers.get_mut(id) else { return };
+        edit(container);
+        let attributes = BTreeMap::from([
+            ("container".to_owned(), id.to_owned()),
+            ("name".to_owned(), network.to_owned()),
+            ("type".to_owned(), "bridge".to_owned()),
+        ]);
+        self.send(vec![("network", action, format!("net-{network}"), attributes)]);
     }
 }
 
@@ -222,6 +252,21 @@ impl FakeDockerd {
         } else {
             state.emit(&[("destroy", &container, &[])]);
         }
+    }
+
+    /// Connects a container to `network` with `ipv4` (a `network` event `connect`).
+    pub fn connect(&self, id: &str, network: &str, ipv4: &str) {
+        let entry = (ipv4.to_owned(), String::new());
+        self.state().network_change(id, network, "connect", |c| {
+            c.networks.insert(network.to_owned(), entry);
+        });
+    }
+
+    /// Disconnects a container from `network` (a `network` event `disconnect`).
+    pub fn disconnect(&self, id: &str, network: &str) {
+        self.state().network_change(id, network, "disconnect", |c| {
+            c.networks.remove(network);
+        });
     }
 
     /// Removes a container without telling anyone (a change made while no

@@ -120,21 +120,28 @@ pub enum ContainerAction {
     Destroy,
     /// Its name changed: look it up again.
     Rename,
+    /// It joined or left a network (a `network` event): look it up again
+    /// for its addresses.
+    NetworkChange,
 }
 
 impl Event {
-    /// The action that changes names, if this is one (container events only).
-    pub fn container_action(&self) -> Option<ContainerAction> {
-        if self.kind != "container" || self.actor.id.is_empty() {
-            return None;
-        }
-        match self.action.as_str() {
-            "start" => Some(ContainerAction::Start),
-            "die" => Some(ContainerAction::Die),
-            "destroy" => Some(ContainerAction::Destroy),
-            "rename" => Some(ContainerAction::Rename),
-            _ => None,
-        }
+    /// The action that changes a container's names or addresses, with
+    /// the container's id, if this event is one: a container's start, die,
+    /// destroy or rename, or a network's connect or disconnect of it.
+    pub fn container_action(&self) -> Option<(ContainerAction, &str)> {
+        let (action, id) = match (self.kind.as_str(), self.action.as_str()) {
+            ("container", "start") => (ContainerAction::Start, self.actor.id.as_str()),
+            ("container", "die") => (ContainerAction::Die, self.actor.id.as_str()),
+            ("container", "destroy") => (ContainerAction::Destroy, self.actor.id.as_str()),
+            ("container", "rename") => (ContainerAction::Rename, self.actor.id.as_str()),
+            // A network event's actor is the network; the container is an attribute.
+            ("network", "connect" | "disconnect") => {
+                (ContainerAction::NetworkChange, self.actor.attributes.get("container")?.as_str())
+            }
+            _ => return None,
+        };
+        (!id.is_empty()).then_some((action, id))
     }
 }
 
@@ -257,10 +264,27 @@ mod tests {
                 "Actor":{"ID":"c1","Attributes":{"name":"new","oldName":"/old"}},"scope":"local","time":5,"timeNano":5000}"#,
         )
         .unwrap();
-        assert_eq!(event.container_action(), Some(ContainerAction::Rename));
+        assert_eq!(event.container_action(), Some((ContainerAction::Rename, "c1")));
         let exec = Event { action: "exec_start: sh".into(), ..event.clone() };
         assert_eq!(exec.container_action(), None);
         let network = Event { kind: "network".into(), ..event };
         assert_eq!(network.container_action(), None);
+    }
+
+    #[test]
+    fn network_connects_and_disconnects_name_the_container_in_their_attributes() {
+        let event: Event = serde_json::from_str(
+            r#"{"Type":"network","Action":"connect","Actor":{"ID":"n1",
+                "Attributes":{"container":"c7","name":"shop_back","type":"bridge"}},"time":6}"#,
+        )
+        .unwrap();
+        assert_eq!(event.container_action(), Some((ContainerAction::NetworkChange, "c7")));
+        let disconnect = Event { action: "disconnect".into(), ..event.clone() };
+        assert_eq!(disconnect.container_action(), Some((ContainerAction::NetworkChange, "c7")));
+        let created = Event { action: "create".into(), ..event.clone() };
+        assert_eq!(created.container_action(), None);
+        let mut anonymous = event;
+        anonymous.actor.attributes.clear();
+        assert_eq!(anonymous.container_action(), None);
     }
 }

@@ -171,10 +171,9 @@ impl<S: NameSink> ContainerNameSync<S> {
     }
 
     async fn apply(&self, event: &Event) -> Result<(), DockerApiError> {
-        let Some(action) = event.container_action() else { return Ok(()) };
-        let owner = event.actor.id.as_str();
+        let Some((action, owner)) = event.container_action() else { return Ok(()) };
         match action {
-            ContainerAction::Start | ContainerAction::Rename => {
+            ContainerAction::Start | ContainerAction::Rename | ContainerAction::NetworkChange => {
                 let names = self.client.inspect(owner).await?.as_ref().and_then(ContainerNames::from_inspect);
                 match names {
                     Some(n) => self.sink.set_owner(owner, n.names, n.addrs),
@@ -289,10 +288,22 @@ mod tests {
                 vec![ip("172.19.0.2"), ip("fd00:1::2"), ip("172.18.0.2")]
             )
         );
+        // Joining and leaving a network changes the addresses the names answer with.
+        dockerd.connect(&web, "shop_default", "172.18.0.9");
+        assert!(
+            run.sink
+                .wait_until(WAIT, |_| run.sink.resolve("site") == [ip("172.17.0.2"), ip("172.18.0.9")])
+                .await,
+            "after connect: {:?}",
+            run.sink.resolve("site")
+        );
+        dockerd.disconnect(&web, "bridge");
+        assert!(run.sink.wait_until(WAIT, |_| run.sink.resolve("site") == [ip("172.18.0.9")]).await);
         dockerd.remove(&web);
         assert!(run.sink.wait_until(WAIT, |t| !t.contains_key(&web)).await);
-        // start, die, start, rename, start (db), die + destroy; create and stop change nothing.
-        eventually("every event counted", || run.counters.snapshot().events_applied == 7).await;
+        // start, die, start, rename, start (db), connect, disconnect, die + destroy;
+        // create and stop change nothing.
+        eventually("every event counted", || run.counters.snapshot().events_applied == 9).await;
         assert_eq!(run.counters.snapshot().reconnects, 0);
     }
 
