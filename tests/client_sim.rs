@@ -11,6 +11,7 @@ use arcbox_agent_sim::Scenario;
 use arcbox_agent_suite::sim_server;
 use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
 use arcbox_agent_wire::transport::Address;
+use dhcproto::v4::MessageType as MessageType4;
 use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::CancellationToken;
 
@@ -176,6 +177,24 @@ async fn the_simulated_guest_leases_its_address_by_dhcp_and_reports_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(upstreams, ["10.0.2.3:53"]);
+}
+
+#[tokio::test]
+async fn a_shutdown_releases_the_dhcp_lease_before_the_power_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let listener = UnixTransport::bind(&path).unwrap();
+    let sim = arcbox_agent_sim::SimAgent::new(Scenario::Healthy).await;
+    let (dhcp, powered_off) = (std::sync::Arc::clone(&sim.fake.dhcp), sim.shutdown_token());
+    tokio::spawn(sim.serve(listener, CancellationToken::new()));
+    let mut client = client_for(&Address::Unix(path)).await;
+    while client.system_info().await.unwrap().network.unwrap_or_default().state != "bound" {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(dhcp.count(MessageType4::Release), 0);
+    assert!(client.shutdown(3).await.unwrap().accepted);
+    tokio::time::timeout(Duration::from_secs(10), powered_off.cancelled()).await.unwrap();
+    assert_eq!(dhcp.count(MessageType4::Release), 1, "seen: {:?}", dhcp.seen());
 }
 
 #[tokio::test]

@@ -29,8 +29,6 @@ use arcbox_agent_core::sys::{ExitStatus, FileOps as _};
 use arcbox_agent_core::transport::Transport;
 use tokio_util::sync::CancellationToken;
 
-/// How long the fake DHCP client takes to get a lease.
-const DHCP_TIME: Duration = Duration::from_millis(20);
 /// How long the fake mkfs.btrfs takes.
 const MKFS_TIME: Duration = Duration::from_millis(50);
 
@@ -103,18 +101,16 @@ impl SimAgent {
 
 /// What a booted guest image holds before the agent starts: the kernel's
 /// /proc entries, a read-only root (the reference's EROFS, so init lays
-/// tmpfs over it), busybox for DHCP, the CA bundle and the host share's
-/// log directory.
+/// tmpfs over it), the CA bundle and the host share's log directory. (The
+/// fake machine's DHCP server is `FakeGuest::dhcp`.)
 fn prepare(fake: &FakeGuest) {
     let files = &fake.files;
     files.put("/proc/sys/kernel/hostname", "arcbox-sim\n");
     files.put("/proc/sys/kernel/osrelease", "6.1.0-sim\n");
     files.put("/proc/sys/fs/nr_open", "1048576\n");
     files.put("/cacerts/ca-certificates.crt", "-----BEGIN CERTIFICATE-----\n");
-    files.put("/bin/busybox", "#!fake busybox\n");
     files.set_read_only("/");
     // The fake filesystem never fails to make a directory.
     let _ = files.create_dir_all(std::path::Path::new(DEFAULT_LOG_DIR));
-    fake.processes.install("busybox", FakeProgram::exits(ExitStatus::Code(0)).after(DHCP_TIME));
     fake.processes.install("mkfs.btrfs", FakeProgram::exits(ExitStatus::Code(0)).after(MKFS_TIME));
 }

@@ -273,7 +273,9 @@ impl<O: GuestOs> Guest<O> {
         }
         // After the late phase: the NIC's driver is loaded, and DHCP never
         // holds up the listener or the runtime (it runs in the background).
-        self.network.start(self.files, self.stop.clone());
+        // It stops, releasing its lease, when a shutdown begins: the power-off
+        // at the end of an ordered shutdown does not come back to let it.
+        self.network.start(self.files, self.power.stopping());
         hooks.initialized();
         init.boot.mark_init_complete();
         self.init_done.cancel();
