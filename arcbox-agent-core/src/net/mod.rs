@@ -159,20 +159,16 @@ pub struct Network {
 impl Network {
     /// A service that will do what `plan` says once run.
     pub fn new(ops: Arc<dyn NetworkOps>, plan: NetworkPlan) -> Arc<Self> {
-        let initial = match &plan {
-            NetworkPlan::Unmanaged(why) => NetworkStatus::new(NetworkState::Unmanaged, why.clone()),
-            _ => NetworkStatus::new(NetworkState::Acquiring, "not started yet"),
-        };
-        Arc::new(Self { ops, plan, timing: DhcpTiming::default(), status: watch::Sender::new(initial) })
+        Self::with_timing(ops, plan, DhcpTiming::default())
     }
 
     /// The same with DHCP timers of its own (tests, impatient embedders).
     pub fn with_timing(ops: Arc<dyn NetworkOps>, plan: NetworkPlan, timing: DhcpTiming) -> Arc<Self> {
-        let mut network = Self::new(ops, plan);
-        if let Some(n) = Arc::get_mut(&mut network) {
-            n.timing = timing;
-        }
-        network
+        let initial = match &plan {
+            NetworkPlan::Unmanaged(why) => NetworkStatus::new(NetworkState::Unmanaged, why.clone()),
+            _ => NetworkStatus::new(NetworkState::Acquiring, "not started yet"),
+        };
+        Arc::new(Self { ops, plan, timing, status: watch::Sender::new(initial) })
     }
 
     /// The status now.
@@ -284,18 +280,9 @@ impl Network {
                 }
             }
             applied = Some(config.clone());
-            let renewed = self.status.borrow().lease.is_some();
             tracing::info!(link, address = %config.address, server = %lease.server, lease_secs = lease.lease_secs, "DHCP lease bound");
-            self.update(|s| {
-                s.state = NetworkState::Bound;
-                s.reason.clear();
-                s.config = Some(config);
-                s.lease = Some(lease.clone());
-                s.bound_at = Some(SystemTime::now());
-                if renewed {
-                    s.renewals += 1;
-                }
-            });
+            self.record_bound(&lease, config);
+            let renewing = || self.update(|s| s.state = NetworkState::Renewing);
             let kept = tokio::select! {
                 () = stop.cancelled() => {
                     client.release(&lease).await;
@@ -305,7 +292,7 @@ impl Network {
                     self.update(|s| *s = NetworkStatus::new(NetworkState::Unmanaged, "released at shutdown"));
                     return Ok(());
                 }
-                kept = client.keep(&lease, Instant::now(), || self.update(|s| s.state = NetworkState::Renewing)) => kept,
+                kept = client.keep(&lease, Instant::now(), renewing) => kept,
             };
             match kept {
                 Kept::Extended(lease) => next = Some(lease),
@@ -323,6 +310,21 @@ impl Network {
                 }
             }
         }
+    }
+
+    /// A lease is applied: a first one, or the current one extended (the
+    /// status still holds a lease).
+    fn record_bound(&self, lease: &Lease, config: Ipv4Config) {
+        self.update(|s| {
+            if s.lease.is_some() {
+                s.renewals += 1;
+            }
+            s.state = NetworkState::Bound;
+            s.reason.clear();
+            s.config = Some(config);
+            s.lease = Some(lease.clone());
+            s.bound_at = Some(SystemTime::now());
+        });
     }
 }
 
