@@ -18,7 +18,10 @@ use std::time::Duration;
 use arcbox_agent_core::net::client::DhcpTiming;
 use arcbox_agent_core::net::{Network, NetworkPlan, NetworkState, NetworkStatus};
 use arcbox_agent_core::sys::linux::LinuxNetwork;
-use net_lab::{DhcpLab, POOL_FIRST, POOL_LAST, SERVER_ADDR, SERVER_MTU, ServerOptions, ip_json};
+use net_lab::{
+    DhcpLab, POOL_FIRST, POOL_LAST, SERVER_ADDR, SERVER_MTU, ServerOptions, block_on, ip_addresses,
+    ip_default_routes, ip_json,
+};
 use root_ns::Namespaces;
 use tokio_util::sync::CancellationToken;
 
@@ -76,32 +79,9 @@ impl Client {
     }
 }
 
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(future)
-}
-
-/// `link`'s IPv4 addresses as the kernel shows them (`ip -j addr`).
+/// `link`'s IPv4 addresses as the kernel shows them, `a.b.c.d/n`.
 fn kernel_addresses(link: &str) -> Vec<String> {
-    let shown = ip_json(&["-4", "addr", "show", "dev", link]);
-    shown[0]["addr_info"]
-        .as_array()
-        .map(|infos| {
-            infos.iter().map(|i| format!("{}/{}", i["local"].as_str().unwrap(), i["prefixlen"])).collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The default routes as the kernel shows them: (device, gateway).
-fn kernel_default_routes() -> Vec<(String, String)> {
-    ip_json(&["-4", "route", "show", "default"])
-        .as_array()
-        .map(|routes| {
-            routes
-                .iter()
-                .map(|r| (r["dev"].as_str().unwrap().to_owned(), r["gateway"].as_str().unwrap().to_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
+    ip_addresses(link).into_iter().map(|(addr, prefix, _)| format!("{addr}/{prefix}")).collect()
 }
 
 fn kernel_mtu(link: &str) -> u64 {
@@ -128,11 +108,12 @@ fn a_lease_from_dnsmasq_is_applied_to_the_link_with_its_route_mtu_and_dns() {
         // The kernel holds what the lease says.
         let link = lab.client_link();
         assert_eq!(kernel_addresses(link), [config.address.to_string()]);
-        assert_eq!(kernel_default_routes(), [(link.to_owned(), SERVER_ADDR.to_string())]);
+        assert_eq!(ip_default_routes(), [(link.to_owned(), SERVER_ADDR.to_string())]);
         assert_eq!(kernel_mtu(link), u64::from(SERVER_MTU));
         client.stop.cancel();
     });
-    assert!(lab.server_log().contains("DHCPACK(dhcp0-srv)"), "{}", lab.server_log());
+    let log = lab.log_when(|log| log.contains("DHCPACK(dhcp0-srv)"));
+    assert!(log.contains("DHCPACK(dhcp0-srv)"), "{log}");
 }
 
 fn the_lease_is_renewed_at_t1_and_the_renewal_is_acked() {
@@ -149,8 +130,9 @@ fn the_lease_is_renewed_at_t1_and_the_renewal_is_acked() {
         client.stop.cancel();
     });
     // dnsmasq saw two REQUESTs acked: the selection and the renewal.
-    let log = lab.server_log();
-    assert!(log.matches("DHCPACK(dhcp0-srv)").count() >= 2, "{log}");
+    let acked_twice = |log: &str| log.matches("DHCPACK(dhcp0-srv)").count() >= 2;
+    let log = lab.log_when(acked_twice);
+    assert!(acked_twice(&log), "{log}");
 }
 
 fn a_server_down_at_boot_is_reported_and_retried_until_it_appears() {
@@ -178,12 +160,9 @@ fn stopping_the_service_releases_the_lease_and_removes_the_address() {
         client.stop.cancel();
         tokio::time::timeout(PATIENCE, client.task).await.expect("the service stops").expect("no panic");
         assert!(kernel_addresses(lab.client_link()).is_empty());
-        assert!(kernel_default_routes().is_empty());
+        assert!(ip_default_routes().is_empty());
     });
     // The release is unicast without an answer: wait for dnsmasq to log it.
-    let released = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        lab.server_log().contains("DHCPRELEASE(dhcp0-srv)")
-    });
-    assert!(released, "{}", lab.server_log());
+    let log = lab.log_when(|log| log.contains("DHCPRELEASE(dhcp0-srv)"));
+    assert!(log.contains("DHCPRELEASE(dhcp0-srv)"), "{log}");
 }

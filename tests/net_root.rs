@@ -9,7 +9,6 @@
 mod net_lab;
 mod root_ns;
 
-use std::future::Future;
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use arcbox_agent_core::sys::linux::LinuxNetwork;
 use arcbox_agent_core::sys::{DhcpSocket, Ipv4Cidr, LinkOutcome, NetworkOps, Route, SysError};
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
 use dhcproto::{Decodable as _, Encodable as _};
-use net_lab::{DhcpLab, ServerOptions, ip, ip_json, veth_pair};
+use net_lab::{DhcpLab, ServerOptions, block_on, ip, ip_addresses, ip_default_routes, ip_json, veth_pair};
 use root_ns::Namespaces;
 
 fn main() -> ExitCode {
@@ -37,16 +36,6 @@ fn main() -> ExitCode {
     )
 }
 
-/// Runs `future` on a current-thread runtime on this thread, which is in
-/// the body's network namespace.
-fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(future)
-}
-
 fn cidr(text: &str) -> Ipv4Cidr {
     text.parse().expect("a valid CIDR")
 }
@@ -54,38 +43,6 @@ fn cidr(text: &str) -> Ipv4Cidr {
 /// `link`'s entry in `ip -j link show`.
 fn ip_link(link: &str) -> serde_json::Value {
     ip_json(&["link", "show", "dev", link])[0].clone()
-}
-
-/// `link`'s IPv4 addresses as `ip -j addr` shows them: (address, prefix, broadcast).
-fn ip_addresses(link: &str) -> Vec<(String, u64, Option<String>)> {
-    let shown = ip_json(&["-4", "addr", "show", "dev", link]);
-    shown[0]["addr_info"]
-        .as_array()
-        .map(|infos| {
-            infos
-                .iter()
-                .map(|info| {
-                    (
-                        info["local"].as_str().expect("local").to_owned(),
-                        info["prefixlen"].as_u64().expect("prefixlen"),
-                        info["broadcast"].as_str().map(str::to_owned),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The IPv4 default routes of the main table as `ip -j route` shows them: (device, gateway).
-fn ip_default_routes() -> Vec<(String, String)> {
-    ip_json(&["-4", "route", "show", "table", "main", "default"])
-        .as_array()
-        .expect("a route list")
-        .iter()
-        .map(|r| {
-            (r["dev"].as_str().expect("dev").to_owned(), r["gateway"].as_str().expect("gateway").to_owned())
-        })
-        .collect()
 }
 
 /// Whether `error` is an I/O error carrying `errno`.
@@ -270,8 +227,9 @@ fn the_dhcp_socket_broadcasts_a_discover_before_the_link_has_an_address_and_rece
         assert_eq!(opts.get(OptionCode::InterfaceMtu), Some(&DhcpOption::InterfaceMtu(net_lab::SERVER_MTU)));
         assert_eq!(net.addresses(lab.client_link()).await.expect("addresses"), vec![], "still no address");
     });
-    let log = lab.server_log();
-    assert!(log.contains("DHCPDISCOVER(dhcp0-srv)") && log.contains("DHCPOFFER(dhcp0-srv)"), "{log}");
+    let seen = |log: &str| log.contains("DHCPDISCOVER(dhcp0-srv)") && log.contains("DHCPOFFER(dhcp0-srv)");
+    let log = lab.log_when(|log| seen(log) && log.contains("broadcast response"));
+    assert!(seen(&log), "{log}");
     assert!(log.contains("broadcast response"), "{log}");
 }
 
@@ -291,7 +249,7 @@ fn a_dhcp_socket_opened_while_the_server_is_down_gets_an_offer_once_it_appears()
     lab.start_server(&ServerOptions::default());
     let offer = rt.block_on(offer_for(socket.as_ref(), 2, &mac, &lab));
     assert!((net_lab::POOL_FIRST..=net_lab::POOL_LAST).contains(&offer.yiaddr()));
-    let log = lab.server_log();
+    let log = lab.log_when(|log| log.contains(": 2 DHCPOFFER"));
     assert_eq!(log.matches("started, version").count(), 2, "{log}");
     // dnsmasq logs each message after its xid: the stopped server saw nothing.
     assert!(!log.contains(": 1 DHCPDISCOVER") && log.contains(": 2 DHCPOFFER"), "{log}");

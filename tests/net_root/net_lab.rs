@@ -58,6 +58,48 @@ pub fn ip_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip -j {}: {e}: {text}", args.join(" ")))
 }
 
+/// Runs `future` on a current-thread runtime on this thread, which is in
+/// the body's network namespace (the client side of a [`DhcpLab`]).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(future)
+}
+
+/// `link`'s IPv4 addresses as `ip -j addr` shows them: (address, prefix, broadcast).
+pub fn ip_addresses(link: &str) -> Vec<(String, u64, Option<String>)> {
+    let shown = ip_json(&["-4", "addr", "show", "dev", link]);
+    shown[0]["addr_info"]
+        .as_array()
+        .map(|infos| {
+            infos
+                .iter()
+                .map(|info| {
+                    (
+                        info["local"].as_str().expect("local").to_owned(),
+                        info["prefixlen"].as_u64().expect("prefixlen"),
+                        info["broadcast"].as_str().map(str::to_owned),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The IPv4 default routes of the main table as `ip -j route` shows them: (device, gateway).
+pub fn ip_default_routes() -> Vec<(String, String)> {
+    ip_json(&["-4", "route", "show", "table", "main", "default"])
+        .as_array()
+        .expect("a route list")
+        .iter()
+        .map(|r| {
+            (r["dev"].as_str().expect("dev").to_owned(), r["gateway"].as_str().expect("gateway").to_owned())
+        })
+        .collect()
+}
+
 /// Creates veth pair `name` <-> `peer` in this namespace, both down.
 pub fn veth_pair(name: &str, peer: &str) {
     ip(&["link", "add", name, "type", "veth", "peer", "name", peer]);
@@ -264,6 +306,21 @@ impl DhcpLab {
     }
 
     /// Waits for the ready line among the lines logged past `from`.
+    /// The server's log once `ready` holds for it (dnsmasq's log reaches
+    /// us through a pipe and a thread, after its packets do), or once it
+    /// has waited [`SERVER_START_LIMIT_SECS`]; the caller asserts.
+    pub fn log_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(SERVER_START_LIMIT_SECS);
+        let mut state = self.log.state();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if ready(&state.text) || left.is_zero() {
+                return state.text.clone();
+            }
+            state = self.log.grew.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
     fn wait_until_serving(&self, from: usize) {
         let deadline = Instant::now() + Duration::from_secs(SERVER_START_LIMIT_SECS);
         let mut state = self.log.state();
