@@ -142,11 +142,21 @@ pub struct VmOptions {
     /// temp dir; a path is used as it is (created blank and sparse when
     /// absent) and outlives the VM, so a second boot can reuse it.
     pub data_disk: Option<PathBuf>,
-    /// Attach a virtio-net NIC on QEMU user networking (restricted: DHCP
-    /// and the host-side gateway only, no way out).
-    pub nic: bool,
+    /// Attach a virtio-net NIC on QEMU user networking.
+    pub nic: Option<Nic>,
     /// How long to wait for the guest's READY dial.
     pub ready_timeout: Duration,
+}
+
+/// QEMU user networking, as the guest sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nic {
+    /// `restrict=on`: the guest reaches only QEMU itself, and QEMU's DHCP
+    /// server offers an address but no router and no DNS server.
+    Restricted,
+    /// The guest can reach out through the host; DHCP offers the router
+    /// 10.0.2.2 and the DNS forwarder 10.0.2.3 as well.
+    Open,
 }
 
 impl Default for VmOptions {
@@ -159,7 +169,7 @@ impl Default for VmOptions {
             image: Image::Initramfs,
             data_disk_bytes: 8 << 30,
             data_disk: None,
-            nic: false,
+            nic: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
         }
     }
@@ -210,7 +220,14 @@ impl VmOptions {
 
     /// Attaches a NIC (QEMU user networking, restricted).
     pub fn nic(mut self) -> Self {
-        self.nic = true;
+        self.nic = Some(Nic::Restricted);
+        self
+    }
+
+    /// Attaches a NIC on unrestricted QEMU user networking, whose DHCP
+    /// server also offers a router and a DNS server.
+    pub fn open_nic(mut self) -> Self {
+        self.nic = Some(Nic::Open);
         self
     }
 
@@ -351,8 +368,12 @@ impl Vm {
                 .arg(format!("id=disk{i},file={},format=raw,if=none,cache=unsafe{snapshot}", disk.display()))
                 .args(["-device", &format!("virtio-blk-device,drive=disk{i}")]);
         }
-        if self.options.nic {
-            qemu.args(["-netdev", "user,id=net0,restrict=on", "-device", "virtio-net-device,netdev=net0"]);
+        if let Some(nic) = self.options.nic {
+            let netdev = match nic {
+                Nic::Restricted => "user,id=net0,restrict=on",
+                Nic::Open => "user,id=net0",
+            };
+            qemu.args(["-netdev", netdev, "-device", "virtio-net-device,netdev=net0"]);
         }
         qemu.stdout(log_file(&dir.join("qemu.log"))?).stderr(log_file(&dir.join("qemu.err"))?);
         self.started = Instant::now();
