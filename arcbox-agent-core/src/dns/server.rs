@@ -5,6 +5,8 @@
 //! error reply) is answered inline by the receive loop: it costs no task and
 //! no in-flight slot, so a flood of queries to a slow upstream never stops
 //! local names. Only a query that goes upstream takes a slot and a task.
+//! There is one receive loop per runtime worker on the one socket, so inline
+//! answers are still built on every worker.
 
 use std::future::Future;
 use std::io;
@@ -17,6 +19,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -184,8 +187,24 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsErro
     Err(DnsError::Bind { proto: "tcp", addr, source })
 }
 
+/// Receives on one receive loop per runtime worker, all on the one socket:
+/// answers are built inline, so with a single loop they would all be built
+/// on one thread. The loops stop when this future is dropped.
 async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>, max_in_flight: usize) {
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    let workers = tokio::runtime::Handle::current().metrics().num_workers().max(1);
+    let mut loops = JoinSet::new();
+    for _ in 0..workers {
+        loops.spawn(receive_udp(shared.clone(), socket.clone(), in_flight.clone()));
+    }
+    // The loops never end; a panic in one ends serving (as a panic in a
+    // single loop would), and dropping the set aborts the others.
+    if let Some(Err(e)) = loops.join_next().await {
+        tracing::error!(error = %e, "dns: udp receive loop ended");
+    }
+}
+
+async fn receive_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>, in_flight: Arc<Semaphore>) {
     // One byte more than we accept, to tell an oversized datagram.
     let mut buf = vec![0u8; MAX_UDP_QUERY_BYTES + 1];
     loop {
