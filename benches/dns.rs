@@ -44,7 +44,7 @@ const IN_FLIGHT: usize = 64;
 const SOCKETS: usize = 4;
 const WARMUP: Duration = Duration::from_millis(500);
 const MEASURE: Duration = Duration::from_secs(3);
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 /// A query unanswered this long is counted lost and replaced.
 const LOST_AFTER: Duration = Duration::from_millis(500);
 /// TTL of the stand-in upstream's answers: far longer than the bench.
