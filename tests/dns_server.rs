@@ -45,6 +45,7 @@ fn main() -> ExitCode {
     let without_dig: &[(&str, fn())] = bodies![
         local_names_answer_while_a_slow_upstream_holds_a_thousand_queries,
         queries_over_the_in_flight_limit_are_dropped_and_counted,
+        local_cached_and_error_answers_need_no_slot_while_upstream_queries_hold_them_all,
         garbage_is_answered_formerr_or_dropped_while_good_queries_are_answered,
         tcp_serves_several_queries_per_connection_and_closes_idle_ones,
         an_upstream_answer_with_tc_is_fetched_again_over_tcp,
@@ -592,12 +593,70 @@ async fn queries_over_the_in_flight_limit_are_dropped_and_counted() {
     answered.sort_unstable();
     assert_eq!(answered, [0, 1, 2, 3], "the first four were in flight, the rest dropped");
     assert_eq!(server.stats().dropped, 6);
-    // Once the slots are free, queries are answered again.
+    // Once the slots are free, forwarded queries are answered again.
     let reply =
-        udp_ask(server.addr, &query(77, "web.arcbox.local.", RecordType::A, None), Duration::from_secs(3))
+        udp_ask(server.addr, &query(77, "again.example.com.", RecordType::A, None), Duration::from_secs(3))
             .await
             .expect("answered after the flood");
-    assert_eq!(a_addrs(&reply), [Ipv4Addr::new(172, 17, 0, 2)]);
+    assert_eq!(a_addrs(&reply), [Ipv4Addr::new(10, 1, 0, 0)]);
+}
+
+async fn local_cached_and_error_answers_need_no_slot_while_upstream_queries_hold_them_all() {
+    let fast = Upstream::start(Behavior::default()).await;
+    let silent = Upstream::start(Behavior { silent: true, ..Behavior::default() }).await;
+    let server = Server::start(vec![fast.addr], |c| {
+        c.max_udp_in_flight = 4;
+        // Longer than the test: the four slots stay taken throughout.
+        c.upstream_timeout = Duration::from_secs(60);
+    })
+    .await;
+    server.registry.set_owner("c1", vec!["web".into()], vec![ip("172.17.0.2")]);
+    let wait = Duration::from_secs(5);
+    let ask = async |id, name: &str| udp_ask(server.addr, &query(id, name, RecordType::A, None), wait).await;
+    let cached = ask(1, "cached.example.com.").await.expect("forwarded while the upstream answers");
+    assert_eq!(a_addrs(&cached), [Ipv4Addr::new(10, 1, 0, 0)]);
+    server.handle.set_upstreams(vec![silent.addr]);
+
+    // Ten forwarded queries to an upstream that never answers: four take
+    // every slot, six are dropped.
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind");
+    socket.connect(server.addr).await.expect("connect");
+    for id in 0..10u16 {
+        socket.send(&query(id, &format!("q{id}.example.com."), RecordType::A, None)).await.expect("send");
+    }
+    eventually("four queries upstream, six dropped", || {
+        silent.udp_queries() == 4 && server.stats().dropped == 6
+    })
+    .await;
+
+    let local = ask(100, "web.arcbox.local.").await.expect("a local name is answered with every slot taken");
+    assert_eq!(a_addrs(&local), [Ipv4Addr::new(172, 17, 0, 2)]);
+    let cached =
+        ask(101, "cached.example.com.").await.expect("a cache hit is answered with every slot taken");
+    assert_eq!(a_addrs(&cached), [Ipv4Addr::new(10, 1, 0, 0)]);
+    let nx = ask(102, "gone.arcbox.local.").await.expect("NXDOMAIN in the zone with every slot taken");
+    assert_eq!(nx.response_code, ResponseCode::NXDomain);
+    let mut cut = query(103, "web.arcbox.local.", RecordType::A, None);
+    cut.truncate(cut.len() - 6);
+    let formerr = udp_ask(server.addr, &cut, wait).await.expect("FORMERR with every slot taken");
+    assert_eq!((formerr.id, formerr.response_code), (103, ResponseCode::FormErr));
+
+    // The slots were still all taken: one more forwarded query is dropped.
+    socket.send(&query(99, "q99.example.com.", RecordType::A, None)).await.expect("send");
+    eventually("the next forwarded query dropped", || server.stats().dropped == 7).await;
+    let stats = server.stats();
+    assert_eq!((stats.local_hits, stats.cache_hits, stats.forwarded), (2, 1, 5));
+    assert_eq!(silent.udp_queries(), 4);
+}
+
+/// Waits until `done` holds; panics naming `what` if it does not within
+/// 5 s (a bound on a hang, not a speed test: it normally holds at once).
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "not reached: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn garbage_is_answered_formerr_or_dropped_while_good_queries_are_answered() {

@@ -38,8 +38,10 @@ pub const DEFAULT_UPSTREAM: SocketAddr =
 pub const DEFAULT_LOCAL_TTL_SECS: u32 = 5;
 /// How long one upstream gets to answer one try before the next is asked.
 pub const DEFAULT_UPSTREAM_TIMEOUT_SECS: u64 = 2;
-/// UDP queries handled at once; more are dropped (and counted), so a flood
-/// or a stalled upstream cannot grow memory without bound.
+/// UDP queries waiting on an upstream at once; more are dropped (and
+/// counted), so a flood or a stalled upstream cannot grow memory without
+/// bound. Answers that need no upstream (local zone, cache, errors) take no
+/// slot.
 pub const DEFAULT_MAX_UDP_IN_FLIGHT: usize = 1024;
 /// Open TCP connections at once; further clients wait in the backlog.
 pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 128;
@@ -66,7 +68,7 @@ pub struct DnsConfig {
     pub upstream_timeout: Duration,
     /// TTL of local answers.
     pub local_ttl_secs: u32,
-    /// UDP queries handled at once.
+    /// UDP queries waiting on an upstream at once.
     pub max_udp_in_flight: usize,
     /// TCP connections served at once.
     pub max_tcp_connections: usize,
@@ -109,7 +111,8 @@ pub struct DnsStats {
     pub servfail: u64,
     /// Malformed messages answered FORMERR.
     pub formerr: u64,
-    /// Messages dropped: unreadable, not a query, or over the in-flight limit.
+    /// Messages dropped: unreadable, not a query, or a query to forward
+    /// with every in-flight slot taken.
     pub dropped: u64,
     /// UDP answers sent truncated (TC set) because they did not fit.
     pub truncated: u64,

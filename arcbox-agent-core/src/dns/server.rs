@@ -1,5 +1,12 @@
-//! The listeners: UDP, each query in its own task under an in-flight limit,
-//! and TCP, length-prefixed queries answered in turn on each connection.
+//! The listeners: UDP, and TCP (length-prefixed queries answered in turn on
+//! each connection).
+//!
+//! Over UDP, what needs no upstream (a local-zone answer, a cache hit, an
+//! error reply) is answered inline by the receive loop: it costs no task and
+//! no in-flight slot, so a flood of queries to a slow upstream never stops
+//! local names. Only a query that goes upstream takes a slot and a task.
+//! There is one receive loop per runtime worker on the one socket, so inline
+//! answers are still built on every worker.
 
 use std::future::Future;
 use std::io;
@@ -12,6 +19,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -179,8 +187,24 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsErro
     Err(DnsError::Bind { proto: "tcp", addr, source })
 }
 
+/// Receives on one receive loop per runtime worker, all on the one socket:
+/// answers are built inline, so with a single loop they would all be built
+/// on one thread. The loops stop when this future is dropped.
 async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>, max_in_flight: usize) {
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    let workers = tokio::runtime::Handle::current().metrics().num_workers().max(1);
+    let mut loops = JoinSet::new();
+    for _ in 0..workers {
+        loops.spawn(receive_udp(shared.clone(), socket.clone(), in_flight.clone()));
+    }
+    // The loops never end; a panic in one ends serving (as a panic in a
+    // single loop would), and dropping the set aborts the others.
+    if let Some(Err(e)) = loops.join_next().await {
+        tracing::error!(error = %e, "dns: udp receive loop ended");
+    }
+}
+
+async fn receive_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>, in_flight: Arc<Semaphore>) {
     // One byte more than we accept, to tell an oversized datagram.
     let mut buf = vec![0u8; MAX_UDP_QUERY_BYTES + 1];
     loop {
@@ -192,20 +216,34 @@ async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>, max_in_flight: u
                 continue;
             }
         };
-        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            bump(&shared.counters.dropped);
-            continue;
-        };
-        let query = buf[..len].to_vec();
-        let (shared, socket) = (shared.clone(), socket.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(reply) = shared.answer(&query, Transport::Udp).await
-                && let Err(e) = socket.send_to(&reply, peer).await
-            {
-                tracing::debug!(error = %e, %peer, "dns: udp send failed");
+        let reply = match shared.answer_now(&buf[..len], Transport::Udp) {
+            Step::Done(reply) => reply,
+            Step::Forward(pending) => {
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    bump(&shared.counters.dropped);
+                    continue;
+                };
+                let (shared, socket) = (shared.clone(), socket.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Some(reply) = shared.forward(pending, Transport::Udp).await {
+                        send_udp(&socket, &reply, peer).await;
+                    }
+                });
+                continue;
             }
-        });
+        };
+        if let Some(reply) = reply {
+            // Awaited in the loop: a full send buffer slows reading, which
+            // is the backpressure a flood should get.
+            send_udp(&socket, &reply, peer).await;
+        }
+    }
+}
+
+async fn send_udp(socket: &UdpSocket, reply: &[u8], peer: SocketAddr) {
+    if let Err(e) = socket.send_to(reply, peer).await {
+        tracing::debug!(error = %e, %peer, "dns: udp send failed");
     }
 }
 
@@ -246,7 +284,11 @@ async fn serve_tcp_connection(shared: &Shared, mut stream: TcpStream, idle: Dura
         let Ok(Ok(len)) = tokio::time::timeout(idle, stream.read_u16()).await else { return };
         let mut query = vec![0u8; usize::from(len)];
         let Ok(Ok(_)) = tokio::time::timeout(idle, stream.read_exact(&mut query)).await else { return };
-        let Some(reply) = shared.answer(&query, Transport::Tcp).await else { continue };
+        let reply = match shared.answer_now(&query, Transport::Tcp) {
+            Step::Done(reply) => reply,
+            Step::Forward(pending) => shared.forward(pending, Transport::Tcp).await,
+        };
+        let Some(reply) = reply else { continue };
         let Ok(reply_len) = u16::try_from(reply.len()) else { return };
         let mut framed = Vec::with_capacity(reply.len() + 2);
         framed.extend_from_slice(&reply_len.to_be_bytes());
@@ -257,9 +299,26 @@ async fn serve_tcp_connection(shared: &Shared, mut stream: TcpStream, idle: Dura
     }
 }
 
+/// What one received message needs.
+enum Step {
+    /// Answered without I/O: the encoded reply, or `None` to drop the message.
+    Done(Option<Vec<u8>>),
+    /// Neither the zone's nor cached: to be asked upstream (boxed: the
+    /// common, inline case stays small).
+    Forward(Box<Pending>),
+}
+
+/// A query to forward, and where its answer is cached.
+struct Pending {
+    query: Message,
+    key: CacheKey,
+}
+
 impl Shared {
-    /// The encoded reply to one received message, or `None` to drop it.
-    async fn answer(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    /// Answers one received message from what the server holds (the local
+    /// zone, the cache) or with an error reply, without I/O; a query that
+    /// needs an upstream comes back as [`Step::Forward`].
+    fn answer_now(&self, bytes: &[u8], transport: Transport) -> Step {
         let parsed = if bytes.len() > MAX_UDP_QUERY_BYTES && transport == Transport::Udp {
             None
         } else {
@@ -270,29 +329,66 @@ impl Shared {
             Some(_) => {
                 // A response sent to us: answering could start a loop.
                 bump(&self.counters.dropped);
-                return None;
+                return Step::Done(None);
             }
             None => {
                 let Some(reply) = formerr_for(bytes) else {
                     bump(&self.counters.dropped);
-                    return None;
+                    return Step::Done(None);
                 };
                 bump(&self.counters.formerr);
-                return reply.to_vec().ok();
+                return Step::Done(reply.to_vec().ok());
             }
         };
         bump(&self.counters.queries);
-        let mut reply = if query.op_code != OpCode::Query {
-            error_reply(&query, ResponseCode::NotImp)
-        } else if query.queries.len() != 1 {
-            bump(&self.counters.formerr);
-            error_reply(&query, ResponseCode::FormErr)
-        } else {
-            self.resolve(&query).await
+        let reply = match query.queries.as_slice() {
+            _ if query.op_code != OpCode::Query => error_reply(&query, ResponseCode::NotImp),
+            [question] => {
+                if let Some(reply) = local_answer(&self.registry, &query, self.local_ttl_secs) {
+                    bump(&self.counters.local_hits);
+                    reply
+                } else {
+                    let key = CacheKey::new(question.name(), question.query_type(), question.query_class());
+                    let Some(cached) = self.cache.get(&key, Instant::now()) else {
+                        return Step::Forward(Box::new(Pending { query, key }));
+                    };
+                    bump(&self.counters.cache_hits);
+                    relay(&query, cached)
+                }
+            }
+            _ => {
+                bump(&self.counters.formerr);
+                error_reply(&query, ResponseCode::FormErr)
+            }
         };
-        set_edns(&mut reply, &query);
+        Step::Done(self.encode(&query, reply, transport))
+    }
+
+    /// Asks the upstreams, caches their answer, and encodes the reply
+    /// (SERVFAIL when none answered).
+    async fn forward(&self, pending: Box<Pending>, transport: Transport) -> Option<Vec<u8>> {
+        let Pending { query, key } = *pending;
+        bump(&self.counters.forwarded);
+        let reply = match self.forwarder.forward(&query).await {
+            Ok(answer) => {
+                self.cache.insert(key, &answer, Instant::now());
+                relay(&query, answer)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "dns: no upstream answered");
+                bump(&self.counters.servfail);
+                error_reply(&query, ResponseCode::ServFail)
+            }
+        };
+        self.encode(&query, reply, transport)
+    }
+
+    /// `reply` to `query` on the wire: OPT as the query had it, within the
+    /// transport's size (truncated over UDP when it does not fit).
+    fn encode(&self, query: &Message, mut reply: Message, transport: Transport) -> Option<Vec<u8>> {
+        set_edns(&mut reply, query);
         let limit = match transport {
-            Transport::Udp => udp_limit(&query),
+            Transport::Udp => udp_limit(query),
             Transport::Tcp => usize::from(u16::MAX),
         };
         match encode_within(&reply, limit) {
@@ -304,35 +400,7 @@ impl Shared {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "dns: reply does not encode");
-                error_reply(&query, ResponseCode::ServFail).to_vec().ok()
-            }
-        }
-    }
-
-    /// The reply to a one-question query: local zone, cache, then upstreams.
-    async fn resolve(&self, query: &Message) -> Message {
-        if let Some(reply) = local_answer(&self.registry, query, self.local_ttl_secs) {
-            bump(&self.counters.local_hits);
-            return reply;
-        }
-        let Some(question) = query.queries.first() else {
-            return error_reply(query, ResponseCode::FormErr);
-        };
-        let key = CacheKey::new(question.name(), question.query_type(), question.query_class());
-        if let Some(cached) = self.cache.get(&key, Instant::now()) {
-            bump(&self.counters.cache_hits);
-            return relay(query, cached);
-        }
-        bump(&self.counters.forwarded);
-        match self.forwarder.forward(query).await {
-            Ok(answer) => {
-                self.cache.insert(key, &answer, Instant::now());
-                relay(query, answer)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "dns: no upstream answered");
-                bump(&self.counters.servfail);
-                error_reply(query, ResponseCode::ServFail)
+                error_reply(query, ResponseCode::ServFail).to_vec().ok()
             }
         }
     }
