@@ -3,6 +3,11 @@
 //! Each entry belongs to an owner (a container id): compose replicas share a
 //! service name, so a name answers with the addresses of every owner that
 //! holds it, and removing one owner keeps the others.
+//!
+//! Memory matters here (a guest can run thousands of containers): each
+//! owner id and each name is one shared `Arc<str>`, referenced from both
+//! indexes rather than copied, and a name's holders are a plain vector
+//! (almost always of one).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -30,16 +35,16 @@ pub struct Registry {
 
 #[derive(Debug, Default)]
 struct Table {
-    /// Owner -> its entry. A `BTreeMap` keeps answers in a stable order.
-    owners: BTreeMap<String, Owned>,
-    /// Normalized name -> the owners that hold it.
-    by_name: BTreeMap<String, BTreeSet<String>>,
+    /// Owner -> its entry. A `BTreeMap` keeps listings in a stable order.
+    owners: BTreeMap<Arc<str>, Owned>,
+    /// Normalized name -> the owners that hold it, sorted (stable answers).
+    by_name: BTreeMap<Arc<str>, Vec<Arc<str>>>,
 }
 
 #[derive(Debug)]
 struct Owned {
-    names: Vec<String>,
-    addrs: Vec<IpAddr>,
+    names: Box<[Arc<str>]>,
+    addrs: Box<[IpAddr]>,
 }
 
 impl Default for Registry {
@@ -96,9 +101,9 @@ impl Registry {
             .owners
             .iter()
             .map(|(owner, o)| RegistryEntry {
-                owner: owner.clone(),
-                names: o.names.clone(),
-                addrs: o.addrs.clone(),
+                owner: owner.to_string(),
+                names: o.names.iter().map(ToString::to_string).collect(),
+                addrs: o.addrs.to_vec(),
             })
             .collect()
     }
@@ -110,10 +115,10 @@ impl Registry {
     pub fn lookup(&self, name: &str) -> Option<Vec<IpAddr>> {
         let key = self.relative_name(name)?;
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        let owners = table.by_name.get(&key)?;
+        let owners = table.by_name.get(key.as_str())?;
         let mut addrs: Vec<IpAddr> = Vec::new();
         for owner in owners {
-            for addr in table.owners.get(owner).map(|o| o.addrs.as_slice()).unwrap_or_default() {
+            for addr in table.owners.get(owner).map(|o| &*o.addrs).unwrap_or_default() {
                 if !addrs.contains(addr) {
                     addrs.push(*addr);
                 }
@@ -125,9 +130,9 @@ impl Registry {
     /// The names (normalized, relative to the zone) that answer with `addr`.
     pub fn names_of(&self, addr: IpAddr) -> Vec<String> {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        let names: BTreeSet<&String> =
+        let names: BTreeSet<&Arc<str>> =
             table.owners.values().filter(|o| o.addrs.contains(&addr)).flat_map(|o| o.names.iter()).collect();
-        names.into_iter().cloned().collect()
+        names.into_iter().map(ToString::to_string).collect()
     }
 
     /// `name` relative to the zone, normalized: `Web.Arcbox.Local.` -> `web`.
@@ -167,19 +172,32 @@ impl Registry {
 
 impl Table {
     fn insert(&mut self, owner: String, names: Vec<String>, addrs: Vec<IpAddr>) {
-        for name in &names {
-            self.by_name.entry(name.clone()).or_default().insert(owner.clone());
-        }
-        self.owners.insert(owner, Owned { names, addrs });
+        let owner: Arc<str> = owner.into();
+        let names: Box<[Arc<str>]> = names
+            .into_iter()
+            .map(|name| {
+                // Share the index's copy of a name other owners hold already.
+                let name: Arc<str> = match self.by_name.get_key_value(name.as_str()) {
+                    Some((shared, _)) => Arc::clone(shared),
+                    None => name.into(),
+                };
+                let holders = self.by_name.entry(Arc::clone(&name)).or_insert_with(|| Vec::with_capacity(1));
+                if let Err(at) = holders.binary_search(&owner) {
+                    holders.insert(at, Arc::clone(&owner));
+                }
+                name
+            })
+            .collect();
+        self.owners.insert(owner, Owned { names, addrs: addrs.into_boxed_slice() });
     }
 
     fn remove(&mut self, owner: &str) -> bool {
         let Some(old) = self.owners.remove(owner) else { return false };
-        for name in old.names {
-            if let Some(owners) = self.by_name.get_mut(&name) {
-                owners.remove(owner);
-                if owners.is_empty() {
-                    self.by_name.remove(&name);
+        for name in old.names.iter() {
+            if let Some(holders) = self.by_name.get_mut(&**name) {
+                holders.retain(|o| &**o != owner);
+                if holders.is_empty() {
+                    self.by_name.remove(&**name);
                 }
             }
         }
