@@ -5,7 +5,9 @@
 //! of its authority section (RFC 2308), capped. Hits are served with their
 //! TTLs decreased by the time spent in the cache. Time is tokio's, so tests
 //! can pause and advance it. Entries are bounded: the least recently used
-//! one goes first.
+//! one goes first. A hit only stamps its entry; the recency order is put
+//! right lazily, when an eviction finds a stamp newer than the order says,
+//! so the hot path moves nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
@@ -35,16 +37,44 @@ struct Entry {
     answer: Message,
     stored: Instant,
     ttl_secs: u32,
-    /// Position in the recency order.
-    tick: u64,
+    /// Its key in the recency order.
+    filed: u64,
+    /// When it was last used (`filed` or later).
+    used: u64,
 }
 
 #[derive(Debug, Default)]
 struct Lru {
     entries: HashMap<CacheKey, Entry>,
-    /// tick -> key, oldest first.
+    /// filed tick -> key, oldest first; one per entry.
     order: BTreeMap<u64, CacheKey>,
     next_tick: u64,
+}
+
+impl Lru {
+    fn tick(&mut self) -> u64 {
+        self.next_tick += 1;
+        self.next_tick
+    }
+
+    /// Removes the least recently used entry, refiling the ones used
+    /// since they were filed; whether one was removed.
+    fn evict_one(&mut self) -> bool {
+        while let Some((filed, key)) = self.order.pop_first() {
+            match self.entries.get_mut(&key) {
+                Some(entry) if entry.used > filed => {
+                    entry.filed = entry.used;
+                    self.order.insert(entry.used, key);
+                }
+                Some(_) => {
+                    self.entries.remove(&key);
+                    return true;
+                }
+                None => {}
+            }
+        }
+        false
+    }
 }
 
 /// A bounded TTL cache of upstream answers.
@@ -65,18 +95,16 @@ impl Cache {
     pub(crate) fn get(&self, key: &CacheKey, now: Instant) -> Option<Message> {
         let mut lru = self.lru.lock().unwrap_or_else(PoisonError::into_inner);
         let lru = &mut *lru;
+        let tick = lru.tick();
         let entry = lru.entries.get_mut(key)?;
         let age = now.saturating_duration_since(entry.stored).as_secs();
         if age >= u64::from(entry.ttl_secs) {
-            let tick = entry.tick;
+            let filed = entry.filed;
             lru.entries.remove(key);
-            lru.order.remove(&tick);
+            lru.order.remove(&filed);
             return None;
         }
-        lru.order.remove(&entry.tick);
-        entry.tick = lru.next_tick;
-        lru.next_tick += 1;
-        lru.order.insert(entry.tick, key.clone());
+        entry.used = tick;
         // age < ttl_secs, a u32.
         let age = u32::try_from(age).unwrap_or(u32::MAX);
         let mut answer = entry.answer.clone();
@@ -99,16 +127,12 @@ impl Cache {
         let mut lru = self.lru.lock().unwrap_or_else(PoisonError::into_inner);
         let lru = &mut *lru;
         if let Some(old) = lru.entries.remove(&key) {
-            lru.order.remove(&old.tick);
+            lru.order.remove(&old.filed);
         }
-        while lru.entries.len() >= self.capacity {
-            let Some((_, oldest)) = lru.order.pop_first() else { break };
-            lru.entries.remove(&oldest);
-        }
-        let tick = lru.next_tick;
-        lru.next_tick += 1;
+        while lru.entries.len() >= self.capacity && lru.evict_one() {}
+        let tick = lru.tick();
         lru.order.insert(tick, key.clone());
-        lru.entries.insert(key, Entry { answer: stored, stored: now, ttl_secs, tick });
+        lru.entries.insert(key, Entry { answer: stored, stored: now, ttl_secs, filed: tick, used: tick });
         Some(ttl_secs)
     }
 
@@ -240,5 +264,26 @@ mod tests {
         assert!(cache.get(&key("b."), now).is_none(), "b was the least recently used");
         assert!(cache.get(&key("a."), now).is_some());
         assert!(cache.get(&key("c."), now).is_some());
+    }
+
+    #[test]
+    fn eviction_follows_the_order_of_use_not_of_insertion() {
+        let cache = Cache::new(3, 300);
+        let now = Instant::now();
+        for name in ["a.", "b.", "c."] {
+            cache.insert(key(name), &a_answer(&[60]), now);
+        }
+        // Used in the order c, a, b: c is now the least recently used.
+        for name in ["c.", "a.", "b."] {
+            assert!(cache.get(&key(name), now).is_some());
+        }
+        cache.insert(key("d."), &a_answer(&[60]), now);
+        assert!(cache.get(&key("c."), now).is_none(), "c went first");
+        cache.insert(key("e."), &a_answer(&[60]), now);
+        assert!(cache.get(&key("a."), now).is_none(), "then a");
+        for name in ["b.", "d.", "e."] {
+            assert!(cache.get(&key(name), now).is_some(), "{name} kept");
+        }
+        assert_eq!(cache.len(), 3);
     }
 }
