@@ -5,7 +5,6 @@ use std::io::{BufRead as _, BufReader, Lines};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use arcbox_agent_core::fake::FakeProgram;
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_sim::{Scenario, SimAgent};
 use tokio_util::sync::CancellationToken;
@@ -52,8 +51,9 @@ fn sim_with(scenario: Scenario, adjust: impl FnOnce(&SimAgent) + Send + 'static)
 
 /// A guest whose DHCP client never gets a lease: the late init phase,
 /// and so init, never completes (the agent serves all the same).
+/// The late init phase hangs mounting the host share, so init never completes.
 fn init_never_completes(agent: &SimAgent) {
-    agent.fake.processes.install("busybox", FakeProgram::daemon());
+    agent.fake.mount.hang_at(arcbox_agent_core::config::HOST_SHARE_DIR);
 }
 
 fn agentctl_command() -> Command {
@@ -420,10 +420,20 @@ fn dns_list_shows_registered_names_and_set_upstreams_replaces_them() {
         let web = "172.17.0.2".parse().unwrap();
         agent.dns().registry().set_owner("c1", vec!["web".to_owned(), "web.shop".to_owned()], vec![web]);
     });
-    let list = agentctl(&sim.address, &["dns", "list"]);
-    assert!(list.status.success(), "{list:?}");
-    let text = stdout(&list);
-    assert!(text.contains("zone: arcbox.local") && text.contains("upstreams: 10.0.2.1:53"), "{text}");
+    // The upstream becomes the simulated lease's DNS server once DHCP is
+    // done, in the background after init.
+    let leased = |text: &str| text.contains("upstreams: 10.0.2.3:53");
+    let mut text = String::new();
+    for _ in 0..50 {
+        let list = agentctl(&sim.address, &["dns", "list"]);
+        assert!(list.status.success(), "{list:?}");
+        text = stdout(&list);
+        if leased(&text) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(text.contains("zone: arcbox.local") && leased(&text), "{text}");
     assert!(text.lines().any(|l| l.split_whitespace().eq(["web.shop", "172.17.0.2"])), "{text}");
 
     let set =

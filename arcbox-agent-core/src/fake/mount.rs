@@ -11,6 +11,7 @@ struct State {
     table: Vec<MountEntry>,
     fail: HashMap<PathBuf, i32>,
     busy: HashSet<PathBuf>,
+    hang: HashSet<PathBuf>,
     ops: Vec<String>,
 }
 
@@ -51,6 +52,12 @@ impl FakeMount {
         self.lock().fail.insert(target.into(), errno);
     }
 
+    /// Makes mounting `target` never return (a hung device: the caller's
+    /// thread blocks for good, as on a real machine).
+    pub fn hang_at(&self, target: impl Into<PathBuf>) {
+        self.lock().hang.insert(target.into());
+    }
+
     /// Makes unmounting `target` fail with EBUSY.
     pub fn busy(&self, target: impl Into<PathBuf>) {
         self.lock().busy.insert(target.into());
@@ -71,6 +78,12 @@ impl MountOps for FakeMount {
     fn mount(&self, spec: &MountSpec) -> Result<MountOutcome, SysError> {
         let mut s = self.lock();
         s.ops.push(format!("mount {} {}", spec.fstype, spec.target.display()));
+        if s.hang.contains(&spec.target) {
+            drop(s);
+            loop {
+                std::thread::park();
+            }
+        }
         if let Some(errno) = s.fail.get(&spec.target) {
             return Err(errno_error("mount", &spec.target, *errno));
         }
