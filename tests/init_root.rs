@@ -112,7 +112,8 @@ fn init_plan_mounts_writes_and_is_idempotent_in_a_fresh_namespace() {
         }
     }
     let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
-    assert_eq!(read("etc/resolv.conf"), "nameserver 10.0.2.1\n");
+    // The guest resolves through its own DNS server.
+    assert_eq!(read("etc/resolv.conf"), "nameserver 127.0.0.1\n");
     assert!(read("etc/hosts").starts_with("127.0.0.1\tlocalhost\n::1\t\tlocalhost\n127.0.1.1\t"));
     assert!(read("etc/passwd").starts_with("root:x:0:0:"));
     assert!(read("etc/group").contains("tty:x:5:"));
