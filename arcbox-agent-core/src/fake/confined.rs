@@ -294,9 +294,7 @@ impl ConfinedFs for FakeConfinedFs {
         let size = data.len() as u64;
         let start = usize::try_from(offset.min(size)).unwrap_or(data.len());
         let end = usize::try_from(offset.saturating_add(max_len).min(size)).unwrap_or(data.len());
-        let data = data[start..end].to_vec();
-        let bytes_read = data.len() as u64;
-        Ok(ReadResult { data, bytes_read, size, eof: offset.saturating_add(bytes_read) >= size })
+        Ok(ReadResult::new(data[start..end].to_vec(), offset, size))
     }
 
     fn write_atomic(
@@ -362,15 +360,8 @@ impl ConfinedFs for FakeConfinedFs {
                 truncated = true;
                 break;
             }
-            let stat = stat_of(node);
             let name = child.file_name().map(|n| n.to_owned()).unwrap_or_default();
-            entries.push(DirEntry {
-                name,
-                kind: stat.kind,
-                size: stat.size,
-                mode: stat.mode,
-                mtime: stat.mtime,
-            });
+            entries.push(DirEntry::new(name, stat_of(node)));
         }
         Ok(Listing { entries, truncated })
     }

@@ -50,6 +50,14 @@ pub struct ReadResult {
     pub eof: bool,
 }
 
+impl ReadResult {
+    /// `data` read from `offset` of a file of `size` bytes.
+    pub fn new(data: Vec<u8>, offset: u64, size: u64) -> Self {
+        let bytes_read = data.len() as u64;
+        Self { data, bytes_read, size, eof: offset.saturating_add(bytes_read) >= size }
+    }
+}
+
 /// What a name refers to (its own type: symlinks are not followed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -95,6 +103,13 @@ pub struct DirEntry {
     pub mode: u32,
     /// Last modification.
     pub mtime: SystemTime,
+}
+
+impl DirEntry {
+    /// The entry `name` with the metadata `stat` (of the name itself).
+    pub fn new(name: OsString, stat: FileStat) -> Self {
+        Self { name, kind: stat.kind, size: stat.size, mode: stat.mode, mtime: stat.mtime }
+    }
 }
 
 /// A directory's entries, sorted by name.

@@ -122,8 +122,7 @@ impl ConfinedFs for LinuxConfinedFs {
             }
         }
         data.truncate(filled);
-        let bytes_read = filled as u64;
-        Ok(ReadResult { data, bytes_read, size, eof: offset.saturating_add(bytes_read) >= size })
+        Ok(ReadResult::new(data, offset, size))
     }
 
     fn write_atomic(
@@ -201,14 +200,7 @@ impl ConfinedFs for LinuxConfinedFs {
                 Err(Errno::ENOENT) => continue,
                 Err(e) => return Err(at.fail("stat", e)),
             };
-            let stat = file_stat(&st, None);
-            entries.push(DirEntry {
-                name,
-                kind: stat.kind,
-                size: stat.size,
-                mode: stat.mode,
-                mtime: stat.mtime,
-            });
+            entries.push(DirEntry::new(name, file_stat(&st, None)));
         }
         Ok(Listing { entries, truncated })
     }
