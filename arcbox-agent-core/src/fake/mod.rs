@@ -10,11 +10,14 @@
 //!   endpoints, probes, mounts, disk, ...) for tests and the simulator.
 //! - [`FakeProcesses`], [`FakeProgram`] (`process.rs`): spawner and process table.
 //! - [`FakeEndpoints`], [`FakeSocketProbe`], [`FakeApis`] (`endpoints.rs`): listening sockets.
+//! - [`FakeConfinedFs`] (`confined.rs`): files under a root in an in-memory tree, resolved as
+//!   `RESOLVE_IN_ROOT` does.
 //! - `files.rs`, `mount.rs`, `disk.rs`, `clock.rs`, `power.rs`,
 //!   `system.rs`, `system_info.rs`: one fake per OS trait.
 //! - [`FakeNetwork`], [`FakeDhcpServer`] (`network.rs`): links, addresses, routes and a DHCP server on them.
 
 mod clock;
+mod confined;
 mod disk;
 mod endpoints;
 mod files;
@@ -27,6 +30,7 @@ mod system;
 mod system_info;
 
 pub use clock::FakeClock;
+pub use confined::FakeConfinedFs;
 pub use disk::FakeDisk;
 pub use endpoints::{Endpoint, FAKE_CONTAINERD_VERSION, FakeApis, FakeEndpoints, FakeSocketProbe};
 pub use files::FakeFiles;

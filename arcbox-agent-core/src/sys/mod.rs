@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - `mod.rs`: the traits and their plain data types.
+//! - [`ConfinedFs`] (`confined.rs`): file operations confined to a root (openat2 `RESOLVE_IN_ROOT`).
 //! - [`DiskOps`] (`disk.rs`): block-device heads and Btrfs ioctls.
 //! - [`NetworkOps`] (`network.rs`): links, IPv4 addresses and routes (netlink), DHCP sockets.
 //! - [`log_file`]: size-rotated append files (daemon output, the agent's log).
@@ -20,12 +21,16 @@ use tokio::sync::oneshot;
 
 use crate::protocol::proto::agent::SystemInfo;
 
+mod confined;
 mod disk;
 #[cfg(target_os = "linux")]
 pub mod linux;
 pub mod log_file;
 mod network;
 
+pub use confined::{
+    ConfinedError, ConfinedFs, ConfinedLimits, DirEntry, FileKind, FileStat, Listing, ReadResult, split_final,
+};
 pub use disk::DiskOps;
 pub use network::{DhcpSocket, Ipv4Cidr, LinkInfo, LinkOutcome, NetworkOps, Route};
 

@@ -2,6 +2,7 @@
 //! that makes syscalls or reads /proc.
 
 mod clock;
+mod confined;
 mod disk;
 mod files;
 mod limits;
@@ -15,6 +16,7 @@ mod system_info;
 mod watch;
 
 pub use clock::LinuxClock;
+pub use confined::LinuxConfinedFs;
 pub use disk::LinuxDisk;
 pub use files::LinuxFiles;
 pub use limits::LinuxLimits;
