@@ -3,8 +3,11 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use arcbox_agent_core::protocol::proto::agent::Empty;
-use arcbox_agent_core::protocol::{MessageType, PROTOCOL_VERSION};
+use arcbox_agent_core::protocol::proto::agent::{
+    Empty, FileListRequest, FileMkdirRequest, FileReadRequest, FileRemoveRequest, FileStatRequest,
+    FileWriteRequest,
+};
+use arcbox_agent_core::protocol::{ErrorCode, MessageType, PROTOCOL_VERSION};
 use arcbox_agent_core::rpc::{Router, Server, ServerConfig, ServerStats};
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_sim::Scenario;
@@ -195,6 +198,65 @@ async fn a_shutdown_releases_the_dhcp_lease_before_the_power_goes() {
     assert!(client.shutdown(3).await.unwrap().accepted);
     tokio::time::timeout(Duration::from_secs(10), powered_off.cancelled()).await.unwrap();
     assert_eq!(dhcp.count(MessageType4::Release), 1, "seen: {:?}", dhcp.seen());
+}
+
+#[tokio::test]
+async fn file_requests_write_read_stat_list_and_remove_inside_their_root() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    let root = "/srv/box".to_owned();
+    let at = |path: &str| (root.clone(), path.to_owned());
+    // The root must exist: a missing one is 404, then it is made under `/`.
+    let (r, p) = at("x");
+    let missing = client.file_stat(FileStatRequest { root: r, path: p }).await;
+    assert_eq!(missing.as_ref().err().and_then(ClientError::code), Some(ErrorCode::NOT_FOUND), "{missing:?}");
+    let mkroot = FileMkdirRequest { root: String::new(), path: root.clone(), mode: 0, parents: true };
+    assert!(client.file_mkdir(mkroot).await.unwrap().created);
+    let (r, p) = at("etc");
+    let made =
+        client.file_mkdir(FileMkdirRequest { root: r, path: p, mode: 0, parents: true }).await.unwrap();
+    assert!(made.created);
+    // An absolute path and `..` stay under the root.
+    let (r, p) = at("/../../etc/app.conf");
+    let request = FileWriteRequest {
+        root: r,
+        path: p,
+        data: b"port = 80\n".to_vec(),
+        mode: 0o600,
+        create_parents: false,
+    };
+    assert_eq!(client.file_write(request).await.unwrap().bytes_written, 10);
+    let (r, p) = at("etc/app.conf");
+    let read = client.file_read(FileReadRequest { root: r, path: p, offset: 5, length: 2 }).await.unwrap();
+    assert_eq!((read.data.as_slice(), read.bytes_read, read.size, read.eof), (&b"= "[..], 2, 10, false));
+    let (r, p) = at("etc/app.conf");
+    let info = client.file_stat(FileStatRequest { root: r, path: p }).await.unwrap().info.unwrap();
+    assert_eq!((info.kind.as_str(), info.size, info.mode), ("file", 10, 0o600));
+    let (r, p) = at("etc");
+    let listing = client.file_list(FileListRequest { root: r, path: p, max_entries: 0 }).await.unwrap();
+    let names: Vec<&str> = listing.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!((names, listing.truncated), (vec!["app.conf"], false));
+    // Nothing landed outside the root.
+    let outside = client.file_stat(FileStatRequest { root: "/".into(), path: "/etc/app.conf".into() }).await;
+    assert!(outside.as_ref().err().and_then(ClientError::code) == Some(ErrorCode::NOT_FOUND), "{outside:?}");
+    // Errors keep their meaning: a directory is no file, a relative root is refused.
+    let (r, p) = at("etc");
+    let dir = client.file_read(FileReadRequest { root: r, path: p, offset: 0, length: 0 }).await;
+    assert!(dir.as_ref().err().and_then(ClientError::code) == Some(ErrorCode::CONFLICT), "{dir:?}");
+    let relative = client.file_stat(FileStatRequest { root: "srv".into(), path: "x".into() }).await;
+    assert!(
+        relative.as_ref().err().and_then(ClientError::code) == Some(ErrorCode::BAD_REQUEST),
+        "{relative:?}"
+    );
+    // The reference's MmapReadFile reads anywhere in the guest.
+    let mmap = client.mmap_read_file("/srv/box/etc/app.conf", 0, 4).await.unwrap();
+    assert_eq!((mmap.data.as_slice(), mmap.bytes_read), (&b"port"[..], 4));
+    let (r, p) = at("etc");
+    let removed = client.file_remove(FileRemoveRequest { root: r, path: p, recursive: true }).await.unwrap();
+    assert!(removed.removed);
+    let (r, p) = at("etc/app.conf");
+    let gone = client.file_stat(FileStatRequest { root: r, path: p }).await;
+    assert!(gone.as_ref().err().and_then(ClientError::code) == Some(ErrorCode::NOT_FOUND), "{gone:?}");
 }
 
 #[tokio::test]

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             reads_return_the_asked_slice_and_refuse_lengths_over_the_limit,
             an_oversized_or_interrupted_write_leaves_the_old_file_and_no_staging_file,
             recursive_remove_follows_no_symlink_and_stops_at_mount_points,
+            the_file_requests_over_a_socket_keep_the_corpus_inside_the_root,
         ],
     )
 }
@@ -619,4 +620,62 @@ fn recursive_remove_follows_no_symlink_and_stops_at_mount_points() {
     umount2(&mounted, MntFlags::empty()).expect("umount");
     assert!(files.remove(&s.root, Path::new("tree2"), true).expect("rm -r once unmounted"));
     canaries.check("recursive remove at a mount point");
+}
+
+/// The same confinement end to end: the agent's file requests served by
+/// `LinuxConfinedFs` over a Unix socket, asked by the host client.
+fn the_file_requests_over_a_socket_keep_the_corpus_inside_the_root() {
+    use arcbox_agent_core::protocol::proto::agent::{FileReadRequest, FileWriteRequest};
+    use arcbox_agent_core::rpc::handlers::register_files;
+    use arcbox_agent_core::rpc::{Router, Server, ServerConfig, ServerStats};
+    use arcbox_agent_core::transport::UnixTransport;
+    use arcbox_agent_wire::client::{AgentClient, ConnectOptions};
+    use arcbox_agent_wire::transport::Address;
+
+    let s = Scratch::new();
+    let canaries = s.canaries();
+    let root = s.root.to_string_lossy().into_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        // Beside the scratch tree, not in it: the canaries cover all of it.
+        let sockets = tempfile::tempdir().expect("socket dir");
+        let socket = sockets.path().join("agent.sock");
+        let listener = UnixTransport::bind(&socket).expect("bind");
+        let mut router = Router::new();
+        register_files(&mut router, Arc::new(LinuxConfinedFs::new(LIMITS)));
+        let server = Server::new(router, ServerConfig::default(), Arc::new(ServerStats::default()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move { server.serve(listener, stop).await }
+        });
+        let mut client =
+            AgentClient::connect(&Address::Unix(socket), ConnectOptions::default()).await.expect("connect");
+        for (path, lands) in s.corpus() {
+            let request = FileReadRequest { root: root.clone(), path: path.clone(), offset: 0, length: 0 };
+            let read = client.file_read(request).await;
+            match lands {
+                Some(file) => assert_eq!(
+                    read.unwrap_or_else(|e| panic!("read {path}: {e}")).data,
+                    fs::read(&file).expect("expected file"),
+                    "read {path}"
+                ),
+                None => assert!(read.is_err(), "{path}: {read:?}"),
+            }
+            canaries.check(&format!("FileRead of {path}"));
+        }
+        let escape = FileWriteRequest {
+            root: root.clone(),
+            path: "../../../escaped.txt".into(),
+            data: b"stays in".to_vec(),
+            mode: 0,
+            create_parents: false,
+        };
+        assert_eq!(client.file_write(escape).await.expect("write").bytes_written, 8);
+        canaries.check("FileWrite of ../../../escaped.txt");
+        stop.cancel();
+    });
+    assert_eq!(fs::read(s.root.join("escaped.txt")).expect("written in the root"), b"stays in");
+    let mode = fs::metadata(s.root.join("escaped.txt")).expect("metadata").mode() & 0o7777;
+    assert_eq!(mode, 0o644, "the default mode");
 }

@@ -1,7 +1,7 @@
 //! The golden byte blocks of docs/PROTOCOL.md are what the code encodes
 //! and decodes: the document is the contract.
 
-use arcbox_agent_core::protocol::proto::agent::{AgentPingRequest, AgentPingResponse};
+use arcbox_agent_core::protocol::proto::agent::{AgentPingRequest, AgentPingResponse, FileReadRequest};
 use arcbox_agent_core::protocol::{ErrorPayload, MessageType, encode_parts, try_decode};
 use bytes::BytesMut;
 use prost::Message as _;
@@ -37,7 +37,13 @@ fn encode(msg_type: MessageType, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn the_document_has_the_golden_blocks() {
     let names: Vec<String> = goldens().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["ping_request", "ping_response", "error_400_bad"]);
+    assert_eq!(names, ["ping_request", "ping_response", "error_400_bad", "file_read_request"]);
+}
+
+#[test]
+fn file_read_request_golden_matches() {
+    let request = FileReadRequest { root: "/r".into(), path: "a".into(), offset: 1, length: 2 };
+    assert_eq!(encode(MessageType::FileReadRequest, &request.encode_to_vec()), golden("file_read_request"));
 }
 
 #[test]

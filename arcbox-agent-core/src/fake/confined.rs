@@ -156,14 +156,17 @@ impl State {
     }
 
     fn root(&self, root: &Path) -> Result<PathBuf, ConfinedError> {
-        let root_error =
-            |kind, why| ConfinedError::Root { root: root.to_owned(), source: std::io::Error::new(kind, why) };
+        // The errno the kernel gives for the same roots.
+        let root_error = |errno| ConfinedError::Root {
+            root: root.to_owned(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
         if !root.is_absolute() {
-            return Err(root_error(std::io::ErrorKind::InvalidInput, "not an absolute path"));
+            return Err(root_error(libc::EINVAL));
         }
         let root = normal(root);
         if !self.is_dir(&root) {
-            return Err(root_error(std::io::ErrorKind::NotFound, "no such directory"));
+            return Err(root_error(libc::ENOENT));
         }
         Ok(root)
     }
@@ -278,6 +281,10 @@ fn stat_of(node: &Node) -> FileStat {
 }
 
 impl ConfinedFs for FakeConfinedFs {
+    fn limits(&self) -> ConfinedLimits {
+        self.limits
+    }
+
     fn read(&self, root: &Path, path: &Path, offset: u64, max_len: u64) -> Result<ReadResult, ConfinedError> {
         if max_len > self.limits.max_read_bytes {
             return Err(ConfinedError::TooLarge { what: "read length", limit: self.limits.max_read_bytes });

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    DhcpServerScript, Endpoint, FakeApis, FakeClock, FakeDhcpServer, FakeDisk, FakeEndpoints, FakeFiles,
-    FakeLimits, FakeModules, FakeMount, FakeNetwork, FakePowerSwitch, FakeProcesses, FakeProgram,
+    DhcpServerScript, Endpoint, FakeApis, FakeClock, FakeConfinedFs, FakeDhcpServer, FakeDisk, FakeEndpoints,
+    FakeFiles, FakeLimits, FakeModules, FakeMount, FakeNetwork, FakePowerSwitch, FakeProcesses, FakeProgram,
     FakeSocketProbe, FakeSystemInfo,
 };
 use crate::guest::GuestOs;
 use crate::init::InitOps;
 use crate::runtime::{K3sLayout, RuntimeLayout, RuntimeOps};
 use crate::shutdown::ShutdownOps;
-use crate::sys::ExitStatus;
+use crate::sys::{ConfinedLimits, ExitStatus};
 
 /// The runtimes' capabilities over a fake guest.
 pub type FakeRuntimeOps = RuntimeOps<FakeProcesses, FakeSocketProbe, FakeFiles, FakeApis>;
@@ -71,6 +71,8 @@ pub struct FakeGuest {
     pub clock: Arc<FakeClock>,
     /// System information.
     pub system: Arc<FakeSystemInfo>,
+    /// The files the file requests see (an empty tree to begin with).
+    pub confined: Arc<FakeConfinedFs>,
 }
 
 impl Default for FakeGuest {
@@ -103,6 +105,7 @@ impl FakeGuest {
             power_switch: Arc::new(FakePowerSwitch::default()),
             clock: Arc::new(FakeClock::following_host()),
             system: Arc::new(FakeSystemInfo::default()),
+            confined: Arc::new(FakeConfinedFs::new(ConfinedLimits::default())),
         }
     }
 
@@ -138,6 +141,7 @@ impl GuestOs for FakeGuest {
     type Disk = FakeDisk;
     type Clock = FakeClock;
     type System = FakeSystemInfo;
+    type Confined = FakeConfinedFs;
 
     fn runtime_ops(&self) -> FakeRuntimeOps {
         RuntimeOps::new(
@@ -162,6 +166,10 @@ impl GuestOs for FakeGuest {
 
     fn system(&self) -> Arc<FakeSystemInfo> {
         Arc::clone(&self.system)
+    }
+
+    fn confined(&self) -> Arc<FakeConfinedFs> {
+        Arc::clone(&self.confined)
     }
 
     fn init_ops(&self) -> InitOps {

@@ -38,7 +38,7 @@ use crate::boot::BootRecorder;
 use crate::config::AgentConfig;
 use crate::init::{InitOps, InitRunner, Phase, Step, StepReport, standard_plan};
 use crate::rpc::ServerConfig;
-use crate::rpc::handlers::{register_dns, register_kubernetes};
+use crate::rpc::handlers::{register_dns, register_files, register_kubernetes};
 use crate::runtime::api::ApiCheck;
 use crate::runtime::{
     DataDiskStep, DockerEngine, K3s, K3sLayout, Lifecycle, ReadinessEvents, RuntimeLayout, RuntimeOps,
@@ -47,7 +47,9 @@ use crate::shutdown::{
     GuestPower, OrderedPower, ShutdownOps, ShutdownPolicy, ShutdownSequence, standard_daemons,
 };
 use crate::storage::{DataDisk, DataDiskConfig, data_device};
-use crate::sys::{Clock, DiskOps, FileOps, MountOps, ProcessSpawner, SocketProbe, SystemInfoSource};
+use crate::sys::{
+    Clock, ConfinedFs, DiskOps, FileOps, MountOps, ProcessSpawner, SocketProbe, SystemInfoSource,
+};
 use crate::transport::Transport;
 
 /// Every OS capability the guest's services use.
@@ -68,6 +70,8 @@ pub trait GuestOs: Send + Sync + 'static {
     type Clock: Clock;
     /// System information (GetSystemInfo).
     type System: SystemInfoSource;
+    /// File operations confined to a root (the file requests).
+    type Confined: ConfinedFs;
 
     /// The runtimes' capabilities.
     fn runtime_ops(&self) -> RuntimeOps<Self::Spawner, Self::Probe, Self::Files, Self::Apis>;
@@ -79,6 +83,8 @@ pub trait GuestOs: Send + Sync + 'static {
     fn clock(&self) -> Arc<Self::Clock>;
     /// System information.
     fn system(&self) -> Arc<Self::System>;
+    /// Confined file operations.
+    fn confined(&self) -> Arc<Self::Confined>;
     /// The init plan's capabilities.
     fn init_ops(&self) -> InitOps;
     /// The ordered shutdown's capabilities.
@@ -184,6 +190,7 @@ impl<O: GuestOs> Guest<O> {
         register_kubernetes(agent.router_mut(), Arc::clone(&kubernetes));
         let dns = GuestDns::from_config(config);
         register_dns(agent.router_mut(), Arc::clone(&dns));
+        register_files(agent.router_mut(), os.confined());
         Self {
             agent,
             docker,

@@ -26,7 +26,8 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// The most a single request may carry or return.
+/// The most a single request may carry or return. `Default` keeps a read
+/// or a write inside one RPC frame (16 MiB) with room to spare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfinedLimits {
     /// The largest `max_len` a read may ask for.
@@ -36,6 +37,23 @@ pub struct ConfinedLimits {
     /// The most entries a listing returns (a larger `max_entries` is lowered to it).
     pub max_list_entries: usize,
 }
+
+impl Default for ConfinedLimits {
+    fn default() -> Self {
+        Self {
+            max_read_bytes: DEFAULT_MAX_READ_BYTES,
+            max_write_bytes: DEFAULT_MAX_WRITE_BYTES,
+            max_list_entries: DEFAULT_MAX_LIST_ENTRIES,
+        }
+    }
+}
+
+/// The largest read one request returns: 8 MiB.
+pub const DEFAULT_MAX_READ_BYTES: u64 = 8 << 20;
+/// The largest file one write request stores: 8 MiB.
+pub const DEFAULT_MAX_WRITE_BYTES: u64 = 8 << 20;
+/// The most entries one listing returns (about 100 bytes each on the wire).
+pub const DEFAULT_MAX_LIST_ENTRIES: usize = 10_000;
 
 /// Bytes read from a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +249,9 @@ impl ConfinedError {
 /// File operations confined to a root directory. `root` is an absolute
 /// directory the caller chose; `path` is resolved inside it, always.
 pub trait ConfinedFs: Send + Sync + 'static {
+    /// The limits every call is held to.
+    fn limits(&self) -> ConfinedLimits;
+
     /// Up to `max_len` bytes of the regular file at `path` from `offset`
     /// (a final symlink is followed, inside the root). A `max_len` over
     /// [`ConfinedLimits::max_read_bytes`] is refused; an offset at or past

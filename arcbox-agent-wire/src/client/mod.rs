@@ -20,12 +20,14 @@ pub use error::ClientError;
 use crate::codec::{EncodeError, FrameReader, FrameWriter, ReadError};
 use crate::protocol::proto::agent::{
     AgentPingRequest, AgentPingResponse, BootReport, BootReportRequest, DnsListRequest, DnsListResponse,
-    DnsSetUpstreamsRequest, DnsSetUpstreamsResponse, Empty, KubernetesDeleteRequest,
-    KubernetesDeleteResponse, KubernetesKubeconfigRequest, KubernetesKubeconfigResponse,
-    KubernetesStartRequest, KubernetesStartResponse, KubernetesStatusRequest, KubernetesStatusResponse,
-    KubernetesStopRequest, KubernetesStopResponse, ReadinessEvent, RuntimeEnsureRequest,
-    RuntimeEnsureResponse, RuntimeStatusRequest, RuntimeStatusResponse, ShutdownRequest, ShutdownResponse,
-    SystemInfo, WatchReadinessRequest,
+    DnsSetUpstreamsRequest, DnsSetUpstreamsResponse, Empty, FileListRequest, FileListResponse,
+    FileMkdirRequest, FileMkdirResponse, FileReadRequest, FileReadResponse, FileRemoveRequest,
+    FileRemoveResponse, FileStatRequest, FileStatResponse, FileWriteRequest, FileWriteResponse,
+    KubernetesDeleteRequest, KubernetesDeleteResponse, KubernetesKubeconfigRequest,
+    KubernetesKubeconfigResponse, KubernetesStartRequest, KubernetesStartResponse, KubernetesStatusRequest,
+    KubernetesStatusResponse, KubernetesStopRequest, KubernetesStopResponse, MmapReadFileRequest,
+    MmapReadFileResponse, ReadinessEvent, RuntimeEnsureRequest, RuntimeEnsureResponse, RuntimeStatusRequest,
+    RuntimeStatusResponse, ShutdownRequest, ShutdownResponse, SystemInfo, WatchReadinessRequest,
 };
 use crate::protocol::values::{ensure_status, runtime_state};
 use crate::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorPayload, Frame, MessageType, response_code, unix_time};
@@ -251,6 +253,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         upstreams: Vec<String>,
     ) -> Result<DnsSetUpstreamsResponse, ClientError> {
         self.call(MessageType::DnsSetUpstreamsRequest, &DnsSetUpstreamsRequest { upstreams }).await
+    }
+
+    /// Reads part of a file under `root` (extension; every file call is
+    /// confined to its root: `..` and symlinks cannot leave it).
+    pub async fn file_read(&mut self, request: FileReadRequest) -> Result<FileReadResponse, ClientError> {
+        self.call(MessageType::FileReadRequest, &request).await
+    }
+
+    /// Replaces a file under `root` atomically (extension).
+    pub async fn file_write(&mut self, request: FileWriteRequest) -> Result<FileWriteResponse, ClientError> {
+        self.call(MessageType::FileWriteRequest, &request).await
+    }
+
+    /// A path's metadata, a final symlink not followed (extension).
+    pub async fn file_stat(&mut self, request: FileStatRequest) -> Result<FileStatResponse, ClientError> {
+        self.call(MessageType::FileStatRequest, &request).await
+    }
+
+    /// A directory's entries, sorted by name (extension).
+    pub async fn file_list(&mut self, request: FileListRequest) -> Result<FileListResponse, ClientError> {
+        self.call(MessageType::FileListRequest, &request).await
+    }
+
+    /// Makes a directory (extension).
+    pub async fn file_mkdir(&mut self, request: FileMkdirRequest) -> Result<FileMkdirResponse, ClientError> {
+        self.call(MessageType::FileMkdirRequest, &request).await
+    }
+
+    /// Removes a file, a symlink or (recursively) a directory (extension).
+    pub async fn file_remove(
+        &mut self,
+        request: FileRemoveRequest,
+    ) -> Result<FileRemoveResponse, ClientError> {
+        self.call(MessageType::FileRemoveRequest, &request).await
+    }
+
+    /// The reference's MmapReadFile: part of a file anywhere in the guest.
+    pub async fn mmap_read_file(
+        &mut self,
+        path: impl Into<String>,
+        offset: u64,
+        length: u64,
+    ) -> Result<MmapReadFileResponse, ClientError> {
+        let request = MmapReadFileRequest { path: path.into(), offset, length };
+        self.call(MessageType::MmapReadFileRequest, &request).await
     }
 
     /// Starts k3s (non-blocking: `api_ready` turns true later; watch for

@@ -16,6 +16,9 @@ impl ErrorCode {
     pub const NOT_FOUND: i32 = 404;
     /// The host did not get an answer in time (client-side code).
     pub const TIMEOUT: i32 = 408;
+    /// The target is in a state the request cannot apply to (a directory
+    /// where a file was asked for, a non-empty directory, ...).
+    pub const CONFLICT: i32 = 409;
     /// The frame is longer than the agent's limit.
     pub const PAYLOAD_TOO_LARGE: i32 = 413;
     /// A handler failed or panicked.

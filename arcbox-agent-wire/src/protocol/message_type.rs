@@ -99,6 +99,18 @@ message_types! {
     DnsListRequest = 0x0102,
     /// Extension: `DnsSetUpstreamsRequest`.
     DnsSetUpstreamsRequest = 0x0103,
+    /// Extension: `FileReadRequest` (confined to a root directory, as every file request).
+    FileReadRequest = 0x0104,
+    /// Extension: `FileWriteRequest` (atomic replace).
+    FileWriteRequest = 0x0105,
+    /// Extension: `FileStatRequest`.
+    FileStatRequest = 0x0106,
+    /// Extension: `FileListRequest`.
+    FileListRequest = 0x0107,
+    /// Extension: `FileMkdirRequest`.
+    FileMkdirRequest = 0x0108,
+    /// Extension: `FileRemoveRequest`.
+    FileRemoveRequest = 0x0109,
     /// `AgentPingResponse`.
     PingResponse = 0x1001,
     /// `SystemInfo`.
@@ -157,6 +169,18 @@ message_types! {
     DnsListResponse = 0x1102,
     /// Extension: `DnsSetUpstreamsResponse`.
     DnsSetUpstreamsResponse = 0x1103,
+    /// Extension: `FileReadResponse`.
+    FileReadResponse = 0x1104,
+    /// Extension: `FileWriteResponse`.
+    FileWriteResponse = 0x1105,
+    /// Extension: `FileStatResponse`.
+    FileStatResponse = 0x1106,
+    /// Extension: `FileListResponse`.
+    FileListResponse = 0x1107,
+    /// Extension: `FileMkdirResponse`.
+    FileMkdirResponse = 0x1108,
+    /// Extension: `FileRemoveResponse`.
+    FileRemoveResponse = 0x1109,
     /// Error frame with the binary payload of [`crate::protocol::ErrorPayload`].
     Error = 0xFFFF,
 }
@@ -225,6 +249,18 @@ mod tests {
                     | MessageType::DnsListResponse
                     | MessageType::DnsSetUpstreamsRequest
                     | MessageType::DnsSetUpstreamsResponse
+                    | MessageType::FileReadRequest
+                    | MessageType::FileReadResponse
+                    | MessageType::FileWriteRequest
+                    | MessageType::FileWriteResponse
+                    | MessageType::FileStatRequest
+                    | MessageType::FileStatResponse
+                    | MessageType::FileListRequest
+                    | MessageType::FileListResponse
+                    | MessageType::FileMkdirRequest
+                    | MessageType::FileMkdirResponse
+                    | MessageType::FileRemoveRequest
+                    | MessageType::FileRemoveResponse
             );
             assert_eq!(MessageType::is_extension(t.code()), ours, "{t}");
         }

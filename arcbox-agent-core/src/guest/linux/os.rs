@@ -9,9 +9,10 @@ use crate::reaper::Reaper;
 use crate::runtime::RuntimeOps;
 use crate::runtime::api::SocketApis;
 use crate::shutdown::ShutdownOps;
+use crate::sys::ConfinedLimits;
 use crate::sys::linux::{
-    LinuxChildReaping, LinuxClock, LinuxDisk, LinuxFiles, LinuxMount, LinuxPowerSwitch, LinuxProcessTable,
-    LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
+    LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxDisk, LinuxFiles, LinuxMount, LinuxPowerSwitch,
+    LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
 };
 
 /// The real system.
@@ -35,6 +36,7 @@ impl GuestOs for LinuxGuestOs {
     type Disk = LinuxDisk;
     type Clock = LinuxClock;
     type System = LinuxSystemInfo;
+    type Confined = LinuxConfinedFs;
 
     fn runtime_ops(&self) -> RuntimeOps<LinuxSpawner, LinuxSocketProbe, LinuxFiles, SocketApis> {
         RuntimeOps::new(
@@ -59,6 +61,10 @@ impl GuestOs for LinuxGuestOs {
 
     fn system(&self) -> Arc<LinuxSystemInfo> {
         Arc::new(LinuxSystemInfo)
+    }
+
+    fn confined(&self) -> Arc<LinuxConfinedFs> {
+        Arc::new(LinuxConfinedFs::new(ConfinedLimits::default()))
     }
 
     fn init_ops(&self) -> InitOps {

@@ -2,6 +2,7 @@
 
 mod boot_report;
 mod dns;
+mod files;
 mod kubernetes;
 mod network;
 mod ping;
@@ -12,6 +13,7 @@ mod system_info;
 
 pub use boot_report::BootReportHandler;
 pub use dns::{DnsControl, NameEntry, parse_upstreams, register_dns};
+pub use files::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, file_info, register_files};
 pub use kubernetes::{K3sLifecycle, register_kubernetes};
 pub use network::{NetworkWatch, network_message, unmanaged_network};
 pub use ping::{DEFAULT_CLOCK_STEP_THRESHOLD, PingHandler, WHOLE_SECONDS_PRECISION};

@@ -86,6 +86,10 @@ impl LinuxConfinedFs {
 }
 
 impl ConfinedFs for LinuxConfinedFs {
+    fn limits(&self) -> ConfinedLimits {
+        self.limits
+    }
+
     fn read(&self, root: &Path, path: &Path, offset: u64, max_len: u64) -> Result<ReadResult, ConfinedError> {
         if max_len > self.limits.max_read_bytes {
             return Err(ConfinedError::TooLarge { what: "read length", limit: self.limits.max_read_bytes });
