@@ -15,7 +15,7 @@ use crate::protocol::proto::agent::{
 };
 use crate::protocol::{ErrorCode, MessageType};
 use crate::rpc::{RequestContext, Router, RpcError, UnaryHandler};
-use crate::sys::{ConfinedError, ConfinedFs, FileKind, FileStat};
+use crate::sys::{ConfinedError, ConfinedFs, FileKind, FileStat, ReadResult};
 
 /// Mode of a written file when the request says 0.
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
@@ -76,6 +76,23 @@ async fn blocking<F: ConfinedFs, T: Send + 'static>(
         .map_err(rpc_error)
 }
 
+/// Reads `length` bytes (0: as many as allowed) at `offset`, never more
+/// than the read limit: a larger request gets the limit's worth, and the
+/// host reads on from `offset + bytes_read`.
+async fn capped_read<F: ConfinedFs>(
+    files: &Arc<F>,
+    root: &str,
+    path: String,
+    offset: u64,
+    length: u64,
+) -> Result<ReadResult, RpcError> {
+    let length = if length == 0 { u64::MAX } else { length };
+    blocking(files, root, move |fs, root| {
+        fs.read(root, Path::new(&path), offset, length.min(fs.limits().max_read_bytes))
+    })
+    .await
+}
+
 /// `stat` as the wire shows it, named `name`.
 pub fn file_info(name: String, stat: &FileStat) -> FileInfo {
     let mtime =
@@ -109,12 +126,7 @@ impl<F: ConfinedFs> UnaryHandler for Read<F> {
     type Response = FileReadResponse;
 
     async fn handle(&self, _: RequestContext<'_>, r: FileReadRequest) -> Result<FileReadResponse, RpcError> {
-        let length = if r.length == 0 { u64::MAX } else { r.length };
-        let read = blocking(&self.0, &r.root, move |fs, root| {
-            let length = length.min(fs.limits().max_read_bytes);
-            fs.read(root, Path::new(&r.path), r.offset, length)
-        })
-        .await?;
+        let read = capped_read(&self.0, &r.root, r.path, r.offset, r.length).await?;
         Ok(FileReadResponse { bytes_read: read.bytes_read, size: read.size, eof: read.eof, data: read.data })
     }
 }
@@ -237,11 +249,7 @@ impl<F: ConfinedFs> UnaryHandler for MmapRead<F> {
         _: RequestContext<'_>,
         r: MmapReadFileRequest,
     ) -> Result<MmapReadFileResponse, RpcError> {
-        let length = if r.length == 0 { u64::MAX } else { r.length };
-        let read = blocking(&self.0, "/", move |fs, root| {
-            fs.read(root, Path::new(&r.path), r.offset, length.min(fs.limits().max_read_bytes))
-        })
-        .await?;
+        let read = capped_read(&self.0, "/", r.path, r.offset, r.length).await?;
         Ok(MmapReadFileResponse { bytes_read: read.bytes_read, data: read.data })
     }
 }
