@@ -449,3 +449,55 @@ fn dns_list_shows_registered_names_and_set_upstreams_replaces_them() {
     let after = stdout(&agentctl(&sim.address, &["dns", "list"]));
     assert!(after.contains("upstreams: 192.168.1.1:53, [2001:db8::1]:5353"), "{after}");
 }
+
+/// `fs put` from stdin, then `cat`, `stat`, `ls`, `rm`, all inside `--root`.
+#[test]
+fn fs_puts_cats_lists_and_removes_files_inside_the_root() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let sim = sim(Scenario::Healthy);
+    let fs = |args: &[&str]| {
+        let mut all = vec!["fs", "--root", "/box"];
+        all.extend_from_slice(args);
+        agentctl(&sim.address, &all)
+    };
+    let made = agentctl(&sim.address, &["fs", "mkdir", "-p", "/box"]);
+    assert!(made.status.success(), "{made:?}");
+    // 8 MiB is the write limit; one byte more is refused below.
+    let data: Vec<u8> = (0..(8u32 << 20) + 1).map(|i| (i % 251) as u8).collect();
+    let mut put = agentctl_command()
+        .args(["--connect", &sim.address, "fs", "--root", "/box", "put", "../../data.bin", "--mode", "600"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn put");
+    put.stdin.take().expect("stdin").write_all(&data[..8 << 20]).expect("write stdin");
+    let put = put.wait_with_output().expect("put");
+    assert!(put.status.success(), "{put:?}");
+    assert_eq!(stdout(&put).trim(), format!("{} bytes written to ../../data.bin", 8 << 20));
+    let cat = fs(&["cat", "data.bin"]);
+    assert!(cat.status.success(), "{cat:?}");
+    assert!(cat.stdout == data[..8 << 20], "cat returned {} bytes", cat.stdout.len());
+    let stat = json(&fs(&["--json", "stat", "/data.bin"]));
+    assert_eq!((stat["info"]["kind"].as_str(), stat["info"]["mode"].as_u64()), (Some("file"), Some(0o600)));
+    let ls = stdout(&fs(&["ls", "/"]));
+    assert!(ls.lines().any(|l| l.split_whitespace().eq(["file", "600", "8388608", "data.bin"])), "{ls}");
+    // Over the write limit: refused (exit 1) and the old file stays.
+    let mut big = agentctl_command()
+        .args(["--connect", &sim.address, "fs", "--root", "/box", "put", "data.bin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn put");
+    let _ = big.stdin.take().expect("stdin").write_all(&data[..(8 << 20) + 1]);
+    let big = big.wait_with_output().expect("put");
+    assert_eq!(big.status.code(), Some(1), "{big:?}");
+    assert!(stderr(&big).contains("413"), "{big:?}");
+    assert_eq!(fs(&["cat", "data.bin"]).stdout.len(), 8 << 20);
+    let rm = fs(&["rm", "data.bin"]);
+    assert_eq!(stdout(&rm).trim(), "removed data.bin");
+    let gone = fs(&["stat", "data.bin"]);
+    assert_eq!(gone.status.code(), Some(1), "{gone:?}");
+    assert!(stderr(&gone).contains("404"), "{gone:?}");
+}

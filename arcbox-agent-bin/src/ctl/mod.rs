@@ -12,8 +12,10 @@
 //!
 //! # Layout
 //! - this module: arguments, one function per command, exit codes.
+//! - `fs`: the `fs` subcommands (the guest's files, confined to a root).
 //! - `text`: the human rendering of each answer.
 
+mod fs;
 mod text;
 
 use std::io::Write as _;
@@ -94,6 +96,14 @@ enum Command {
     Dns {
         #[command(subcommand)]
         action: DnsAction,
+    },
+    /// The guest's files, every path inside --root: cat, put (stdin), stat, ls, mkdir, rm.
+    Fs {
+        /// The guest directory paths are confined to (`..` and symlinks cannot leave it).
+        #[arg(long, default_value = "/")]
+        root: String,
+        #[command(subcommand)]
+        action: fs::FsAction,
     },
     /// Print readiness events as they happen (agent, runtime, k3s, daemons).
     Watch {
@@ -267,6 +277,7 @@ async fn run(args: &Args, connect: &str) -> Result<Exit, ClientError> {
             out.emit(&r, || format!("upstreams: {}", r.upstreams.join(", ")));
             Ok(Exit::Success)
         }
+        Command::Fs { root, action } => fs::run(client, &out, root, action).await,
         Command::Shutdown { timeout } => {
             let answer = client.shutdown(*timeout).await?;
             out.emit(&answer, || {

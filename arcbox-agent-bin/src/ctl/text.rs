@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use arcbox_agent_wire::protocol::MessageType;
 use arcbox_agent_wire::protocol::proto::agent::{
-    AgentPingResponse, BootReport, DnsListResponse, KubernetesStartResponse, KubernetesStatusResponse,
-    KubernetesStopResponse, NetworkStatus, ReadinessEvent, RuntimeEnsureResponse, RuntimeStatusResponse,
-    ServiceStatus, SystemInfo,
+    AgentPingResponse, BootReport, DnsListResponse, FileInfo, FileListResponse, KubernetesStartResponse,
+    KubernetesStatusResponse, KubernetesStopResponse, NetworkStatus, ReadinessEvent, RuntimeEnsureResponse,
+    RuntimeStatusResponse, ServiceStatus, SystemInfo,
 };
 
 pub fn pong(pong: &AgentPingResponse, rtt: Duration) -> String {
@@ -216,6 +216,37 @@ fn type_name(code: u32) -> String {
     MessageType::from_u32(code)
         .map(|t| t.name().trim_end_matches("Request").to_owned())
         .unwrap_or_else(|| format!("0x{code:04X}"))
+}
+
+/// One path's metadata.
+pub fn file_stat(info: &FileInfo) -> String {
+    let mut text = format!(
+        "{}: {} {:o}, {} bytes, uid {} gid {}, modified {} s after the epoch",
+        info.name,
+        info.kind,
+        info.mode,
+        info.size,
+        info.uid,
+        info.gid,
+        info.mtime_unix_nanos / 1_000_000_000
+    );
+    if !info.symlink_target.is_empty() {
+        let _ = write!(text, "\n-> {}", info.symlink_target);
+    }
+    text
+}
+
+/// A directory listing, `ls -l` style: kind, mode, size, name.
+pub fn file_list(listing: &FileListResponse) -> String {
+    let mut lines: Vec<String> = listing
+        .entries
+        .iter()
+        .map(|e| format!("{:<7} {:>4o} {:>12}  {}", e.kind, e.mode, e.size, e.name))
+        .collect();
+    if listing.truncated {
+        lines.push("... (more entries than the agent returns at once)".to_owned());
+    }
+    lines.join("\n")
 }
 
 #[cfg(test)]
