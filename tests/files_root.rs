@@ -506,6 +506,10 @@ fn reads_return_the_asked_slice_and_refuse_lengths_over_the_limit() {
     let files = LinuxConfinedFs::new(LIMITS);
     let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
     fs::write(s.root.join("data"), &data).expect("data");
+    // A /proc file says it has 0 bytes; the read goes by the end of the data instead.
+    let version = files.read(&s.root, Path::new("/proc/version"), 0, 4096).expect("/proc/version");
+    assert_eq!(version.data, fs::read(s.root.join("proc/version")).expect("proc version"));
+    assert!(version.data.starts_with(b"Linux version") && version.eof, "{version:?}");
     let cases = [
         (0, 1000, 0..1000, true),
         (100, 50, 100..150, false),

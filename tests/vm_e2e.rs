@@ -108,6 +108,49 @@ async fn system_info_reports_the_booted_kernel_memory_cpus_and_addresses() {
     assert!(info.ip_addresses.is_empty(), "addresses: {:?}", info.ip_addresses);
     assert_eq!(info.boot_id, vm.boot_id(), "boot id matches the READY line");
     assert!(info.agent_rss_bytes > 0, "the agent reports its RSS");
+    // The same boot serves the file requests.
+    the_file_requests_work_over_vsock_and_stay_in_their_root(&mut agent).await;
+}
+
+/// The confined file requests against the guest's real filesystem over
+/// vsock: mkdir, an escaping write that lands inside the root, read, stat,
+/// list, remove, and the reference's MmapReadFile of a kernel file.
+async fn the_file_requests_work_over_vsock_and_stay_in_their_root(agent: &mut AgentClient) {
+    use arcbox_agent_core::protocol::proto::agent::{
+        FileListRequest, FileMkdirRequest, FileReadRequest, FileRemoveRequest, FileStatRequest,
+        FileWriteRequest,
+    };
+    let root = || "/tmp/box".to_owned();
+    let mkdir = FileMkdirRequest { root: "/".into(), path: "/tmp/box/etc".into(), mode: 0, parents: true };
+    assert!(agent.file_mkdir(mkdir).await.expect("mkdir").created);
+    let write = FileWriteRequest {
+        root: root(),
+        path: "../../../etc/escape.conf".into(),
+        data: b"inside\n".to_vec(),
+        mode: 0o640,
+        create_parents: false,
+    };
+    assert_eq!(agent.file_write(write).await.expect("write").bytes_written, 7);
+    // It landed under the root; the guest's own /etc has no such file.
+    let inside = agent.mmap_read_file("/tmp/box/etc/escape.conf", 0, 0).await.expect("mmap read");
+    assert_eq!(inside.data, b"inside\n");
+    let outside = agent.mmap_read_file("/etc/escape.conf", 0, 0).await.unwrap_err();
+    assert_eq!(outside.code(), Some(ErrorCode::NOT_FOUND), "{outside}");
+    let read = FileReadRequest { root: root(), path: "etc/escape.conf".into(), offset: 1, length: 3 };
+    assert_eq!(agent.file_read(read).await.expect("read").data, b"nsi");
+    let stat = agent.file_stat(FileStatRequest { root: root(), path: "/etc/escape.conf".into() }).await;
+    let info = stat.expect("stat").info.expect("info");
+    assert_eq!((info.kind.as_str(), info.mode, info.size, info.uid), ("file", 0o640, 7, 0));
+    let listing = agent.file_list(FileListRequest { root: root(), path: "etc".into(), max_entries: 0 }).await;
+    let names: Vec<String> = listing.expect("list").entries.into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["escape.conf"]);
+    let version = agent.mmap_read_file("/proc/version", 0, 0).await.expect("/proc/version");
+    assert!(String::from_utf8_lossy(&version.data).starts_with("Linux version"), "{version:?}");
+    let rm = FileRemoveRequest { root: root(), path: "/".into(), recursive: true };
+    let err = agent.file_remove(rm).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BAD_REQUEST), "the root itself is not removed: {err}");
+    let rm = FileRemoveRequest { root: root(), path: "etc".into(), recursive: true };
+    assert!(agent.file_remove(rm).await.expect("remove").removed);
 }
 
 #[tokio::test]

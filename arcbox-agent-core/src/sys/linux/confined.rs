@@ -78,6 +78,10 @@ pub struct LinuxConfinedFs {
     limits: ConfinedLimits,
 }
 
+/// The first read of a file whose size says nothing (/proc), and the
+/// step by which a read's buffer grows.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
 impl LinuxConfinedFs {
     /// Confined operations bounded by `limits`.
     pub fn new(limits: ConfinedLimits) -> Self {
@@ -109,24 +113,36 @@ impl ConfinedFs for LinuxConfinedFs {
             e => at.fail("open", e),
         })?;
         let size = u64::try_from(st.st_size).unwrap_or(0);
-        let want = usize::try_from(max_len.min(size.saturating_sub(offset))).map_err(|_| {
-            ConfinedError::TooLarge { what: "read length", limit: self.limits.max_read_bytes }
-        })?;
-        let mut data = vec![0; want];
-        let mut filled = 0;
-        while filled < want {
-            // Below the size, which fits in off_t.
+        // Past the end (or past what off_t holds): nothing, and the end.
+        if (size > 0 && offset >= size) || i64::try_from(offset).is_err() {
+            return Ok(ReadResult::new(Vec::new(), offset, size));
+        }
+        // Read to the end or `max_len`, whichever comes first, without
+        // trusting the size: /proc and /sys files say 0 and still have bytes.
+        let cap = usize::try_from(max_len).unwrap_or(usize::MAX);
+        let first = usize::try_from(size.saturating_sub(offset)).unwrap_or(usize::MAX).max(READ_CHUNK_BYTES);
+        let mut data = vec![0; first.min(cap)];
+        let (mut filled, mut at_end) = (0, false);
+        while filled < cap {
+            if filled == data.len() {
+                data.resize(filled + filled.max(READ_CHUNK_BYTES).min(cap - filled), 0);
+            }
             let position =
                 i64::try_from(offset + filled as u64).map_err(|_| at.fail("read", Errno::EOVERFLOW))?;
             match pread(&file, &mut data[filled..], position) {
-                Ok(0) => break,
+                Ok(0) => {
+                    at_end = true;
+                    break;
+                }
                 Ok(n) => filled += n,
                 Err(Errno::EINTR) => {}
                 Err(e) => return Err(at.fail("read", e)),
             }
         }
         data.truncate(filled);
-        Ok(ReadResult::new(data, offset, size))
+        let bytes_read = filled as u64;
+        let eof = at_end || (size > 0 && offset + bytes_read >= size);
+        Ok(ReadResult { data, bytes_read, size: size.max(offset + bytes_read), eof })
     }
 
     fn write_atomic(
