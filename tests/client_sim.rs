@@ -458,3 +458,23 @@ async fn kubernetes_is_served_and_its_events_are_told_apart_from_dockers() {
     assert!(stopped.stopped, "{stopped:?}");
     assert!(!client.kubernetes_status().await.unwrap().running);
 }
+
+/// The README's main job: the simulator demo walks every served request
+/// and ends with the ordered shutdown.
+#[tokio::test]
+async fn the_demo_walks_every_request_to_the_shutdown() {
+    let mut out = Vec::new();
+    arcbox_agent_sim::demo::run(Scenario::Healthy, &mut out).await.expect("the demo runs");
+    let text = String::from_utf8(out).expect("UTF-8");
+    for expected in [
+        "-- network",
+        "bound on eth0: 10.0.2.15/24 via 10.0.2.2, dns 10.0.2.3",
+        "runtime started",
+        "upstreams now 192.168.1.1:53, 1.1.1.1:53",
+        "wrote 14 bytes to \"../../etc/app.conf\" (root /srv/box)",
+        "read back: \"listen = 8080\\n\"",
+        "shutdown accepted: true",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing from the demo:\n{text}");
+    }
+}

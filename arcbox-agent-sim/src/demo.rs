@@ -11,7 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 use arcbox_agent_core::shutdown::GuestPower;
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
-use arcbox_agent_wire::protocol::proto::agent::{NetworkStatus, ReadinessEvent};
+use arcbox_agent_wire::protocol::proto::agent::{
+    FileListRequest, FileMkdirRequest, FileReadRequest, FileRemoveRequest, FileWriteRequest, NetworkStatus,
+    ReadinessEvent,
+};
 use arcbox_agent_wire::transport::Address;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -196,6 +199,7 @@ async fn walk(scenario: Scenario, address: &Address, out: &mut (dyn Write + Send
 
     kubernetes(&mut client, &mut events, out).await?;
     dns(&mut client, out).await?;
+    files(&mut client, out).await?;
 
     say!(out, "\n-- shutdown");
     let answer = client.shutdown(5).await.map_err(|e| DemoError::Call("shutdown", e))?;
@@ -273,6 +277,38 @@ async fn dns(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result<(
     let set =
         client.dns_set_upstreams(upstreams).await.map_err(|e| DemoError::Call("dns set-upstreams", e))?;
     say!(out, "upstreams now {}", set.upstreams.join(", "));
+    Ok(())
+}
+
+/// The file requests, confined to a sandbox's root: an escaping path
+/// lands inside it.
+async fn files(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+    say!(out, "\n-- files: confined to root /srv/box (`..` and symlinks cannot leave it)");
+    let call = |what| move |e| DemoError::Call(what, e);
+    let root = || "/srv/box".to_owned();
+    let mkdir = FileMkdirRequest { root: "/".into(), path: "/srv/box/etc".into(), mode: 0, parents: true };
+    client.file_mkdir(mkdir).await.map_err(call("file mkdir"))?;
+    let data = b"listen = 8080\n".to_vec();
+    let path = "../../etc/app.conf".to_owned();
+    let write =
+        FileWriteRequest { root: root(), path: path.clone(), data, mode: 0o600, create_parents: false };
+    let written = client.file_write(write).await.map_err(call("file write"))?;
+    say!(out, "wrote {} bytes to {path:?} (root /srv/box)", written.bytes_written);
+    let listing = client
+        .file_list(FileListRequest { root: root(), path: "/etc".into(), max_entries: 0 })
+        .await
+        .map_err(call("file list"))?;
+    for e in &listing.entries {
+        say!(out, "  /srv/box/etc/{}  {} {:o} {} bytes", e.name, e.kind, e.mode, e.size);
+    }
+    let read = FileReadRequest { root: root(), path: "/etc/app.conf".into(), offset: 0, length: 0 };
+    let read = client.file_read(read).await.map_err(call("file read"))?;
+    say!(out, "read back: {:?}", String::from_utf8_lossy(&read.data));
+    let mmap = client.mmap_read_file("/srv/box/etc/app.conf", 0, 6).await.map_err(call("mmap read"))?;
+    say!(out, "MmapReadFile (the reference's request), 6 bytes: {:?}", String::from_utf8_lossy(&mmap.data));
+    let rm = FileRemoveRequest { root: root(), path: "etc".into(), recursive: true };
+    let removed = client.file_remove(rm).await.map_err(call("file remove"))?;
+    say!(out, "removed /srv/box/etc: {}", removed.removed);
     Ok(())
 }
 
