@@ -286,9 +286,7 @@ impl ConfinedFs for FakeConfinedFs {
     }
 
     fn read(&self, root: &Path, path: &Path, offset: u64, max_len: u64) -> Result<ReadResult, ConfinedError> {
-        if max_len > self.limits.max_read_bytes {
-            return Err(ConfinedError::TooLarge { what: "read length", limit: self.limits.max_read_bytes });
-        }
+        self.limits.check_read(max_len)?;
         let state = self.state();
         let root = state.root(root)?;
         let at = state.resolve(&root, path, true)?;

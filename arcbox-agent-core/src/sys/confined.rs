@@ -38,6 +38,16 @@ pub struct ConfinedLimits {
     pub max_list_entries: usize,
 }
 
+impl ConfinedLimits {
+    /// Refuses a read of more than [`ConfinedLimits::max_read_bytes`].
+    pub fn check_read(&self, max_len: u64) -> Result<(), ConfinedError> {
+        if max_len > self.max_read_bytes {
+            return Err(ConfinedError::TooLarge { what: "read length", limit: self.max_read_bytes });
+        }
+        Ok(())
+    }
+}
+
 impl Default for ConfinedLimits {
     fn default() -> Self {
         Self {

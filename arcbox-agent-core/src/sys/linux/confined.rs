@@ -95,9 +95,7 @@ impl ConfinedFs for LinuxConfinedFs {
     }
 
     fn read(&self, root: &Path, path: &Path, offset: u64, max_len: u64) -> Result<ReadResult, ConfinedError> {
-        if max_len > self.limits.max_read_bytes {
-            return Err(ConfinedError::TooLarge { what: "read length", limit: self.limits.max_read_bytes });
-        }
+        self.limits.check_read(max_len)?;
         let at = Confined::open(root, path)?;
         let handle = at.resolve(path, OFlag::O_PATH)?;
         let st = fstat(&handle).map_err(|e| at.fail("stat", e))?;
