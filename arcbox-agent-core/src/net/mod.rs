@@ -196,7 +196,11 @@ impl Network {
         let link = match self.pick(interface.as_deref()).await {
             Ok(Some(link)) => link,
             Ok(None) => {
-                self.update(|s| *s = NetworkStatus::new(NetworkState::NoInterface, "no NIC besides lo"));
+                let why = match interface {
+                    Some(name) => format!("no interface named {name}"),
+                    None => "no NIC besides lo and virtual links".to_owned(),
+                };
+                self.update(|s| *s = NetworkStatus::new(NetworkState::NoInterface, why));
                 return;
             }
             Err(err) => return self.fail(&err.to_string()),

@@ -169,5 +169,6 @@ async fn a_machine_without_a_nic_says_so() {
     );
     missing.run(CancellationToken::new()).await;
     assert_eq!(missing.status().state, NetworkState::NoInterface);
+    assert_eq!(missing.status().reason, "no interface named eth9");
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
