@@ -702,4 +702,18 @@ mod tests {
         off.apply_cmdline("arcbox_agent.dhcp=0");
         assert!(matches!(off.network_plan().unwrap(), NetworkPlan::Unmanaged(_)));
     }
+
+    #[test]
+    fn the_documented_example_parses_to_the_defaults_it_shows() {
+        let doc = include_str!("../../docs/GUEST.md");
+        let example = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a toml block in docs/GUEST.md");
+        let parsed = AgentConfig::from_toml(example, Path::new("GUEST.md")).expect("the example parses");
+        assert_eq!(parsed.network, NetworkConfig::default());
+        assert_eq!(parsed.dns, DnsSection::default());
+        assert_eq!((parsed.init.nameservers.len(), parsed.init.docker_dns.len()), (0, 0));
+    }
 }
