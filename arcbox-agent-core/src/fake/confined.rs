@@ -13,7 +13,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::sys::{
-    ConfinedError, ConfinedFs, ConfinedLimits, DirEntry, FileKind, FileStat, Listing, ReadResult, split_final,
+    ConfinedError, ConfinedFs, ConfinedLimits, DirEntry, FileKind, FileStat, Listing, NAMES_NO_FILE,
+    NOT_REMOVABLE, ReadResult, final_name, split_final,
 };
 
 /// Symlinks followed in one resolution before ELOOP (the kernel's limit).
@@ -310,10 +311,7 @@ impl ConfinedFs for FakeConfinedFs {
         mode: u32,
         create_parents: bool,
     ) -> Result<u64, ConfinedError> {
-        let (parent, name) = split_final(path).ok_or_else(|| ConfinedError::InvalidPath {
-            path: path.to_owned(),
-            reason: "names no file (it ends in `/`, `.` or `..`)",
-        })?;
+        let (parent, name) = final_name(path, NAMES_NO_FILE)?;
         let mut state = self.state();
         let root = state.root(root)?;
         let dir = if create_parents {
@@ -396,12 +394,7 @@ impl ConfinedFs for FakeConfinedFs {
     }
 
     fn remove(&self, root: &Path, path: &Path, recursive: bool) -> Result<bool, ConfinedError> {
-        if split_final(path).is_none() {
-            return Err(ConfinedError::InvalidPath {
-                path: path.to_owned(),
-                reason: "the root, `.` and `..` are not removed",
-            });
-        }
+        final_name(path, NOT_REMOVABLE)?;
         let mut state = self.state();
         let root = state.root(root)?;
         let at = match state.resolve(&root, path, false) {

@@ -305,6 +305,17 @@ pub trait ConfinedFs: Send + Sync + 'static {
     fn remove(&self, root: &Path, path: &Path, recursive: bool) -> Result<bool, ConfinedError>;
 }
 
+/// The paths that name no file, for a write or a remove that needs one.
+pub const NAMES_NO_FILE: &str = "names no file (it ends in `/`, `.` or `..`)";
+/// The paths a remove refuses.
+pub const NOT_REMOVABLE: &str = "the root, `.` and `..` are not removed";
+
+/// [`split_final`], or an [`ConfinedError::InvalidPath`] saying `why` when
+/// `path` ends in no name.
+pub fn final_name<'p>(path: &'p Path, why: &'static str) -> Result<(&'p Path, &'p OsStr), ConfinedError> {
+    split_final(path).ok_or_else(|| ConfinedError::InvalidPath { path: path.to_owned(), reason: why })
+}
+
 /// Splits `path` into the directory to resolve and the final name to
 /// operate on through it, or `None` when the path ends in no name (empty,
 /// `/`, `.` or `..`): such a path names a directory that can be resolved

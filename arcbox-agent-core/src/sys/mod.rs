@@ -29,7 +29,8 @@ pub mod log_file;
 mod network;
 
 pub use confined::{
-    ConfinedError, ConfinedFs, ConfinedLimits, DirEntry, FileKind, FileStat, Listing, ReadResult, split_final,
+    ConfinedError, ConfinedFs, ConfinedLimits, DirEntry, FileKind, FileStat, Listing, NAMES_NO_FILE,
+    NOT_REMOVABLE, ReadResult, final_name, split_final,
 };
 pub use disk::DiskOps;
 pub use network::{DhcpSocket, Ipv4Cidr, LinkInfo, LinkOutcome, NetworkOps, Route};

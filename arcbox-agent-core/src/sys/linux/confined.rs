@@ -48,7 +48,8 @@ use nix::sys::uio::pread;
 use nix::unistd::{UnlinkatFlags, fsync, linkat, unlinkat};
 
 use crate::sys::{
-    ConfinedError, ConfinedFs, ConfinedLimits, DirEntry, FileKind, FileStat, Listing, ReadResult, split_final,
+    ConfinedError, ConfinedFs, ConfinedLimits, DirEntry, FileKind, FileStat, Listing, NAMES_NO_FILE,
+    NOT_REMOVABLE, ReadResult, final_name, split_final,
 };
 
 /// How every path is resolved: inside the root, no magic links.
@@ -152,10 +153,7 @@ impl ConfinedFs for LinuxConfinedFs {
         create_parents: bool,
     ) -> Result<u64, ConfinedError> {
         let at = Confined::open(root, path)?;
-        let (parent, name) = split_final(path).ok_or_else(|| ConfinedError::InvalidPath {
-            path: path.to_owned(),
-            reason: "names no file (it ends in `/`, `.` or `..`)",
-        })?;
+        let (parent, name) = final_name(path, NAMES_NO_FILE)?;
         let dir = if create_parents { at.make_dirs(parent)?.0 } else { at.dir(parent)? };
         match fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) if kind(&st) == FileKind::Dir => {
@@ -258,10 +256,7 @@ impl ConfinedFs for LinuxConfinedFs {
 
     fn remove(&self, root: &Path, path: &Path, recursive: bool) -> Result<bool, ConfinedError> {
         let at = Confined::open(root, path)?;
-        let (parent, name) = split_final(path).ok_or_else(|| ConfinedError::InvalidPath {
-            path: path.to_owned(),
-            reason: "the root, `.` and `..` are not removed",
-        })?;
+        let (parent, name) = final_name(path, NOT_REMOVABLE)?;
         let dir = match at.dir(parent) {
             Ok(dir) => dir,
             Err(ConfinedError::NotFound { .. }) => return Ok(false),
