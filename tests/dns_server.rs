@@ -591,7 +591,12 @@ async fn queries_over_the_in_flight_limit_are_dropped_and_counted() {
         answered.push(Message::from_vec(&buf[..len]).expect("parses").id);
     }
     answered.sort_unstable();
-    assert_eq!(answered, [0, 1, 2, 3], "the first four were in flight, the rest dropped");
+    answered.dedup();
+    // Each worker runs its own receive loop, so which four of the ten
+    // near-simultaneous queries win a slot is up to the scheduler; that four
+    // do, and the other six are dropped, is not.
+    assert_eq!(answered.len(), 4, "four were in flight, the rest dropped: {answered:?}");
+    assert!(answered.iter().all(|id| *id < 10), "only the flood's queries: {answered:?}");
     assert_eq!(server.stats().dropped, 6);
     // Once the slots are free, forwarded queries are answered again.
     let reply =
