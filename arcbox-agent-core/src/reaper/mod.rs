@@ -16,14 +16,14 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::sys::{ChildReaping, ExitRegistry, ExitStatus, ReapResult, SysError};
+use crate::sys::{ChildExit, ChildReaping, ExitRegistry, ReapResult, SysError};
 
 /// How often the reaper looks even without a SIGCHLD.
 pub const REAP_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Registry {
-    waiters: HashMap<u32, oneshot::Sender<ExitStatus>>,
+    waiters: HashMap<u32, oneshot::Sender<ChildExit>>,
     orphans_reaped: u64,
 }
 
@@ -62,7 +62,7 @@ impl<R: ChildReaping> Reaper<R> {
     pub fn spawn_registered<T, E>(
         &self,
         spawn: impl FnOnce() -> Result<(T, u32), E>,
-    ) -> Result<(T, u32, oneshot::Receiver<ExitStatus>), E> {
+    ) -> Result<(T, u32, oneshot::Receiver<ChildExit>), E> {
         let mut registry = self.lock();
         let (value, pid) = spawn()?;
         let (tx, rx) = oneshot::channel();
@@ -76,16 +76,16 @@ impl<R: ChildReaping> Reaper<R> {
         let mut summary = ReapSummary::default();
         loop {
             match self.reaping.reap_one() {
-                Ok(ReapResult::Exited { pid, status }) => match registry.waiters.remove(&pid) {
+                Ok(ReapResult::Exited { pid, exit }) => match registry.waiters.remove(&pid) {
                     Some(waiter) => {
                         // The waiter may have given up (dropped its handle).
-                        let _ = waiter.send(status);
+                        let _ = waiter.send(exit);
                         summary.delivered += 1;
                     }
                     None => {
                         registry.orphans_reaped += 1;
                         summary.orphans += 1;
-                        tracing::debug!(pid, ?status, "reaped an orphan");
+                        tracing::debug!(pid, status = ?exit.status, "reaped an orphan");
                     }
                 },
                 Ok(ReapResult::NoneReady | ReapResult::NoChildren) => break,
@@ -137,7 +137,7 @@ impl<R: ChildReaping> ExitRegistry for Reaper<R> {
     fn register_spawn(
         &self,
         spawn: &mut dyn FnMut() -> Result<u32, SysError>,
-    ) -> Result<(u32, oneshot::Receiver<ExitStatus>), SysError> {
+    ) -> Result<(u32, oneshot::Receiver<ChildExit>), SysError> {
         let ((), pid, exit) = self.spawn_registered(|| spawn().map(|pid| ((), pid)))?;
         Ok((pid, exit))
     }
@@ -148,6 +148,7 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
+    use crate::sys::{ExitStatus, ResourceUsage};
 
     #[derive(Default)]
     struct ScriptedReaping {
@@ -164,7 +165,10 @@ mod tests {
     }
 
     fn exited(pid: u32, code: i32) -> ReapResult {
-        ReapResult::Exited { pid, status: ExitStatus::Code(code) }
+        ReapResult::Exited {
+            pid,
+            exit: ChildExit { status: ExitStatus::Code(code), usage: ResourceUsage::default() },
+        }
     }
 
     #[tokio::test]
@@ -175,7 +179,7 @@ mod tests {
         reaper.reaping.exits.lock().unwrap().extend([exited(7, 0), exited(41, 3), exited(8, 1)]);
         let summary = reaper.reap();
         assert_eq!(summary, ReapSummary { delivered: 1, orphans: 2 });
-        assert_eq!(rx.await.unwrap(), ExitStatus::Code(3));
+        assert_eq!(rx.await.unwrap().status, ExitStatus::Code(3));
         assert_eq!(reaper.orphans_reaped(), 2);
         assert_eq!(reaper.pending(), 0);
     }

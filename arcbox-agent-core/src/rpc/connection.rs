@@ -6,6 +6,9 @@
 //! (its byte stream can no longer be trusted); an unknown request type is
 //! answered 400 and the connection keeps serving; a handler panic is
 //! answered 500.
+//!
+//! A session request (exec, copy-in) takes over the rest of the
+//! connection: see `session`.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -13,10 +16,11 @@ use std::time::Duration;
 
 use arcbox_agent_wire::codec::{FrameReader, FrameWriter, READ_CHUNK_BYTES};
 use futures_util::FutureExt as _;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
 use super::router::{HandlerError, RequestContext, Responder, Route};
+use super::session::{Inbound, Session, SessionCall};
 use super::{RpcError, ServerConfig, ServerStats};
 use crate::protocol::{ErrorCode, Frame, FrameError};
 
@@ -33,6 +37,8 @@ pub enum ConnectionEnd {
     Truncated,
     /// Reading or writing failed.
     Io(std::io::ErrorKind),
+    /// A session took over the connection and has ended.
+    SessionEnded,
 }
 
 /// Serves requests on `stream` until the peer closes, a frame is bad, or
@@ -63,7 +69,13 @@ where
             Err(err) => return reject_frame(&mut stream, &mut writer, peer, &err).await,
         };
         let msg_type = frame.msg_type;
-        if let Err(err) = dispatch(&mut stream, &mut writer, peer, router, frame).await {
+        let route = router.lookup(msg_type);
+        if let Route::Session(handler) = route {
+            stats.requests_served.fetch_add(1, Ordering::Relaxed);
+            let parts = SessionParts { reader: &mut reader, writer: &mut writer, peer, config, shutdown };
+            return serve_session(&mut stream, parts, handler, frame).await;
+        }
+        if let Err(err) = dispatch(&mut stream, &mut writer, peer, route, frame).await {
             tracing::debug!(peer, msg_type, error = %err, "connection closed while responding");
             return ConnectionEnd::Io(err.kind());
         }
@@ -142,7 +154,7 @@ async fn dispatch<S>(
     stream: &mut S,
     writer: &mut FrameWriter,
     peer: &str,
-    router: &super::Router,
+    route: Route<'_>,
     frame: Frame,
 ) -> std::io::Result<()>
 where
@@ -154,26 +166,102 @@ where
     let ctx = RequestContext { msg_type: frame.msg_type, trace_id, peer };
     // Echo the trace id exactly as text, as the reference does ("" if invalid).
     let mut out = Responder::new(stream, writer, trace_id.as_bytes());
-    let failure = match router.lookup(frame.msg_type) {
+    let failure = match route {
         Route::Reject(err) => Some(err),
         Route::Handler(handler) => {
-            match AssertUnwindSafe(handler.call(ctx, frame.payload.clone(), &mut out)).catch_unwind().await {
-                Ok(Ok(())) => None,
-                Ok(Err(HandlerError::Rpc(err))) => Some(err),
-                Ok(Err(HandlerError::Io(err))) => return Err(err),
-                Err(panic) => {
-                    let what = panic_message(panic.as_ref());
-                    tracing::error!(peer, trace = trace_id, panic = what, "handler panicked");
-                    Some(RpcError::internal(format!("internal error: handler panicked: {what}")))
-                }
-            }
+            let served =
+                AssertUnwindSafe(handler.call(ctx, frame.payload.clone(), &mut out)).catch_unwind().await;
+            handler_failure(served, peer, trace_id)?
         }
+        Route::Session(_) => Some(RpcError::internal("a session request reached the request path")),
     };
+    answer_failure(&mut out, failure, peer).await?;
+    out.flush().await
+}
+
+/// Turns a handler's outcome (or panic) into the error to answer with;
+/// an I/O error means the connection is gone.
+fn handler_failure(
+    served: std::thread::Result<Result<(), HandlerError>>,
+    peer: &str,
+    trace_id: &str,
+) -> std::io::Result<Option<RpcError>> {
+    match served {
+        Ok(Ok(())) => Ok(None),
+        Ok(Err(HandlerError::Rpc(err))) => Ok(Some(err)),
+        Ok(Err(HandlerError::Io(err))) => Err(err),
+        Err(panic) => {
+            let what = panic_message(panic.as_ref());
+            tracing::error!(peer, trace = trace_id, panic = what, "handler panicked");
+            Ok(Some(RpcError::internal(format!("internal error: handler panicked: {what}"))))
+        }
+    }
+}
+
+async fn answer_failure(
+    out: &mut Responder<'_>,
+    failure: Option<RpcError>,
+    peer: &str,
+) -> std::io::Result<()> {
     if let Some(err) = failure {
         tracing::debug!(peer, code = err.code, error = %err.message, "request failed");
         out.send_error(&err).await?;
     }
-    out.flush().await
+    Ok(())
+}
+
+/// What a session borrows from its connection.
+struct SessionParts<'a> {
+    reader: &'a mut FrameReader,
+    writer: &'a mut FrameWriter,
+    peer: &'a str,
+    config: &'a ServerConfig,
+    shutdown: &'a CancellationToken,
+}
+
+/// How long a closed session waits for the host to close its side.
+pub const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves a session request, then closes the connection gracefully: the
+/// write side first, then whatever the host still sends is discarded
+/// until it closes, so closing never resets frames the host has yet to read.
+async fn serve_session<S>(
+    stream: &mut S,
+    parts: SessionParts<'_>,
+    handler: &dyn SessionCall,
+    frame: Frame,
+) -> ConnectionEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let SessionParts { reader, writer, peer, config, shutdown } = parts;
+    let (mut read_half, mut write_half) = tokio::io::split(stream);
+    let trace_id = frame.trace_str();
+    let span = tracing::debug_span!("session", msg_type = frame.msg_type, trace = trace_id);
+    let _entered = span.enter();
+    let ctx = RequestContext { msg_type: frame.msg_type, trace_id, peer };
+    let mut out = Responder::new(&mut write_half, writer, trace_id.as_bytes());
+    let inbound = Inbound::new(&mut read_half, reader, config.frame_read_timeout);
+    let session = Session { out: &mut out, inbound, shutdown };
+    let served = AssertUnwindSafe(handler.call(ctx, frame.payload.clone(), session)).catch_unwind().await;
+    let answered = match handler_failure(served, peer, trace_id) {
+        Ok(failure) => answer_failure(&mut out, failure, peer).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = answered.and(out.flush().await) {
+        tracing::debug!(peer, error = %err, "session ended with the connection gone");
+        return ConnectionEnd::SessionEnded;
+    }
+    let _ = write_half.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while matches!(read_half.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        _ = tokio::time::timeout(SESSION_DRAIN_TIMEOUT, drain) => {}
+    }
+    ConnectionEnd::SessionEnded
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

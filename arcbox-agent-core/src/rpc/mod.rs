@@ -7,6 +7,7 @@ mod error;
 pub mod handlers;
 mod router;
 mod server;
+mod session;
 
 pub use connection::{ConnectionEnd, DEFAULT_FRAME_READ_TIMEOUT, is_peer_gone, serve_connection};
 pub use error::RpcError;
@@ -15,3 +16,4 @@ pub use router::{
     UnaryHandler,
 };
 pub use server::{DEFAULT_MAX_CONNECTIONS, Server, ServerConfig, ServerStats};
+pub use session::{Inbound, InboundError, Session, SessionCall, SessionHandler};

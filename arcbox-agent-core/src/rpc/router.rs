@@ -1,7 +1,8 @@
 //! Routes request frames to handlers by message type.
 //!
 //! Routing works on raw frames; handlers work on typed prost messages
-//! through the [`UnaryHandler`] and [`StreamingHandler`] adapters. A known
+//! through the [`UnaryHandler`] and [`StreamingHandler`] adapters, and
+//! [`SessionHandler`]s take over their connection (see `session`). A known
 //! request type with no handler is answered 501; an unknown type, or a type
 //! that is not a request, 400.
 
@@ -16,6 +17,7 @@ use prost::Message as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 use super::RpcError;
+use super::session::{SessionCall, SessionHandler, Typed};
 use crate::protocol::{ErrorCode, MessageType, response_code};
 
 /// A boxed future, as erased handlers return.
@@ -170,14 +172,22 @@ impl<H: StreamingHandler> Handler for Streaming<H> {
 pub enum Route<'a> {
     /// A registered handler.
     Handler(&'a dyn Handler),
+    /// A handler that takes over the connection.
+    Session(&'a dyn SessionCall),
     /// No handler: answer with this error.
     Reject(RpcError),
+}
+
+#[derive(Clone)]
+enum Entry {
+    Call(Arc<dyn Handler>),
+    Session(Arc<dyn SessionCall>),
 }
 
 /// Maps request types to handlers.
 #[derive(Default, Clone)]
 pub struct Router {
-    handlers: HashMap<u32, Arc<dyn Handler>>,
+    handlers: HashMap<u32, Entry>,
 }
 
 impl Router {
@@ -188,14 +198,14 @@ impl Router {
 
     /// Registers a raw handler, replacing any earlier one for the type.
     pub fn route(&mut self, msg_type: MessageType, handler: impl Handler) -> &mut Self {
-        self.handlers.insert(msg_type.code(), Arc::new(handler));
+        self.handlers.insert(msg_type.code(), Entry::Call(Arc::new(handler)));
         self
     }
 
     /// Registers a handler for a code in the extension range, for embedders
     /// that add their own request types.
     pub fn route_code(&mut self, code: u32, handler: impl Handler) -> &mut Self {
-        self.handlers.insert(code, Arc::new(handler));
+        self.handlers.insert(code, Entry::Call(Arc::new(handler)));
         self
     }
 
@@ -207,6 +217,12 @@ impl Router {
     /// Registers a typed streaming handler.
     pub fn streaming(&mut self, msg_type: MessageType, handler: impl StreamingHandler) -> &mut Self {
         self.route(msg_type, Streaming(handler))
+    }
+
+    /// Registers a handler that takes over its connection.
+    pub fn session(&mut self, msg_type: MessageType, handler: impl SessionHandler) -> &mut Self {
+        self.handlers.insert(msg_type.code(), Entry::Session(Arc::new(Typed(handler))));
+        self
     }
 
     /// Registers a typed unary handler under a raw code (extensions of embedders).
@@ -223,8 +239,10 @@ impl Router {
 
     /// Finds the handler for `msg_type`, or the error to answer with.
     pub fn lookup(&self, msg_type: u32) -> Route<'_> {
-        if let Some(handler) = self.handlers.get(&msg_type) {
-            return Route::Handler(handler.as_ref());
+        match self.handlers.get(&msg_type) {
+            Some(Entry::Call(handler)) => return Route::Handler(handler.as_ref()),
+            Some(Entry::Session(handler)) => return Route::Session(handler.as_ref()),
+            None => {}
         }
         Route::Reject(match MessageType::from_u32(msg_type) {
             Some(t) if t.is_request() => {
@@ -258,7 +276,7 @@ mod tests {
     fn reject_code(router: &Router, code: u32) -> i32 {
         match router.lookup(code) {
             Route::Reject(e) => e.code,
-            Route::Handler(_) => panic!("0x{code:04X} unexpectedly routed"),
+            Route::Handler(_) | Route::Session(_) => panic!("0x{code:04X} unexpectedly routed"),
         }
     }
 

@@ -23,6 +23,7 @@ use crate::protocol::proto::agent::SystemInfo;
 
 mod confined;
 mod disk;
+pub mod exec;
 #[cfg(target_os = "linux")]
 pub mod linux;
 pub mod log_file;
@@ -219,6 +220,26 @@ impl ExitStatus {
     }
 }
 
+/// What a reaped child used (`wait4`'s rusage, children excluded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceUsage {
+    /// CPU time in user mode.
+    pub user_cpu: std::time::Duration,
+    /// CPU time in the kernel.
+    pub system_cpu: std::time::Duration,
+    /// Peak resident set size.
+    pub max_rss_bytes: u64,
+}
+
+/// How a child ended and what it used, as the reaper collected it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildExit {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// What it used.
+    pub usage: ResourceUsage,
+}
+
 /// A started child process.
 #[async_trait::async_trait]
 pub trait ChildProcess: Send + Sync {
@@ -245,8 +266,8 @@ pub enum ReapResult {
     Exited {
         /// Its pid.
         pid: u32,
-        /// How it ended.
-        status: ExitStatus,
+        /// How it ended and what it used.
+        exit: ChildExit,
     },
     /// Children exist but none has exited.
     NoneReady,
@@ -262,7 +283,7 @@ pub trait ExitRegistry: Send + Sync + 'static {
     fn register_spawn(
         &self,
         spawn: &mut dyn FnMut() -> Result<u32, SysError>,
-    ) -> Result<(u32, oneshot::Receiver<ExitStatus>), SysError>;
+    ) -> Result<(u32, oneshot::Receiver<ChildExit>), SysError>;
 }
 
 /// Collects exited children: `waitpid(-1, WNOHANG)` and its friends. Only

@@ -7,6 +7,7 @@
 //! and the next call reconnects when the client was made by [`AgentClient::connect`].
 
 mod error;
+mod session;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use error::ClientError;
+pub use session::{ClientSession, SessionReader, SessionWriter};
 
 use crate::codec::{EncodeError, FrameReader, FrameWriter, ReadError};
 use crate::protocol::proto::agent::{
@@ -391,6 +393,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         }
     }
 
+    /// Sends a session request (exec, copy-in) and hands its connection
+    /// over to the returned session. The client itself reconnects for its
+    /// next call when it was made by [`AgentClient::connect`].
+    pub async fn open_session<Req: prost::Message>(
+        &mut self,
+        msg_type: MessageType,
+        request: &Req,
+    ) -> Result<ClientSession<S>, ClientError> {
+        self.connect_if_needed().await?;
+        let mut conn = self.conn.take().ok_or(ClientError::Disconnected)?;
+        let trace = self.new_trace_id();
+        conn.writer.clear();
+        conn.writer.push_message(msg_type.code(), trace.as_bytes(), request).map_err(ClientError::Encode)?;
+        let deadline = self.options.call_timeout;
+        tokio::time::timeout(deadline, conn.writer.write_to(&mut conn.stream))
+            .await
+            .map_err(|_| ClientError::Timeout(deadline))??;
+        Ok(ClientSession::new(
+            conn.stream,
+            conn.reader,
+            FrameWriter::with_capacity(WRITE_BUFFER_BYTES),
+            trace,
+        ))
+    }
+
+    async fn connect_if_needed(&mut self) -> Result<(), ClientError> {
+        if self.conn.is_none()
+            && let Some(reconnect) = &self.reconnect
+        {
+            let stream = reconnect().await.map_err(ClientError::Connect)?;
+            self.conn = Some(Connection::new(stream, self.options.max_frame_bytes));
+        }
+        Ok(())
+    }
+
     fn new_trace_id(&self) -> String {
         let n = self.next_trace.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}", self.trace_prefix)
@@ -403,12 +440,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         encode: impl FnOnce(&mut FrameWriter) -> Result<(), EncodeError>,
         trace: &str,
     ) -> Result<Frame, ClientError> {
-        if self.conn.is_none()
-            && let Some(reconnect) = &self.reconnect
-        {
-            let stream = reconnect().await.map_err(ClientError::Connect)?;
-            self.conn = Some(Connection::new(stream, self.options.max_frame_bytes));
-        }
+        self.connect_if_needed().await?;
         let conn = self.conn.as_mut().ok_or(ClientError::Disconnected)?;
         conn.writer.clear();
         encode(&mut conn.writer).map_err(ClientError::Encode)?;

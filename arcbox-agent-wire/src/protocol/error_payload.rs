@@ -12,6 +12,9 @@ pub struct ErrorCode;
 impl ErrorCode {
     /// Malformed frame or payload, unknown or non-request message type.
     pub const BAD_REQUEST: i32 = 400;
+    /// Not allowed: a permission the request lacks (a program that may not
+    /// be executed, a request type denied by configuration).
+    pub const FORBIDDEN: i32 = 403;
     /// The named object does not exist.
     pub const NOT_FOUND: i32 = 404;
     /// The host did not get an answer in time (client-side code).

@@ -111,6 +111,22 @@ message_types! {
     FileMkdirRequest = 0x0108,
     /// Extension: `FileRemoveRequest`.
     FileRemoveRequest = 0x0109,
+    /// Extension: `ExecStartRequest`.
+    ExecStartRequest = 0x0110,
+    /// Extension: `ExecAttachRequest` (a session: output streamed, stdin read).
+    ExecAttachRequest = 0x0111,
+    /// Extension: `ExecWaitRequest`.
+    ExecWaitRequest = 0x0112,
+    /// Extension: `ExecSignalRequest`.
+    ExecSignalRequest = 0x0113,
+    /// Extension: `ExecResizeRequest`.
+    ExecResizeRequest = 0x0114,
+    /// Extension: `ExecListRequest`.
+    ExecListRequest = 0x0115,
+    /// Extension: `ExecRunRequest` (start and attach in one session).
+    ExecRunRequest = 0x0116,
+    /// Extension: `ExecInput`, host to agent inside an exec session (not a request).
+    ExecInput = 0x0117,
     /// `AgentPingResponse`.
     PingResponse = 0x1001,
     /// `SystemInfo`.
@@ -181,6 +197,24 @@ message_types! {
     FileMkdirResponse = 0x1108,
     /// Extension: `FileRemoveResponse`.
     FileRemoveResponse = 0x1109,
+    /// Extension: `ExecStartResponse`.
+    ExecStartResponse = 0x1110,
+    /// Extension: `ExecOutput` stream item of an exec session.
+    ExecOutput = 0x1111,
+    /// Extension: `ExecStatus`, the answer to a wait.
+    ExecWaitResponse = 0x1112,
+    /// Extension: `ExecSignalResponse`.
+    ExecSignalResponse = 0x1113,
+    /// Extension: `ExecResizeResponse`.
+    ExecResizeResponse = 0x1114,
+    /// Extension: `ExecListResponse`.
+    ExecListResponse = 0x1115,
+    /// Extension: `ExecStartResponse`, first frame of an `ExecRunRequest` session.
+    ExecStarted = 0x1116,
+    /// Extension: `ExecGap` stream item of an exec session.
+    ExecGap = 0x1118,
+    /// Extension: `ExecStatus`, the last frame of an exec session.
+    ExecExit = 0x1119,
     /// Error frame with the binary payload of [`crate::protocol::ErrorPayload`].
     Error = 0xFFFF,
 }
@@ -194,7 +228,9 @@ impl MessageType {
     /// Whether the host sends this type to start an exchange.
     pub const fn is_request(self) -> bool {
         let code = self.code();
-        code != 0 && code < RESPONSE_BIT && !matches!(self, MessageType::SandboxExecInput)
+        code != 0
+            && code < RESPONSE_BIT
+            && !matches!(self, MessageType::SandboxExecInput | MessageType::ExecInput)
     }
 
     /// Whether the code lies in the arcbox-agent extension range.

@@ -4,6 +4,7 @@
 mod clock;
 mod confined;
 mod disk;
+mod exec;
 mod files;
 mod limits;
 mod modules;
@@ -18,6 +19,7 @@ mod watch;
 pub use clock::LinuxClock;
 pub use confined::LinuxConfinedFs;
 pub use disk::LinuxDisk;
+pub use exec::LinuxExecSpawner;
 pub use files::LinuxFiles;
 pub use limits::LinuxLimits;
 pub use modules::LinuxModules;

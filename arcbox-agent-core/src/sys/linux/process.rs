@@ -10,14 +10,14 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
 use crate::sys::log_file::{RotatingFile, SharedLog};
 use crate::sys::{
-    ChildProcess, ChildReaping, ExitRegistry, ExitStatus, ProcessEntry, ProcessSpawner, ProcessSpec,
-    ProcessTable, ReapResult, SignalOutcome, SysError,
+    ChildExit, ChildProcess, ChildReaping, ExitRegistry, ExitStatus, ProcessEntry, ProcessSpawner,
+    ProcessSpec, ProcessTable, ReapResult, ResourceUsage, SignalOutcome, SysError,
 };
 
 /// `PF_KTHREAD` in /proc/<pid>/stat's flags field.
@@ -30,16 +30,36 @@ pub struct LinuxChildReaping;
 impl ChildReaping for LinuxChildReaping {
     fn reap_one(&self) -> Result<ReapResult, SysError> {
         loop {
-            return match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => Ok(exited(pid, ExitStatus::Code(code))),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => Ok(exited(pid, ExitStatus::Signal(sig as i32))),
-                Ok(WaitStatus::StillAlive) => Ok(ReapResult::NoneReady),
+            let mut raw_status = 0;
+            // SAFETY: an all-zero rusage is a valid value to be overwritten.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // wait4 rather than waitpid: the same reap, plus the child's rusage
+            // (exec reports CPU time and peak memory).
+            // SAFETY: both out-pointers are valid for writes for the call.
+            let pid = unsafe { libc::wait4(-1, &mut raw_status, libc::WNOHANG, &mut usage) };
+            if pid == 0 {
+                return Ok(ReapResult::NoneReady);
+            }
+            if pid < 0 {
+                return match Errno::last() {
+                    Errno::ECHILD => Ok(ReapResult::NoChildren),
+                    Errno::EINTR => continue,
+                    errno => Err(SysError::io("wait4", "-1", errno.into())),
+                };
+            }
+            let status = match WaitStatus::from_raw(Pid::from_raw(pid), raw_status) {
+                Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => ExitStatus::Signal(sig as i32),
                 // Stops and continues are not exits (only reported with WUNTRACED).
-                Ok(_) => continue,
-                Err(Errno::ECHILD) => Ok(ReapResult::NoChildren),
-                Err(Errno::EINTR) => continue,
-                Err(errno) => Err(SysError::io("waitpid", "-1", errno.into())),
+                _ => continue,
             };
+            let usage = ResourceUsage {
+                user_cpu: timeval(usage.ru_utime),
+                system_cpu: timeval(usage.ru_stime),
+                // ru_maxrss is in KiB on Linux.
+                max_rss_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+            };
+            return Ok(ReapResult::Exited { pid: pid.unsigned_abs(), exit: ChildExit { status, usage } });
         }
     }
 
@@ -49,8 +69,9 @@ impl ChildReaping for LinuxChildReaping {
     }
 }
 
-fn exited(pid: Pid, status: ExitStatus) -> ReapResult {
-    ReapResult::Exited { pid: pid.as_raw().unsigned_abs(), status }
+fn timeval(t: libc::timeval) -> std::time::Duration {
+    let micros = u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0);
+    std::time::Duration::from_micros(micros)
 }
 
 fn send_signal(pid: u32, signal: i32) -> Result<SignalOutcome, SysError> {
@@ -127,7 +148,7 @@ impl ProcessSpawner for LinuxSpawner {
 /// A child whose exit status arrives from the reaper.
 struct ReapedChild {
     pid: u32,
-    exit: Option<oneshot::Receiver<ExitStatus>>,
+    exit: Option<oneshot::Receiver<ChildExit>>,
     status: Option<ExitStatus>,
 }
 
@@ -135,9 +156,9 @@ impl ReapedChild {
     fn poll_status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none()
             && let Some(rx) = self.exit.as_mut()
-            && let Ok(status) = rx.try_recv()
+            && let Ok(exit) = rx.try_recv()
         {
-            self.status = Some(status);
+            self.status = Some(exit.status);
             self.exit = None;
         }
         self.status
@@ -157,7 +178,7 @@ impl ChildProcess for ReapedChild {
         // Await the receiver in place: a wait() dropped mid-way (as in a
         // select!) leaves it for the next wait() instead of losing the exit.
         let rx = self.exit.as_mut().ok_or(SysError::Unsupported("waiting after the reaper stopped"))?;
-        let status = rx.await.map_err(|_| SysError::Unsupported("waiting after the reaper stopped"))?;
+        let status = rx.await.map_err(|_| SysError::Unsupported("waiting after the reaper stopped"))?.status;
         self.exit = None;
         self.status = Some(status);
         Ok(status)

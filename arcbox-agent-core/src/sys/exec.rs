@@ -1,0 +1,121 @@
+//! Starting the processes of exec requests: pipes or a terminal, a user,
+//! limits and a cgroup; signals and resizes; the exit with its usage.
+//!
+//! The exec service (`crate::exec`) does the buffering, timeouts and
+//! bookkeeping on top; an implementation only starts and controls one
+//! process. Linux: `sys::linux::LinuxExecSpawner`; the simulator and unit
+//! tests: `fake::FakeExecSpawner`.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{ChildExit, SysError};
+
+/// A boxed reader of a child's output.
+pub type OutputPipe = Pin<Box<dyn AsyncRead + Send>>;
+/// A boxed writer of a child's input.
+pub type InputPipe = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// A terminal for the child instead of pipes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TerminalSpec {
+    /// Rows of the window.
+    pub rows: u16,
+    /// Columns of the window.
+    pub cols: u16,
+    /// termios flags to set (`true`) or clear (`false`) by name, e.g.
+    /// `("echo", false)`; unknown names are refused before the spawn.
+    pub modes: Vec<(String, bool)>,
+}
+
+/// One resource limit (`setrlimit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// `RLIMIT_*` number.
+    pub resource: i32,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// What to start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecCommand {
+    /// Program and arguments; the program is looked up in the `PATH` of `env`.
+    pub argv: Vec<String>,
+    /// The complete environment (`KEY=VALUE`).
+    pub env: Vec<String>,
+    /// Working directory (`None`: `/`).
+    pub cwd: Option<PathBuf>,
+    /// User id to run as (`None`: the agent's).
+    pub uid: Option<u32>,
+    /// Group id to run as (`None`: the user's, or the agent's).
+    pub gid: Option<u32>,
+    /// Supplementary groups (set only when `uid` is set).
+    pub groups: Vec<u32>,
+    /// Resource limits applied before the exec.
+    pub rlimits: Vec<Rlimit>,
+    /// A cgroup v2 directory the process joins before it runs.
+    pub cgroup: Option<PathBuf>,
+    /// A terminal, or pipes when `None`.
+    pub terminal: Option<TerminalSpec>,
+    /// Whether stdin is a pipe the caller writes (else /dev/null).
+    pub stdin: bool,
+}
+
+/// Resolves to the exit of an exec process (with its usage).
+pub type ExitFuture = Pin<Box<dyn std::future::Future<Output = Result<ChildExit, SysError>> + Send>>;
+
+/// A started process: its streams and its control.
+pub struct SpawnedExec {
+    /// Its pid (also its process group and session: it leads both).
+    pub pid: u32,
+    /// Its stdin, when asked for (the terminal's input side with a terminal).
+    pub stdin: Option<InputPipe>,
+    /// Its stdout (the terminal's output with a terminal).
+    pub stdout: OutputPipe,
+    /// Its stderr (`None` with a terminal: one stream).
+    pub stderr: Option<OutputPipe>,
+    /// Its exit.
+    pub exit: ExitFuture,
+    /// Signals and resizes, usable while the exit is awaited.
+    pub control: std::sync::Arc<dyn ExecControl>,
+}
+
+/// Why a process did not start, told apart from how one ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The program or the working directory does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not allowed to execute or to enter the directory.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The request cannot be started as asked (bad user, mode, limit).
+    #[error("{0}")]
+    Invalid(String),
+    /// The system refused (out of processes, memory, file descriptors).
+    #[error(transparent)]
+    Sys(#[from] SysError),
+}
+
+/// Control of one started process.
+pub trait ExecControl: Send + Sync {
+    /// Sends `signal` to the process, or to its whole process group.
+    fn signal(&self, signal: i32, group: bool) -> Result<(), SysError>;
+    /// Resizes its terminal (an error without one).
+    fn resize(&self, rows: u16, cols: u16) -> Result<(), SysError>;
+}
+
+/// Starts exec processes.
+pub trait ExecSpawner: Send + Sync + 'static {
+    /// Starts `command`. Needs a tokio runtime (the streams are async).
+    fn spawn(&self, command: &ExecCommand) -> Result<SpawnedExec, SpawnError>;
+    /// The uid and primary gid of a user name, and its supplementary groups.
+    fn lookup_user(&self, name: &str) -> Result<(u32, u32, Vec<u32>), SpawnError>;
+    /// The gid of a group name.
+    fn lookup_group(&self, name: &str) -> Result<u32, SpawnError>;
+}
