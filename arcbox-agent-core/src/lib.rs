@@ -24,6 +24,7 @@
 //! - [`proxy`]: byte proxies with half-close (Docker and Kubernetes APIs), splice on Linux.
 //! - [`net`]: the primary NIC's address from in-process DHCP (or static), kept and released.
 //! - [`dns`]: the container-name DNS server (local zone `arcbox.local`, forwarding with a cache).
+//! - [`exec`]: processes started for the host: buffered output by offset, stdin, signals, timeouts.
 //! - [`boot`]: the boot report.
 //! - [`config`]: every default, the TOML file and the kernel command-line keys.
 //! - [`init`]: the init plan (named, idempotent steps) and its runner.
@@ -43,6 +44,7 @@ pub mod agent;
 pub mod boot;
 pub mod config;
 pub mod dns;
+pub mod exec;
 pub mod guest;
 pub mod init;
 pub mod modules;

@@ -9,6 +9,7 @@
 //! - [`FakeGuest`]: one consistent fake machine (files, processes,
 //!   endpoints, probes, mounts, disk, ...) for tests and the simulator.
 //! - [`FakeProcesses`], [`FakeProgram`] (`process.rs`): spawner and process table.
+//! - [`FakeExecSpawner`] (`exec.rs`): exec's built-in programs (echo, cat, yes, sleep, stty ...).
 //! - [`FakeEndpoints`], [`FakeSocketProbe`], [`FakeApis`] (`endpoints.rs`): listening sockets.
 //! - [`FakeConfinedFs`] (`confined.rs`): files under a root in an in-memory tree, resolved as
 //!   `RESOLVE_IN_ROOT` does.
@@ -20,6 +21,7 @@ mod clock;
 mod confined;
 mod disk;
 mod endpoints;
+mod exec;
 mod files;
 mod guest;
 mod mount;
@@ -33,6 +35,7 @@ pub use clock::FakeClock;
 pub use confined::FakeConfinedFs;
 pub use disk::FakeDisk;
 pub use endpoints::{Endpoint, FAKE_CONTAINERD_VERSION, FakeApis, FakeEndpoints, FakeSocketProbe};
+pub use exec::FakeExecSpawner;
 pub use files::FakeFiles;
 pub use guest::{DaemonTimings, FakeGuest, FakeRuntimeOps};
 pub use mount::FakeMount;

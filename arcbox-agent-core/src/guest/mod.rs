@@ -36,9 +36,10 @@ use crate::Agent;
 use crate::agent::AgentParts;
 use crate::boot::BootRecorder;
 use crate::config::AgentConfig;
+use crate::exec::ExecService;
 use crate::init::{InitOps, InitRunner, Phase, Step, StepReport, standard_plan};
 use crate::rpc::ServerConfig;
-use crate::rpc::handlers::{register_dns, register_files, register_kubernetes};
+use crate::rpc::handlers::{register_dns, register_exec, register_files, register_kubernetes};
 use crate::runtime::api::ApiCheck;
 use crate::runtime::{
     DataDiskStep, DockerEngine, K3s, K3sLayout, Lifecycle, ReadinessEvents, RuntimeLayout, RuntimeOps,
@@ -47,6 +48,7 @@ use crate::shutdown::{
     GuestPower, OrderedPower, ShutdownOps, ShutdownPolicy, ShutdownSequence, standard_daemons,
 };
 use crate::storage::{DataDisk, DataDiskConfig, data_device};
+use crate::sys::exec::ExecSpawner;
 use crate::sys::{
     Clock, ConfinedFs, DiskOps, FileOps, MountOps, ProcessSpawner, SocketProbe, SystemInfoSource,
 };
@@ -72,6 +74,8 @@ pub trait GuestOs: Send + Sync + 'static {
     type System: SystemInfoSource;
     /// File operations confined to a root (the file requests).
     type Confined: ConfinedFs;
+    /// Processes started for the host (the exec requests).
+    type Exec: ExecSpawner;
 
     /// The runtimes' capabilities.
     fn runtime_ops(&self) -> RuntimeOps<Self::Spawner, Self::Probe, Self::Files, Self::Apis>;
@@ -85,6 +89,8 @@ pub trait GuestOs: Send + Sync + 'static {
     fn system(&self) -> Arc<Self::System>;
     /// Confined file operations.
     fn confined(&self) -> Arc<Self::Confined>;
+    /// The exec requests' process starter.
+    fn exec(&self) -> Arc<Self::Exec>;
     /// The init plan's capabilities.
     fn init_ops(&self) -> InitOps;
     /// The ordered shutdown's capabilities.
@@ -191,6 +197,7 @@ impl<O: GuestOs> Guest<O> {
         let dns = GuestDns::from_config(config);
         register_dns(agent.router_mut(), Arc::clone(&dns));
         register_files(agent.router_mut(), os.confined());
+        register_exec(agent.router_mut(), ExecService::new(os.exec()));
         Self {
             agent,
             docker,

@@ -6,7 +6,7 @@
 //! process. Linux: `sys::linux::LinuxExecSpawner`; the simulator and unit
 //! tests: `fake::FakeExecSpawner`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -118,4 +118,11 @@ pub trait ExecSpawner: Send + Sync + 'static {
     fn lookup_user(&self, name: &str) -> Result<(u32, u32, Vec<u32>), SpawnError>;
     /// The gid of a group name.
     fn lookup_group(&self, name: &str) -> Result<u32, SpawnError>;
+    /// Makes the cgroup `dir` (and what it needs above it) with `memory.max`
+    /// set to `limit` and no swap, so an overrun is an OOM kill.
+    fn limit_memory(&self, dir: &Path, limit: u64) -> Result<(), SpawnError>;
+    /// OOM kills counted in the cgroup `dir` so far (`memory.events`).
+    fn oom_kills(&self, dir: &Path) -> u64;
+    /// Removes the cgroup `dir` made by [`ExecSpawner::limit_memory`].
+    fn remove_cgroup(&self, dir: &Path);
 }

@@ -7,6 +7,7 @@
 //! and the next call reconnects when the client was made by [`AgentClient::connect`].
 
 mod error;
+mod exec;
 mod session;
 
 use std::future::Future;
@@ -17,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use error::ClientError;
+pub use exec::{DEFAULT_EXEC_WINDOW, ExecEvent, ExecSession, ExecStdin};
 pub use session::{ClientSession, SessionReader, SessionWriter};
 
 use crate::codec::{EncodeError, FrameReader, FrameWriter, ReadError};
@@ -30,6 +32,11 @@ use crate::protocol::proto::agent::{
     KubernetesStatusResponse, KubernetesStopRequest, KubernetesStopResponse, MmapReadFileRequest,
     MmapReadFileResponse, ReadinessEvent, RuntimeEnsureRequest, RuntimeEnsureResponse, RuntimeStatusRequest,
     RuntimeStatusResponse, ShutdownRequest, ShutdownResponse, SystemInfo, WatchReadinessRequest,
+};
+use crate::protocol::proto::agent::{
+    ExecAttachRequest, ExecListRequest, ExecListResponse, ExecResizeRequest, ExecResizeResponse,
+    ExecRunRequest, ExecSignalRequest, ExecSignalResponse, ExecStartRequest, ExecStartResponse, ExecStatus,
+    ExecWaitRequest,
 };
 use crate::protocol::values::{ensure_status, runtime_state};
 use crate::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorPayload, Frame, MessageType, response_code, unix_time};
@@ -391,6 +398,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
             }
             first = self.read_next(deadline, &trace).await?;
         }
+    }
+
+    /// Starts a process in the guest; it runs whoever is attached.
+    pub async fn exec_start(&mut self, request: ExecStartRequest) -> Result<ExecStartResponse, ClientError> {
+        self.call(MessageType::ExecStartRequest, &request).await
+    }
+
+    /// Starts a process and attaches to it on this connection (which the
+    /// session takes over). `window` is the output credit (0: the default).
+    pub async fn exec_run(
+        &mut self,
+        request: ExecStartRequest,
+        window: u64,
+    ) -> Result<ExecSession<S>, ClientError>
+    where
+        S: Send + 'static,
+    {
+        let run = ExecRunRequest { start: Some(request), window_bytes: window };
+        let mut session = self.open_session(MessageType::ExecRunRequest, &run).await?;
+        let first = session.next().await?.ok_or(ClientError::Disconnected)?;
+        expect_type(&first, MessageType::ExecStarted.code())?;
+        let started: ExecStartResponse =
+            prost::Message::decode(first.payload).map_err(ClientError::Decode)?;
+        Ok(ExecSession::new(started.exec_id, started.pid, session, window))
+    }
+
+    /// Attaches to a running or finished exec from the offsets in `request`.
+    pub async fn exec_attach(&mut self, request: ExecAttachRequest) -> Result<ExecSession<S>, ClientError>
+    where
+        S: Send + 'static,
+    {
+        let session = self.open_session(MessageType::ExecAttachRequest, &request).await?;
+        Ok(ExecSession::new(request.exec_id, 0, session, request.window_bytes))
+    }
+
+    /// Waits for an exec's exit (`timeout` zero: as long as it takes, within
+    /// the call deadline); a status with `running` if it did not exit in time.
+    pub async fn exec_wait(&mut self, exec_id: &str, timeout: Duration) -> Result<ExecStatus, ClientError> {
+        let request = ExecWaitRequest {
+            exec_id: exec_id.to_owned(),
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+        };
+        let deadline = self.options.call_timeout.max(timeout + Duration::from_secs(5));
+        self.call_with_deadline(MessageType::ExecWaitRequest, &request, deadline).await
+    }
+
+    /// Sends `signal` to an exec's process, or its process group.
+    pub async fn exec_signal(&mut self, exec_id: &str, signal: i32, group: bool) -> Result<(), ClientError> {
+        let request = ExecSignalRequest { exec_id: exec_id.to_owned(), signal, group };
+        let _: ExecSignalResponse = self.call(MessageType::ExecSignalRequest, &request).await?;
+        Ok(())
+    }
+
+    /// Resizes an exec's terminal.
+    pub async fn exec_resize(&mut self, exec_id: &str, rows: u32, cols: u32) -> Result<(), ClientError> {
+        let request = ExecResizeRequest { exec_id: exec_id.to_owned(), rows, cols };
+        let _: ExecResizeResponse = self.call(MessageType::ExecResizeRequest, &request).await?;
+        Ok(())
+    }
+
+    /// Every exec the agent knows, running or recently finished.
+    pub async fn exec_list(&mut self) -> Result<ExecListResponse, ClientError> {
+        self.call(MessageType::ExecListRequest, &ExecListRequest {}).await
     }
 
     /// Sends a session request (exec, copy-in) and hands its connection

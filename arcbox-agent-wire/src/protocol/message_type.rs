@@ -215,6 +215,8 @@ message_types! {
     ExecGap = 0x1118,
     /// Extension: `ExecStatus`, the last frame of an exec session.
     ExecExit = 0x1119,
+    /// Extension: `ExecInputAck`, stdin credit inside an exec session.
+    ExecInputAck = 0x111A,
     /// Error frame with the binary payload of [`crate::protocol::ErrorPayload`].
     Error = 0xFFFF,
 }

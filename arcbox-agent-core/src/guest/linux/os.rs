@@ -11,19 +11,23 @@ use crate::runtime::api::SocketApis;
 use crate::shutdown::ShutdownOps;
 use crate::sys::ConfinedLimits;
 use crate::sys::linux::{
-    LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxDisk, LinuxFiles, LinuxMount, LinuxPowerSwitch,
-    LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
+    LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxDisk, LinuxExecSpawner, LinuxFiles, LinuxMount,
+    LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
 };
 
 /// The real system.
 pub struct LinuxGuestOs {
     spawner: Arc<LinuxSpawner>,
+    exec: Arc<LinuxExecSpawner>,
 }
 
 impl LinuxGuestOs {
     /// The real system, whose children's exits come from `reaper`.
     pub fn new(reaper: Arc<Reaper<LinuxChildReaping>>) -> Self {
-        Self { spawner: Arc::new(LinuxSpawner::new(reaper)) }
+        Self {
+            spawner: Arc::new(LinuxSpawner::new(Arc::clone(&reaper) as _)),
+            exec: Arc::new(LinuxExecSpawner::new(reaper)),
+        }
     }
 }
 
@@ -37,6 +41,7 @@ impl GuestOs for LinuxGuestOs {
     type Clock = LinuxClock;
     type System = LinuxSystemInfo;
     type Confined = LinuxConfinedFs;
+    type Exec = LinuxExecSpawner;
 
     fn runtime_ops(&self) -> RuntimeOps<LinuxSpawner, LinuxSocketProbe, LinuxFiles, SocketApis> {
         RuntimeOps::new(
@@ -65,6 +70,10 @@ impl GuestOs for LinuxGuestOs {
 
     fn confined(&self) -> Arc<LinuxConfinedFs> {
         Arc::new(LinuxConfinedFs::new(ConfinedLimits::default()))
+    }
+
+    fn exec(&self) -> Arc<LinuxExecSpawner> {
+        Arc::clone(&self.exec)
     }
 
     fn init_ops(&self) -> InitOps {

@@ -2,6 +2,7 @@
 
 mod boot_report;
 mod dns;
+mod exec;
 mod files;
 mod kubernetes;
 mod network;
@@ -13,6 +14,7 @@ mod system_info;
 
 pub use boot_report::BootReportHandler;
 pub use dns::{DnsControl, NameEntry, parse_upstreams, register_dns};
+pub use exec::{DEFAULT_WINDOW_BYTES, STDIN_WINDOW_BYTES, register_exec, status_message};
 pub use files::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, file_info, register_files};
 pub use kubernetes::{K3sLifecycle, register_kubernetes};
 pub use network::{NetworkWatch, network_message, unmanaged_network};

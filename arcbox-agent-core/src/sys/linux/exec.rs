@@ -6,6 +6,7 @@
 use std::io;
 use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt as _;
+use std::path::Path;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -25,6 +26,9 @@ use crate::sys::exec::{
     TerminalSpec,
 };
 use crate::sys::{ExitRegistry, SysError};
+
+/// The cgroup v2 mount.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Starts exec processes whose exits come from the one reaper.
 pub struct LinuxExecSpawner {
@@ -107,7 +111,7 @@ fn spawn_error(command: &ExecCommand, err: io::Error) -> SpawnError {
     }
 }
 
-fn open_cgroup(dir: &std::path::Path) -> Result<OwnedFd, SpawnError> {
+fn open_cgroup(dir: &Path) -> Result<OwnedFd, SpawnError> {
     std::fs::create_dir_all(dir).map_err(|e| SysError::io("mkdir cgroup", dir, e))?;
     let procs = dir.join("cgroup.procs");
     let file = std::fs::OpenOptions::new()
@@ -162,7 +166,7 @@ impl ExecSpawner for LinuxExecSpawner {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             cmd.env(key, value);
         }
-        cmd.current_dir(command.cwd.as_deref().unwrap_or(std::path::Path::new("/")));
+        cmd.current_dir(command.cwd.as_deref().unwrap_or(Path::new("/")));
         let terminal = match &command.terminal {
             Some(spec) => Some(open_terminal(spec)?),
             None => None,
@@ -265,6 +269,44 @@ impl ExecSpawner for LinuxExecSpawner {
             .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
             .unwrap_or_else(|_| vec![user.gid.as_raw()]);
         Ok((user.uid.as_raw(), user.gid.as_raw(), groups))
+    }
+
+    fn limit_memory(&self, dir: &Path, limit: u64) -> Result<(), SpawnError> {
+        // The memory controller must be enabled on every level above `dir`.
+        let mut levels: Vec<&Path> =
+            dir.ancestors().skip(1).take_while(|p| p.starts_with(CGROUP_ROOT)).collect();
+        levels.reverse();
+        for level in levels {
+            std::fs::create_dir_all(level).map_err(|e| SysError::io("mkdir cgroup", level, e))?;
+            let control = level.join("cgroup.subtree_control");
+            std::fs::write(&control, "+memory").map_err(|e| {
+                SpawnError::Invalid(format!(
+                    "cannot enable the memory controller in {}: {e}",
+                    level.display()
+                ))
+            })?;
+        }
+        std::fs::create_dir_all(dir).map_err(|e| SysError::io("mkdir cgroup", dir, e))?;
+        let max = dir.join("memory.max");
+        std::fs::write(&max, limit.to_string()).map_err(|e| SysError::io("write", &max, e))?;
+        // Without swap the limit is a limit (an absent file: no swap accounting).
+        let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+        Ok(())
+    }
+
+    fn oom_kills(&self, dir: &Path) -> u64 {
+        std::fs::read_to_string(dir.join("memory.events"))
+            .ok()
+            .and_then(|events| {
+                events.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
+            })
+            .unwrap_or(0)
+    }
+
+    fn remove_cgroup(&self, dir: &Path) {
+        if let Err(err) = std::fs::remove_dir(dir) {
+            tracing::debug!(dir = %dir.display(), %err, "exec cgroup not removed");
+        }
     }
 
     fn lookup_group(&self, name: &str) -> Result<u32, SpawnError> {
