@@ -501,3 +501,32 @@ fn fs_puts_cats_lists_and_removes_files_inside_the_root() {
     assert_eq!(gone.status.code(), Some(1), "{gone:?}");
     assert!(stderr(&gone).contains("404"), "{gone:?}");
 }
+
+#[test]
+fn exec_passes_output_stdin_and_the_exit_code_through() {
+    use std::io::Write as _;
+    let sim = sim(Scenario::Healthy);
+    let echo = agentctl(&sim.address, &["exec", "--", "echo", "hello", "guest"]);
+    assert_eq!((echo.status.code(), stdout(&echo).as_str()), (Some(0), "hello guest\n"), "{echo:?}");
+    let code = agentctl(&sim.address, &["exec", "--", "exit", "3"]);
+    assert_eq!(code.status.code(), Some(3), "the guest's code is ours: {code:?}");
+    let err = agentctl(&sim.address, &["exec", "--", "stderr", "oops"]);
+    assert_eq!((stdout(&err).as_str(), stderr(&err).as_str()), ("", "oops\n"), "stderr stays stderr");
+
+    let mut cat = agentctl_command()
+        .args(["--connect", &sim.address, "exec", "-i", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn exec -i");
+    cat.stdin.take().expect("stdin").write_all(b"through the guest\n").expect("write stdin");
+    let cat = cat.wait_with_output().expect("exec -i");
+    assert_eq!((cat.status.code(), stdout(&cat).as_str()), (Some(0), "through the guest\n"), "{cat:?}");
+
+    let missing = agentctl(&sim.address, &["exec", "--", "no-such-program"]);
+    assert_eq!(missing.status.code(), Some(127), "docker's code for not found: {missing:?}");
+    assert!(stderr(&missing).contains("no-such-program"), "{missing:?}");
+    let timed = agentctl(&sim.address, &["exec", "--timeout", "0.2", "--", "sleep", "30"]);
+    assert_eq!(timed.status.code(), Some(128 + 15), "TERM on timeout: {timed:?}");
+    assert!(stderr(&timed).contains("timed out"), "{timed:?}");
+}

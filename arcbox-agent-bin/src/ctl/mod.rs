@@ -9,12 +9,15 @@
 //! what was asked failed (runtime or k3s start, stop, shutdown); 2 usage
 //! (including a missing agent address); 3 cannot connect; 4 timed out
 //! (`--wait`, `watch --idle-timeout`, a call's deadline); 70 internal.
+//! `exec` passes the guest command's exit code through instead (see `exec`).
 //!
 //! # Layout
 //! - this module: arguments, one function per command, exit codes.
+//! - `exec`: `exec`, a command in the guest like `docker exec` (terminal, signals, exit code).
 //! - `fs`: the `fs` subcommands (the guest's files, confined to a root).
 //! - `text`: the human rendering of each answer.
 
+mod exec;
 mod fs;
 mod text;
 
@@ -105,6 +108,8 @@ enum Command {
         #[command(subcommand)]
         action: fs::FsAction,
     },
+    /// Run a command in the guest, like `docker exec`; its exit code becomes ours.
+    Exec(exec::ExecArgs),
     /// Print readiness events as they happen (agent, runtime, k3s, daemons).
     Watch {
         /// Exit 0 once an event of this kind arrives (e.g. runtime_ready, kubernetes_ready).
@@ -178,6 +183,8 @@ enum Exit {
     TimedOut,
     /// 70 (EX_SOFTWARE): the CLI itself could not run.
     Internal,
+    /// `exec`: the guest command's own code.
+    Passthrough(u8),
 }
 
 impl Exit {
@@ -189,6 +196,7 @@ impl Exit {
             Exit::Unreachable => 3,
             Exit::TimedOut => 4,
             Exit::Internal => 70,
+            Exit::Passthrough(code) => code,
         }
     }
 
@@ -223,7 +231,10 @@ pub fn main() -> ExitCode {
             return Exit::Internal.into();
         }
     };
-    match runtime.block_on(run(&args, connect)) {
+    let result = runtime.block_on(run(&args, connect));
+    // A read of the local stdin (`exec -i`) may still be blocked: never wait for it.
+    runtime.shutdown_background();
+    match result {
         Ok(exit) => exit.into(),
         Err(err) => {
             eprintln!("arcbox-agentctl: {err}");
@@ -242,6 +253,9 @@ async fn run(args: &Args, connect: &str) -> Result<Exit, ClientError> {
         call_timeout: Duration::from_secs(args.call_timeout),
         ..ConnectOptions::default()
     };
+    if let Command::Exec(exec_args) = &args.command {
+        return Ok(Exit::Passthrough(exec::run(&address, options, exec_args).await));
+    }
     let mut client = AgentClient::connect(&address, options).await?;
     let out = Output { json: args.json };
     let client = &mut client;
@@ -285,7 +299,7 @@ async fn run(args: &Args, connect: &str) -> Result<Exit, ClientError> {
             });
             Ok(if answer.accepted { Exit::Success } else { Exit::Failed })
         }
-        Command::DockerProxy { .. } => unreachable!("handled before connecting"),
+        Command::DockerProxy { .. } | Command::Exec(_) => unreachable!("handled before connecting"),
     }
 }
 
