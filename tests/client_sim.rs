@@ -473,6 +473,9 @@ async fn the_demo_walks_every_request_to_the_shutdown() {
         "upstreams now 192.168.1.1:53, 1.1.1.1:53",
         "wrote 14 bytes to \"../../etc/app.conf\" (root /srv/box)",
         "read back: \"listen = 8080\\n\"",
+        "cat said \"hello through stdin\\n\", then exited 0",
+        "a missing program is a spawn failure, not an exit: agent error 404",
+        "sleep 60 with a 100 ms timeout: timed_out true, signal 15",
         "shutdown accepted: true",
     ] {
         assert!(text.contains(expected), "{expected:?} missing from the demo:\n{text}");

@@ -1,7 +1,9 @@
 //! The golden byte blocks of docs/PROTOCOL.md are what the code encodes
 //! and decodes: the document is the contract.
 
-use arcbox_agent_core::protocol::proto::agent::{AgentPingRequest, AgentPingResponse, FileReadRequest};
+use arcbox_agent_core::protocol::proto::agent::{
+    AgentPingRequest, AgentPingResponse, ExecOutput, ExecRunRequest, ExecStartRequest, FileReadRequest,
+};
 use arcbox_agent_core::protocol::{ErrorPayload, MessageType, encode_parts, try_decode};
 use bytes::BytesMut;
 use prost::Message as _;
@@ -37,7 +39,26 @@ fn encode(msg_type: MessageType, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn the_document_has_the_golden_blocks() {
     let names: Vec<String> = goldens().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["ping_request", "ping_response", "error_400_bad", "file_read_request"]);
+    assert_eq!(
+        names,
+        [
+            "ping_request",
+            "ping_response",
+            "error_400_bad",
+            "file_read_request",
+            "exec_run_request",
+            "exec_output_item"
+        ]
+    );
+}
+
+#[test]
+fn exec_goldens_match() {
+    let start = ExecStartRequest { argv: vec!["true".into()], ..Default::default() };
+    let run = ExecRunRequest { start: Some(start), window_bytes: 0 };
+    assert_eq!(encode(MessageType::ExecRunRequest, &run.encode_to_vec()), golden("exec_run_request"));
+    let item = ExecOutput { stream: 1, offset: 0, data: b"hi".to_vec() };
+    assert_eq!(encode(MessageType::ExecOutput, &item.encode_to_vec()), golden("exec_output_item"));
 }
 
 #[test]

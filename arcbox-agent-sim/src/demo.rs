@@ -12,8 +12,8 @@ use arcbox_agent_core::shutdown::GuestPower;
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
 use arcbox_agent_wire::protocol::proto::agent::{
-    FileListRequest, FileMkdirRequest, FileReadRequest, FileRemoveRequest, FileWriteRequest, NetworkStatus,
-    ReadinessEvent,
+    ExecStartRequest, FileListRequest, FileMkdirRequest, FileReadRequest, FileRemoveRequest,
+    FileWriteRequest, NetworkStatus, ReadinessEvent,
 };
 use arcbox_agent_wire::transport::Address;
 use tokio::sync::mpsc;
@@ -200,6 +200,7 @@ async fn walk(scenario: Scenario, address: &Address, out: &mut (dyn Write + Send
     kubernetes(&mut client, &mut events, out).await?;
     dns(&mut client, out).await?;
     files(&mut client, out).await?;
+    exec(&mut client, out).await?;
 
     say!(out, "\n-- shutdown");
     let answer = client.shutdown(5).await.map_err(|e| DemoError::Call("shutdown", e))?;
@@ -309,6 +310,32 @@ async fn files(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result
     let rm = FileRemoveRequest { root: root(), path: "etc".into(), recursive: true };
     let removed = client.file_remove(rm).await.map_err(call("file remove"))?;
     say!(out, "removed /srv/box/etc: {}", removed.removed);
+    Ok(())
+}
+
+/// Exec: a run session with stdin, the exit after the output, a spawn
+/// failure that is not an exit, and a timeout. The simulator's programs
+/// are built-ins (echo, cat, sleep, ...).
+async fn exec(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+    say!(out, "\n-- exec: processes in the guest, streamed both ways");
+    let call = |what| move |e| DemoError::Call(what, e);
+    let cat = ExecStartRequest { argv: vec!["cat".into()], stdin: true, ..Default::default() };
+    let session = client.exec_run(cat, 0).await.map_err(call("exec run"))?;
+    let stdin = session.stdin();
+    stdin.write(b"hello through stdin\n".to_vec()).await.map_err(call("exec stdin"))?;
+    stdin.close().await.map_err(call("exec stdin"))?;
+    let (stdout, _, status) = session.collect().await.map_err(call("exec output"))?;
+    say!(out, "cat said {:?}, then exited {}", String::from_utf8_lossy(&stdout), status.exit_code);
+    let missing = ExecStartRequest { argv: vec!["no-such-tool".into()], ..Default::default() };
+    match client.exec_start(missing).await {
+        Err(err) => say!(out, "a missing program is a spawn failure, not an exit: {err}"),
+        Ok(started) => say!(out, "unexpectedly started {}", started.exec_id),
+    }
+    let sleep =
+        ExecStartRequest { argv: vec!["sleep".into(), "60".into()], timeout_ms: 100, ..Default::default() };
+    let started = client.exec_start(sleep).await.map_err(call("exec start"))?;
+    let status = client.exec_wait(&started.exec_id, Duration::ZERO).await.map_err(call("exec wait"))?;
+    say!(out, "sleep 60 with a 100 ms timeout: timed_out {}, signal {}", status.timed_out, status.signal);
     Ok(())
 }
 
