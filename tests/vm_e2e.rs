@@ -10,6 +10,9 @@
 #[path = "support/vm.rs"]
 mod vm;
 
+#[path = "vm_e2e/exec.rs"]
+mod exec;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arcbox_agent_core::protocol::ErrorCode;
@@ -584,4 +587,13 @@ async fn bench_boot_to_ready() {
             busy as f64 / f64::from(1 << 20)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn exec_streams_a_terminal_stdin_and_exits_over_vsock() {
+    let vm = boot(VmOptions::default());
+    exec::exec_works_in_the_guest(&vm).await;
+    // And the agent still serves everything else.
+    assert_still_serving(&vm).await;
 }
