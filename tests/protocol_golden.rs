@@ -37,13 +37,26 @@ fn encode(msg_type: MessageType, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn the_document_has_the_golden_blocks() {
     let names: Vec<String> = goldens().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["ping_request", "ping_response", "error_400_bad", "file_read_request"]);
+    assert_eq!(
+        names,
+        ["ping_request", "ping_response", "error_400_bad", "file_read_request", "watch_stats_request"]
+    );
 }
 
 #[test]
 fn file_read_request_golden_matches() {
     let request = FileReadRequest { root: "/r".into(), path: "a".into(), offset: 1, length: 2 };
     assert_eq!(encode(MessageType::FileReadRequest, &request.encode_to_vec()), golden("file_read_request"));
+}
+
+#[test]
+fn watch_stats_request_golden_matches() {
+    use arcbox_agent_wire::protocol::proto::agent::WatchStatsRequest;
+    let request = WatchStatsRequest { interval_ms: 500, per_cpu: true, count: 3 };
+    assert_eq!(
+        encode(MessageType::WatchStatsRequest, &request.encode_to_vec()),
+        golden("watch_stats_request")
+    );
 }
 
 #[test]

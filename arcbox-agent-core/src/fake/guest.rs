@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    DhcpServerScript, Endpoint, FakeApis, FakeClock, FakeConfinedFs, FakeDhcpServer, FakeDisk, FakeEndpoints,
-    FakeFiles, FakeLimits, FakeModules, FakeMount, FakeNetwork, FakePowerSwitch, FakeProcesses, FakeProgram,
-    FakeSocketProbe, FakeSystemInfo,
+    DhcpServerScript, Endpoint, FakeApis, FakeClock, FakeConfinedFs, FakeCounters, FakeDhcpServer, FakeDisk,
+    FakeEndpoints, FakeFiles, FakeLimits, FakeModules, FakeMount, FakeNetwork, FakePowerSwitch,
+    FakeProcesses, FakeProgram, FakeSocketProbe, FakeSystemInfo,
 };
 use crate::guest::GuestOs;
 use crate::init::InitOps;
@@ -73,6 +73,8 @@ pub struct FakeGuest {
     pub system: Arc<FakeSystemInfo>,
     /// The files the file requests see (an empty tree to begin with).
     pub confined: Arc<FakeConfinedFs>,
+    /// CPU, memory, disk, network and container counters (no containers to begin with).
+    pub counters: Arc<FakeCounters>,
 }
 
 impl Default for FakeGuest {
@@ -106,6 +108,7 @@ impl FakeGuest {
             clock: Arc::new(FakeClock::following_host()),
             system: Arc::new(FakeSystemInfo::default()),
             confined: Arc::new(FakeConfinedFs::new(ConfinedLimits::default())),
+            counters: Arc::new(FakeCounters::default()),
         }
     }
 
@@ -142,6 +145,7 @@ impl GuestOs for FakeGuest {
     type Clock = FakeClock;
     type System = FakeSystemInfo;
     type Confined = FakeConfinedFs;
+    type Counters = FakeCounters;
 
     fn runtime_ops(&self) -> FakeRuntimeOps {
         RuntimeOps::new(
@@ -170,6 +174,10 @@ impl GuestOs for FakeGuest {
 
     fn confined(&self) -> Arc<FakeConfinedFs> {
         Arc::clone(&self.confined)
+    }
+
+    fn counters(&self) -> Arc<FakeCounters> {
+        Arc::clone(&self.counters)
     }
 
     fn init_ops(&self) -> InitOps {

@@ -38,7 +38,7 @@ use crate::boot::BootRecorder;
 use crate::config::AgentConfig;
 use crate::init::{InitOps, InitRunner, Phase, Step, StepReport, standard_plan};
 use crate::rpc::ServerConfig;
-use crate::rpc::handlers::{register_dns, register_files, register_kubernetes};
+use crate::rpc::handlers::{register_dns, register_files, register_kubernetes, register_stats};
 use crate::runtime::api::ApiCheck;
 use crate::runtime::{
     DataDiskStep, DockerEngine, K3s, K3sLayout, Lifecycle, ReadinessEvents, RuntimeLayout, RuntimeOps,
@@ -46,9 +46,11 @@ use crate::runtime::{
 use crate::shutdown::{
     GuestPower, OrderedPower, ShutdownOps, ShutdownPolicy, ShutdownSequence, standard_daemons,
 };
+use crate::stats::StatsCollector;
 use crate::storage::{DataDisk, DataDiskConfig, data_device};
 use crate::sys::{
-    Clock, ConfinedFs, DiskOps, FileOps, MountOps, ProcessSpawner, SocketProbe, SystemInfoSource,
+    Clock, ConfinedFs, DiskOps, FileOps, MountOps, ProcessSpawner, SocketProbe, SystemCounters,
+    SystemInfoSource,
 };
 use crate::transport::Transport;
 
@@ -72,6 +74,8 @@ pub trait GuestOs: Send + Sync + 'static {
     type System: SystemInfoSource;
     /// File operations confined to a root (the file requests).
     type Confined: ConfinedFs;
+    /// CPU, memory, disk, network and container counters (the Stats requests).
+    type Counters: SystemCounters;
 
     /// The runtimes' capabilities.
     fn runtime_ops(&self) -> RuntimeOps<Self::Spawner, Self::Probe, Self::Files, Self::Apis>;
@@ -85,6 +89,8 @@ pub trait GuestOs: Send + Sync + 'static {
     fn system(&self) -> Arc<Self::System>;
     /// Confined file operations.
     fn confined(&self) -> Arc<Self::Confined>;
+    /// The guest's counters.
+    fn counters(&self) -> Arc<Self::Counters>;
     /// The init plan's capabilities.
     fn init_ops(&self) -> InitOps;
     /// The ordered shutdown's capabilities.
@@ -174,8 +180,9 @@ impl<O: GuestOs> Guest<O> {
         let power = Arc::new(power(os, config, &settings, stop.clone()));
         let ops = os.runtime_ops();
         let data_disk = (!config.runtime.data_disk_disabled).then(|| data_disk(os, config, &ops));
+        let layout = RuntimeLayout::from_config(config);
         let engine = Arc::new(
-            DockerEngine::new(ops, RuntimeLayout::from_config(config), events.clone(), data_disk)
+            DockerEngine::new(ops, layout.clone(), events.clone(), data_disk)
                 .with_start_gate(init_done.clone())
                 .with_supervision_until(power.stopping()),
         );
@@ -191,6 +198,10 @@ impl<O: GuestOs> Guest<O> {
         let dns = GuestDns::from_config(config);
         register_dns(agent.router_mut(), Arc::clone(&dns));
         register_files(agent.router_mut(), os.confined());
+        // Containers' names come from dockerd's API, asked only for ids it has not named yet.
+        let names = Arc::new(crate::runtime::docker_api::DockerClient::new(layout.sockets.docker.clone()));
+        let stats = Arc::new(StatsCollector::new(os.counters(), Some(names)));
+        register_stats(agent.router_mut(), stats, os.clock(), stop.clone());
         Self {
             agent,
             docker,

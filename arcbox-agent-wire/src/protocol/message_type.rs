@@ -111,6 +111,10 @@ message_types! {
     FileMkdirRequest = 0x0108,
     /// Extension: `FileRemoveRequest`.
     FileRemoveRequest = 0x0109,
+    /// Extension: `StatsRequest` (one sample of the guest's counters).
+    StatsRequest = 0x0130,
+    /// Extension: `WatchStatsRequest`; answered by a stream of `StatsSample`.
+    WatchStatsRequest = 0x0131,
     /// `AgentPingResponse`.
     PingResponse = 0x1001,
     /// `SystemInfo`.
@@ -181,6 +185,10 @@ message_types! {
     FileMkdirResponse = 0x1108,
     /// Extension: `FileRemoveResponse`.
     FileRemoveResponse = 0x1109,
+    /// Extension: `StatsSample` answering a `StatsRequest`.
+    StatsResponse = 0x1130,
+    /// Extension: `StatsSample`, one stream item of a `WatchStatsRequest`.
+    StatsSample = 0x1131,
     /// Error frame with the binary payload of [`crate::protocol::ErrorPayload`].
     Error = 0xFFFF,
 }
@@ -261,6 +269,10 @@ mod tests {
                     | MessageType::FileMkdirResponse
                     | MessageType::FileRemoveRequest
                     | MessageType::FileRemoveResponse
+                    | MessageType::StatsRequest
+                    | MessageType::StatsResponse
+                    | MessageType::WatchStatsRequest
+                    | MessageType::StatsSample
             );
             assert_eq!(MessageType::is_extension(t.code()), ours, "{t}");
         }

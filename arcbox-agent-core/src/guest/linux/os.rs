@@ -11,19 +11,21 @@ use crate::runtime::api::SocketApis;
 use crate::shutdown::ShutdownOps;
 use crate::sys::ConfinedLimits;
 use crate::sys::linux::{
-    LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxDisk, LinuxFiles, LinuxMount, LinuxPowerSwitch,
-    LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
+    LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxCounters, LinuxDisk, LinuxFiles, LinuxMount,
+    LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
 };
 
 /// The real system.
 pub struct LinuxGuestOs {
     spawner: Arc<LinuxSpawner>,
+    /// One instance: it remembers where cgroup2 is mounted once found.
+    counters: Arc<LinuxCounters>,
 }
 
 impl LinuxGuestOs {
     /// The real system, whose children's exits come from `reaper`.
     pub fn new(reaper: Arc<Reaper<LinuxChildReaping>>) -> Self {
-        Self { spawner: Arc::new(LinuxSpawner::new(reaper)) }
+        Self { spawner: Arc::new(LinuxSpawner::new(reaper)), counters: Arc::new(LinuxCounters::new()) }
     }
 }
 
@@ -37,6 +39,7 @@ impl GuestOs for LinuxGuestOs {
     type Clock = LinuxClock;
     type System = LinuxSystemInfo;
     type Confined = LinuxConfinedFs;
+    type Counters = LinuxCounters;
 
     fn runtime_ops(&self) -> RuntimeOps<LinuxSpawner, LinuxSocketProbe, LinuxFiles, SocketApis> {
         RuntimeOps::new(
@@ -65,6 +68,10 @@ impl GuestOs for LinuxGuestOs {
 
     fn confined(&self) -> Arc<LinuxConfinedFs> {
         Arc::new(LinuxConfinedFs::new(ConfinedLimits::default()))
+    }
+
+    fn counters(&self) -> Arc<LinuxCounters> {
+        Arc::clone(&self.counters)
     }
 
     fn init_ops(&self) -> InitOps {
