@@ -25,7 +25,7 @@ mod linux {
 
     use arcbox_agent_core::stats::{SampleOptions, collect};
     use arcbox_agent_core::sys::SystemInfoSource as _;
-    use arcbox_agent_core::sys::linux::{LinuxCounters, LinuxSystemInfo, parse_mountinfo};
+    use arcbox_agent_core::sys::linux::{LinuxCounters, LinuxSystemInfo};
     use criterion::{BenchmarkId, Criterion};
 
     const CONTAINERS: usize = 20;
@@ -122,13 +122,8 @@ mod linux {
             if unsafe { libc::geteuid() } != 0 {
                 return Err("not root".to_owned());
             }
-            let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-            let mount = parse_mountinfo(&table)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .find(|m| m.fstype == "cgroup2")
-                .ok_or("no cgroup2 mount")?;
-            let root = mount.target.join(format!("arcbox-stats-bench-{}", std::process::id()));
+            let mount = LinuxCounters::new().cgroup2_mount().ok_or("no cgroup2 mount")?;
+            let root = mount.join(format!("arcbox-stats-bench-{}", std::process::id()));
             for n in 0..CONTAINERS {
                 std::fs::create_dir_all(root.join("docker").join(id(n))).map_err(|e| e.to_string())?;
             }

@@ -18,7 +18,7 @@ use arcbox_agent_core::rpc::handlers::register_stats;
 use arcbox_agent_core::rpc::{Router, Server, ServerConfig, ServerStats};
 use arcbox_agent_core::stats::{SampleOptions, StatsCollector, collect};
 use arcbox_agent_core::sys::SystemCounters as _;
-use arcbox_agent_core::sys::linux::{LinuxClock, LinuxCounters, parse_mountinfo};
+use arcbox_agent_core::sys::linux::{LinuxClock, LinuxCounters};
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_wire::client::{AgentClient, ConnectOptions};
 use arcbox_agent_wire::transport::Address;
@@ -32,17 +32,12 @@ fn online_cpus() -> u32 {
 
 /// The cgroup2 mount, or why the cgroup part cannot run here.
 fn cgroup2() -> Result<PathBuf, String> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-    let mount = parse_mountinfo(&table)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|m| m.fstype == "cgroup2")
-        .ok_or("cgroup2 is not mounted")?;
+    let mount = LinuxCounters::new().cgroup2_mount().ok_or("cgroup2 is not mounted")?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("not root (making a cgroup needs it)".to_owned());
     }
-    Ok(mount.target)
+    Ok(mount)
 }
 
 fn skip_or_fail(why: &str) {

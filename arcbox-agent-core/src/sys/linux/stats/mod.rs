@@ -80,8 +80,13 @@ impl LinuxCounters {
         if let Some(root) = self.cgroup_root.as_ref().or_else(|| self.found_cgroup.get()) {
             return Some(root.clone());
         }
-        let mounted = self.mount_table().ok()?.into_iter().find(|m| m.fstype == "cgroup2")?.target;
+        let mounted = self.cgroup2_mount()?;
         Some(self.found_cgroup.get_or_init(|| mounted).clone())
+    }
+
+    /// Where cgroup2 is mounted now (the mount table's first cgroup2), if anywhere.
+    pub fn cgroup2_mount(&self) -> Option<PathBuf> {
+        Some(self.mount_table().ok()?.into_iter().find(|m| m.fstype == "cgroup2")?.target)
     }
 }
 
