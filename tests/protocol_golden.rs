@@ -47,7 +47,8 @@ fn the_document_has_the_golden_blocks() {
             "error_400_bad",
             "file_read_request",
             "exec_run_request",
-            "exec_output_item"
+            "exec_output_item",
+            "watch_stats_request"
         ]
     );
 }
@@ -65,6 +66,16 @@ fn exec_goldens_match() {
 fn file_read_request_golden_matches() {
     let request = FileReadRequest { root: "/r".into(), path: "a".into(), offset: 1, length: 2 };
     assert_eq!(encode(MessageType::FileReadRequest, &request.encode_to_vec()), golden("file_read_request"));
+}
+
+#[test]
+fn watch_stats_request_golden_matches() {
+    use arcbox_agent_wire::protocol::proto::agent::WatchStatsRequest;
+    let request = WatchStatsRequest { interval_ms: 500, per_cpu: true, count: 3 };
+    assert_eq!(
+        encode(MessageType::WatchStatsRequest, &request.encode_to_vec()),
+        golden("watch_stats_request")
+    );
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! `bench_boot_to_ready` only measures when `ARCBOX_VM_BENCH=1`
 //! (`scripts/vm.sh bench`).
 
+#[path = "vm_e2e/stats.rs"]
+mod stats;
 #[path = "support/vm.rs"]
 mod vm;
 
@@ -596,4 +598,13 @@ async fn exec_streams_a_terminal_stdin_and_exits_over_vsock() {
     exec::exec_works_in_the_guest(&vm).await;
     // And the agent still serves everything else.
     assert_still_serving(&vm).await;
+}
+
+#[tokio::test]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn the_guest_serves_stats_of_its_cpus_memory_nic_and_a_stream() {
+    let (smp, mib) = (2, 512);
+    let vm = boot(VmOptions::default().smp(smp).memory_mib(mib).nic());
+    let mut agent = client(&vm).await;
+    stats::the_guest_reports_sane_stats_over_vsock(&mut agent, smp, mib).await;
 }

@@ -16,6 +16,8 @@
 //! half-close on (`docker run` without `-i` half-closes at once), which is
 //! why `scripts/vm.sh deps` builds vhost-device-vsock with a patch.
 
+#[path = "vm_runtime/stats.rs"]
+mod stats;
 #[path = "support/vm.rs"]
 mod vm;
 
@@ -336,6 +338,11 @@ async fn ensure_runtime_formats_a_blank_disk_and_the_docker_cli_runs_containers_
     docker.docker_ok(&["run", "-d", "--network", "host", IMAGE, "sh", "-c", serve_api], None).await;
     let answer = http_get_through_vsock(&vm, KUBERNETES_PORT, "/version").await;
     assert!(answer.starts_with("HTTP/1.") && answer.ends_with("\r\n\r\napi-stand-in\n"), "{answer:?}");
+    stats::running_containers_have_cgroup_counters_and_names(
+        &mut agent,
+        &docker.docker_ok(&["ps", "-q", "--no-trunc"], None).await,
+    )
+    .await;
 
     container_names_resolve_through_the_guest_dns(&docker, &mut agent).await;
 

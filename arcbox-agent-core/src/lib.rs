@@ -31,6 +31,7 @@
 //! - [`modules`]: kernel modules in modules.dep order.
 //! - [`reaper`]: the one owner of child exits.
 //! - [`shutdown`]: the ordered shutdown and the power controls that run it.
+//! - [`stats`]: samples of the guest's and its containers' counters (the Stats requests).
 //! - [`sys`]: OS traits; `sys::linux` implements them on Linux.
 //! - `fake` (feature `fake`): in-memory implementations for the simulator and tests.
 //! - [`protocol`], [`wire`]: re-exported from `arcbox-agent-wire` for handler authors.
@@ -54,6 +55,7 @@ pub mod reaper;
 pub mod rpc;
 pub mod runtime;
 pub mod shutdown;
+pub mod stats;
 pub mod storage;
 pub mod sys;
 pub mod transport;

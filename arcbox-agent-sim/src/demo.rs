@@ -68,6 +68,8 @@ pub async fn run(scenario: Scenario, out: &mut (dyn Write + Send)) -> Result<(),
     let power = sim.power();
     // A running container, as the Docker event sync would register it.
     sim.dns().registry().set_owner("4f2c9e", vec!["web".to_owned()], vec![DEMO_CONTAINER_IP]);
+    // Its cgroup's counters, using a quarter of a CPU (the Stats requests).
+    sim.fake.counters.start_container("web", 0.25);
     let stop = CancellationToken::new();
     let server = tokio::spawn(sim.serve(listener, stop.clone()));
     let result = walk(scenario, &Address::Unix(socket), out).await;
@@ -201,6 +203,7 @@ async fn walk(scenario: Scenario, address: &Address, out: &mut (dyn Write + Send
     dns(&mut client, out).await?;
     files(&mut client, out).await?;
     exec(&mut client, out).await?;
+    stats(&mut client, out).await?;
 
     say!(out, "\n-- shutdown");
     let answer = client.shutdown(5).await.map_err(|e| DemoError::Call("shutdown", e))?;
@@ -336,6 +339,58 @@ async fn exec(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result<
     let started = client.exec_start(sleep).await.map_err(call("exec start"))?;
     let status = client.exec_wait(&started.exec_id, Duration::ZERO).await.map_err(call("exec wait"))?;
     say!(out, "sleep 60 with a 100 ms timeout: timed_out {}, signal {}", status.timed_out, status.signal);
+    Ok(())
+}
+
+/// One Stats sample: raw counters a host turns into rates (two samples)
+/// or Prometheus text (`client::stats::prometheus_text`).
+async fn stats(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+    say!(out, "\n-- stats: one sample of the guest's counters");
+    let s = client.stats(false).await.map_err(|e| DemoError::Call("stats", e))?;
+    if let (Some(cpu), Some(memory)) = (&s.cpu, &s.memory) {
+        let total = cpu.total.unwrap_or_default();
+        say!(
+            out,
+            "{} CPUs, load {:.2}; since boot user {:.1} s, idle {:.1} s; memory {} of {} MiB available",
+            cpu.count,
+            cpu.load1,
+            total.user_usec as f64 / 1e6,
+            total.idle_usec as f64 / 1e6,
+            memory.available_bytes >> 20,
+            memory.total_bytes >> 20
+        );
+    }
+    for n in &s.networks {
+        say!(out, "  net {:<6} rx {} B, tx {} B", n.interface, n.rx_bytes, n.tx_bytes);
+    }
+    for f in &s.filesystems {
+        say!(
+            out,
+            "  fs  {} ({} {}): {} of {} MiB free",
+            f.mount_point,
+            f.device,
+            f.fs_type,
+            f.free_bytes >> 20,
+            f.total_bytes >> 20
+        );
+    }
+    for c in &s.containers {
+        say!(
+            out,
+            "  container {} ({}…): cpu {:.3} s, memory {} MiB, {} pids",
+            c.name,
+            c.id.get(..12).unwrap_or(&c.id),
+            c.cpu_usage_usec as f64 / 1e6,
+            c.memory_bytes >> 20,
+            c.pids
+        );
+    }
+    let exposition = arcbox_agent_wire::client::stats::prometheus_text(&s);
+    say!(
+        out,
+        "as Prometheus text: {} lines (arcbox-agentctl stats --prometheus)",
+        exposition.lines().count()
+    );
     Ok(())
 }
 

@@ -15,10 +15,12 @@
 //! - this module: arguments, one function per command, exit codes.
 //! - `exec`: `exec`, a command in the guest like `docker exec` (terminal, signals, exit code).
 //! - `fs`: the `fs` subcommands (the guest's files, confined to a root).
+//! - `stats`: the `stats` command (one sample, or rates with `--watch`; Prometheus text).
 //! - `text`: the human rendering of each answer.
 
 mod exec;
 mod fs;
+mod stats;
 mod text;
 
 use std::io::Write as _;
@@ -139,6 +141,8 @@ enum Command {
         #[arg(long, default_value_t = DOCKER_API_VSOCK_PORT)]
         port: u32,
     },
+    /// The guest's CPU, memory, pressure, disk, network and container counters.
+    Stats(stats::StatsArgs),
     /// Power the guest off in order.
     Shutdown {
         /// Seconds of grace for processes to exit (0: the agent's default).
@@ -292,6 +296,7 @@ async fn run(args: &Args, connect: &str) -> Result<Exit, ClientError> {
             Ok(Exit::Success)
         }
         Command::Fs { root, action } => fs::run(client, &out, root, action).await,
+        Command::Stats(stats_args) => stats::run(client, &out, stats_args).await,
         Command::Shutdown { timeout } => {
             let answer = client.shutdown(*timeout).await?;
             out.emit(&answer, || {

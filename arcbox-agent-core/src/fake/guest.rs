@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    DhcpServerScript, Endpoint, FakeApis, FakeClock, FakeConfinedFs, FakeDhcpServer, FakeDisk, FakeEndpoints,
-    FakeExecSpawner, FakeFiles, FakeLimits, FakeModules, FakeMount, FakeNetwork, FakePowerSwitch,
-    FakeProcesses, FakeProgram, FakeSocketProbe, FakeSystemInfo,
+    DhcpServerScript, Endpoint, FakeApis, FakeClock, FakeConfinedFs, FakeCounters, FakeDhcpServer, FakeDisk,
+    FakeEndpoints, FakeExecSpawner, FakeFiles, FakeLimits, FakeModules, FakeMount, FakeNetwork,
+    FakePowerSwitch, FakeProcesses, FakeProgram, FakeSocketProbe, FakeSystemInfo,
 };
 use crate::guest::GuestOs;
 use crate::init::InitOps;
@@ -75,6 +75,8 @@ pub struct FakeGuest {
     pub confined: Arc<FakeConfinedFs>,
     /// Exec's built-in programs.
     pub exec: Arc<FakeExecSpawner>,
+    /// CPU, memory, disk, network and container counters (no containers to begin with).
+    pub counters: Arc<FakeCounters>,
 }
 
 impl Default for FakeGuest {
@@ -109,6 +111,7 @@ impl FakeGuest {
             system: Arc::new(FakeSystemInfo::default()),
             confined: Arc::new(FakeConfinedFs::new(ConfinedLimits::default())),
             exec: Arc::new(FakeExecSpawner::new()),
+            counters: Arc::new(FakeCounters::default()),
         }
     }
 
@@ -146,6 +149,7 @@ impl GuestOs for FakeGuest {
     type System = FakeSystemInfo;
     type Confined = FakeConfinedFs;
     type Exec = FakeExecSpawner;
+    type Counters = FakeCounters;
 
     fn runtime_ops(&self) -> FakeRuntimeOps {
         RuntimeOps::new(
@@ -178,6 +182,10 @@ impl GuestOs for FakeGuest {
 
     fn exec(&self) -> Arc<FakeExecSpawner> {
         Arc::clone(&self.exec)
+    }
+
+    fn counters(&self) -> Arc<FakeCounters> {
+        Arc::clone(&self.counters)
     }
 
     fn init_ops(&self) -> InitOps {

@@ -16,6 +16,7 @@
 //! - `files.rs`, `mount.rs`, `disk.rs`, `clock.rs`, `power.rs`,
 //!   `system.rs`, `system_info.rs`: one fake per OS trait.
 //! - [`FakeNetwork`], [`FakeDhcpServer`] (`network.rs`): links, addresses, routes and a DHCP server on them.
+//! - [`FakeCounters`] (`stats.rs`): CPU, memory, disk, network and container counters that move with time.
 
 mod clock;
 mod confined;
@@ -28,6 +29,7 @@ mod mount;
 mod network;
 mod power;
 mod process;
+mod stats;
 mod system;
 mod system_info;
 
@@ -42,5 +44,6 @@ pub use mount::FakeMount;
 pub use network::{DhcpServerScript, FakeDhcpServer, FakeNetwork};
 pub use power::FakePower;
 pub use process::{FakeProcesses, FakeProgram};
+pub use stats::FakeCounters;
 pub use system::{FakeLimits, FakeModules, FakePowerSwitch};
 pub use system_info::FakeSystemInfo;

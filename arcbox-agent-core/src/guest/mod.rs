@@ -39,7 +39,9 @@ use crate::config::AgentConfig;
 use crate::exec::ExecService;
 use crate::init::{InitOps, InitRunner, Phase, Step, StepReport, standard_plan};
 use crate::rpc::ServerConfig;
-use crate::rpc::handlers::{register_dns, register_exec, register_files, register_kubernetes};
+use crate::rpc::handlers::{
+    register_dns, register_exec, register_files, register_kubernetes, register_stats,
+};
 use crate::runtime::api::ApiCheck;
 use crate::runtime::{
     DataDiskStep, DockerEngine, K3s, K3sLayout, Lifecycle, ReadinessEvents, RuntimeLayout, RuntimeOps,
@@ -47,10 +49,12 @@ use crate::runtime::{
 use crate::shutdown::{
     GuestPower, OrderedPower, ShutdownOps, ShutdownPolicy, ShutdownSequence, standard_daemons,
 };
+use crate::stats::StatsCollector;
 use crate::storage::{DataDisk, DataDiskConfig, data_device};
 use crate::sys::exec::ExecSpawner;
 use crate::sys::{
-    Clock, ConfinedFs, DiskOps, FileOps, MountOps, ProcessSpawner, SocketProbe, SystemInfoSource,
+    Clock, ConfinedFs, DiskOps, FileOps, MountOps, ProcessSpawner, SocketProbe, SystemCounters,
+    SystemInfoSource,
 };
 use crate::transport::Transport;
 
@@ -76,6 +80,8 @@ pub trait GuestOs: Send + Sync + 'static {
     type Confined: ConfinedFs;
     /// Processes started for the host (the exec requests).
     type Exec: ExecSpawner;
+    /// CPU, memory, disk, network and container counters (the Stats requests).
+    type Counters: SystemCounters;
 
     /// The runtimes' capabilities.
     fn runtime_ops(&self) -> RuntimeOps<Self::Spawner, Self::Probe, Self::Files, Self::Apis>;
@@ -91,6 +97,8 @@ pub trait GuestOs: Send + Sync + 'static {
     fn confined(&self) -> Arc<Self::Confined>;
     /// The exec requests' process starter.
     fn exec(&self) -> Arc<Self::Exec>;
+    /// The guest's counters.
+    fn counters(&self) -> Arc<Self::Counters>;
     /// The init plan's capabilities.
     fn init_ops(&self) -> InitOps;
     /// The ordered shutdown's capabilities.
@@ -180,8 +188,9 @@ impl<O: GuestOs> Guest<O> {
         let power = Arc::new(power(os, config, &settings, stop.clone()));
         let ops = os.runtime_ops();
         let data_disk = (!config.runtime.data_disk_disabled).then(|| data_disk(os, config, &ops));
+        let layout = RuntimeLayout::from_config(config);
         let engine = Arc::new(
-            DockerEngine::new(ops, RuntimeLayout::from_config(config), events.clone(), data_disk)
+            DockerEngine::new(ops, layout.clone(), events.clone(), data_disk)
                 .with_start_gate(init_done.clone())
                 .with_supervision_until(power.stopping()),
         );
@@ -198,6 +207,10 @@ impl<O: GuestOs> Guest<O> {
         register_dns(agent.router_mut(), Arc::clone(&dns));
         register_files(agent.router_mut(), os.confined());
         register_exec(agent.router_mut(), ExecService::new(os.exec()));
+        // Containers' names come from dockerd's API, asked only for ids it has not named yet.
+        let names = Arc::new(crate::runtime::docker_api::DockerClient::new(layout.sockets.docker.clone()));
+        let stats = Arc::new(StatsCollector::new(os.counters(), Some(names)));
+        register_stats(agent.router_mut(), stats, os.clock(), stop.clone());
         Self {
             agent,
             docker,

@@ -11,6 +11,7 @@
 //! - [`DiskOps`] (`disk.rs`): block-device heads and Btrfs ioctls.
 //! - [`NetworkOps`] (`network.rs`): links, IPv4 addresses and routes (netlink), DHCP sockets.
 //! - [`log_file`]: size-rotated append files (daemon output, the agent's log).
+//! - [`SystemCounters`] (`stats.rs`): CPU, memory, PSI, disk, network and container cgroup counters.
 //! - [`linux`] (Linux only): the real implementations.
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ pub mod exec;
 pub mod linux;
 pub mod log_file;
 mod network;
+mod stats;
 
 pub use confined::{
     ConfinedError, ConfinedFs, ConfinedLimits, DirEntry, FileKind, FileStat, Listing, NAMES_NO_FILE,
@@ -35,6 +37,10 @@ pub use confined::{
 };
 pub use disk::DiskOps;
 pub use network::{DhcpSocket, Ipv4Cidr, LinkInfo, LinkOutcome, NetworkOps, Route};
+pub use stats::{
+    ContainerCounters, CpuCounters, CpuTimes, DiskCounters, FilesystemUsage, MemoryCounters, NetCounters,
+    Pressure, PressureLine, PressureSet, SystemCounters,
+};
 
 /// Errors from an OS operation, with the operation and path that failed.
 #[derive(Debug, thiserror::Error)]

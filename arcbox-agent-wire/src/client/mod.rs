@@ -9,6 +9,7 @@
 mod error;
 mod exec;
 mod session;
+pub mod stats;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,7 +32,8 @@ use crate::protocol::proto::agent::{
     KubernetesKubeconfigResponse, KubernetesStartRequest, KubernetesStartResponse, KubernetesStatusRequest,
     KubernetesStatusResponse, KubernetesStopRequest, KubernetesStopResponse, MmapReadFileRequest,
     MmapReadFileResponse, ReadinessEvent, RuntimeEnsureRequest, RuntimeEnsureResponse, RuntimeStatusRequest,
-    RuntimeStatusResponse, ShutdownRequest, ShutdownResponse, SystemInfo, WatchReadinessRequest,
+    RuntimeStatusResponse, ShutdownRequest, ShutdownResponse, StatsRequest, StatsSample, SystemInfo,
+    WatchReadinessRequest, WatchStatsRequest,
 };
 use crate::protocol::proto::agent::{
     ExecAttachRequest, ExecListRequest, ExecListResponse, ExecResizeRequest, ExecResizeResponse,
@@ -333,6 +335,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
     /// The kubeconfig k3s wrote (404 before k3s has started).
     pub async fn kubernetes_kubeconfig(&mut self) -> Result<KubernetesKubeconfigResponse, ClientError> {
         self.call(MessageType::KubernetesKubeconfigRequest, &KubernetesKubeconfigRequest {}).await
+    }
+
+    /// One sample of the guest's counters (extension): CPU, memory, PSI,
+    /// disks, filesystems, network and containers. Rates come from two
+    /// samples ([`stats::Rates::between`]).
+    pub async fn stats(&mut self, per_cpu: bool) -> Result<StatsSample, ClientError> {
+        self.call(MessageType::StatsRequest, &StatsRequest { per_cpu }).await
+    }
+
+    /// Streams samples every `request.interval_ms` (extension), calling
+    /// `on_sample` for each until it returns `false` or `request.count`
+    /// samples arrived. Each sample must arrive within the interval plus
+    /// the call deadline.
+    pub async fn watch_stats(
+        &mut self,
+        request: WatchStatsRequest,
+        mut on_sample: impl FnMut(StatsSample) -> bool + Send,
+    ) -> Result<(), ClientError> {
+        let interval = Duration::from_millis(u64::from(request.interval_ms).max(1000));
+        let idle = interval + self.options.call_timeout;
+        let expected = MessageType::StatsSample.code();
+        let (limit, mut seen, mut left_early) = (request.count, 0u32, false);
+        self.call_streaming(MessageType::WatchStatsRequest, &request, idle, |frame| {
+            expect_type(&frame, expected)?;
+            let sample =
+                <StatsSample as prost::Message>::decode(frame.payload).map_err(ClientError::Decode)?;
+            seen += 1;
+            left_early = !on_sample(sample);
+            Ok(!left_early && (limit == 0 || seen < limit))
+        })
+        .await?;
+        if left_early && (limit == 0 || seen < limit) {
+            // The agent is still streaming: its next samples would pair
+            // with our next request. Leaving is closing the connection.
+            self.conn = None;
+        }
+        Ok(())
     }
 
     /// A typed unary call with the client's deadline.

@@ -127,6 +127,10 @@ message_types! {
     ExecRunRequest = 0x0116,
     /// Extension: `ExecInput`, host to agent inside an exec session (not a request).
     ExecInput = 0x0117,
+    /// Extension: `StatsRequest` (one sample of the guest's counters).
+    StatsRequest = 0x0130,
+    /// Extension: `WatchStatsRequest`; answered by a stream of `StatsSample`.
+    WatchStatsRequest = 0x0131,
     /// `AgentPingResponse`.
     PingResponse = 0x1001,
     /// `SystemInfo`.
@@ -217,6 +221,10 @@ message_types! {
     ExecExit = 0x1119,
     /// Extension: `ExecInputAck`, stdin credit inside an exec session.
     ExecInputAck = 0x111A,
+    /// Extension: `StatsSample` answering a `StatsRequest`.
+    StatsResponse = 0x1130,
+    /// Extension: `StatsSample`, one stream item of a `WatchStatsRequest`.
+    StatsSample = 0x1131,
     /// Error frame with the binary payload of [`crate::protocol::ErrorPayload`].
     Error = 0xFFFF,
 }

@@ -11,14 +11,16 @@ use crate::runtime::api::SocketApis;
 use crate::shutdown::ShutdownOps;
 use crate::sys::ConfinedLimits;
 use crate::sys::linux::{
-    LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxDisk, LinuxExecSpawner, LinuxFiles, LinuxMount,
-    LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
+    LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxCounters, LinuxDisk, LinuxExecSpawner, LinuxFiles,
+    LinuxMount, LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
 };
 
 /// The real system.
 pub struct LinuxGuestOs {
     spawner: Arc<LinuxSpawner>,
     exec: Arc<LinuxExecSpawner>,
+    /// One instance: it remembers where cgroup2 is mounted once found.
+    counters: Arc<LinuxCounters>,
 }
 
 impl LinuxGuestOs {
@@ -27,6 +29,7 @@ impl LinuxGuestOs {
         Self {
             spawner: Arc::new(LinuxSpawner::new(Arc::clone(&reaper) as _)),
             exec: Arc::new(LinuxExecSpawner::new(reaper)),
+            counters: Arc::new(LinuxCounters::new()),
         }
     }
 }
@@ -42,6 +45,7 @@ impl GuestOs for LinuxGuestOs {
     type System = LinuxSystemInfo;
     type Confined = LinuxConfinedFs;
     type Exec = LinuxExecSpawner;
+    type Counters = LinuxCounters;
 
     fn runtime_ops(&self) -> RuntimeOps<LinuxSpawner, LinuxSocketProbe, LinuxFiles, SocketApis> {
         RuntimeOps::new(
@@ -74,6 +78,10 @@ impl GuestOs for LinuxGuestOs {
 
     fn exec(&self) -> Arc<LinuxExecSpawner> {
         Arc::clone(&self.exec)
+    }
+
+    fn counters(&self) -> Arc<LinuxCounters> {
+        Arc::clone(&self.counters)
     }
 
     fn init_ops(&self) -> InitOps {

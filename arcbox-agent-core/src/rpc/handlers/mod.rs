@@ -10,6 +10,7 @@ mod ping;
 mod readiness;
 mod runtime;
 mod shutdown;
+mod stats;
 mod system_info;
 
 pub use boot_report::BootReportHandler;
@@ -22,6 +23,10 @@ pub use ping::{DEFAULT_CLOCK_STEP_THRESHOLD, PingHandler, WHOLE_SECONDS_PRECISIO
 pub use readiness::{WatchReadinessHandler, event_message, kind_name};
 pub use runtime::{DEFAULT_ENSURE_WAIT, EnsureRuntimeHandler, RuntimeStatusHandler};
 pub use shutdown::{DEFAULT_SHUTDOWN_GRACE, ShutdownHandler};
+pub use stats::{
+    DEFAULT_STATS_INTERVAL, MAX_STATS_INTERVAL, MIN_STATS_INTERVAL, register_stats, sample_message,
+    stats_interval,
+};
 pub use system_info::SystemInfoHandler;
 
 use std::sync::{Arc, OnceLock};

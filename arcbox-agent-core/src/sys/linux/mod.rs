@@ -13,6 +13,7 @@ mod network;
 mod power;
 mod probe;
 mod process;
+mod stats;
 mod system_info;
 mod watch;
 
@@ -28,4 +29,5 @@ pub use network::LinuxNetwork;
 pub use power::LinuxPowerSwitch;
 pub use probe::LinuxSocketProbe;
 pub use process::{LinuxChildReaping, LinuxProcessTable, LinuxSpawner, parse_stat};
+pub use stats::{CONTAINER_CGROUP_PARENTS, LinuxCounters, read_container};
 pub use system_info::LinuxSystemInfo;
