@@ -24,6 +24,8 @@
 //! - [`proxy`]: byte proxies with half-close (Docker and Kubernetes APIs), splice on Linux.
 //! - [`net`]: the primary NIC's address from in-process DHCP (or static), kept and released.
 //! - [`dns`]: the container-name DNS server (local zone `arcbox.local`, forwarding with a cache).
+//! - [`quiesce`]: freezing the filesystems for a snapshot, with a token and a watchdog thaw.
+//! - [`timesync`]: the guest clock from the host's time or ptp_kvm, stepped or slewed.
 //! - [`boot`]: the boot report.
 //! - [`config`]: every default, the TOML file and the kernel command-line keys.
 //! - [`init`]: the init plan (named, idempotent steps) and its runner.
@@ -48,12 +50,14 @@ pub mod init;
 pub mod modules;
 pub mod net;
 pub mod proxy;
+pub mod quiesce;
 pub mod reaper;
 pub mod rpc;
 pub mod runtime;
 pub mod shutdown;
 pub mod storage;
 pub mod sys;
+pub mod timesync;
 pub mod transport;
 
 #[cfg(any(test, feature = "fake"))]

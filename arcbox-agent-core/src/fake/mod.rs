@@ -12,6 +12,7 @@
 //! - [`FakeEndpoints`], [`FakeSocketProbe`], [`FakeApis`] (`endpoints.rs`): listening sockets.
 //! - [`FakeConfinedFs`] (`confined.rs`): files under a root in an in-memory tree, resolved as
 //!   `RESOLVE_IN_ROOT` does.
+//! - [`FakeFreezer`] (`freezer.rs`): FIFREEZE/FITHAW over an in-memory mount table.
 //! - `files.rs`, `mount.rs`, `disk.rs`, `clock.rs`, `power.rs`,
 //!   `system.rs`, `system_info.rs`: one fake per OS trait.
 //! - [`FakeNetwork`], [`FakeDhcpServer`] (`network.rs`): links, addresses, routes and a DHCP server on them.
@@ -21,6 +22,7 @@ mod confined;
 mod disk;
 mod endpoints;
 mod files;
+mod freezer;
 mod guest;
 mod mount;
 mod network;
@@ -34,6 +36,7 @@ pub use confined::FakeConfinedFs;
 pub use disk::FakeDisk;
 pub use endpoints::{Endpoint, FAKE_CONTAINERD_VERSION, FakeApis, FakeEndpoints, FakeSocketProbe};
 pub use files::FakeFiles;
+pub use freezer::{FakeFreezer, fake_mount};
 pub use guest::{DaemonTimings, FakeGuest, FakeRuntimeOps};
 pub use mount::FakeMount;
 pub use network::{DhcpServerScript, FakeDhcpServer, FakeNetwork};
