@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::{
     DhcpServerScript, Endpoint, FakeApis, FakeClock, FakeConfinedFs, FakeDhcpServer, FakeDisk, FakeEndpoints,
-    FakeFiles, FakeLimits, FakeModules, FakeMount, FakeNetwork, FakePowerSwitch, FakeProcesses, FakeProgram,
-    FakeSocketProbe, FakeSystemInfo,
+    FakeFiles, FakeFreezer, FakeLimits, FakeModules, FakeMount, FakeNetwork, FakePowerSwitch, FakeProcesses,
+    FakeProgram, FakeSocketProbe, FakeSystemInfo,
 };
 use crate::guest::GuestOs;
 use crate::init::InitOps;
@@ -73,6 +73,8 @@ pub struct FakeGuest {
     pub system: Arc<FakeSystemInfo>,
     /// The files the file requests see (an empty tree to begin with).
     pub confined: Arc<FakeConfinedFs>,
+    /// The filesystem freezer, over the guest's mount table ([`FakeFreezer::guest`]).
+    pub freezer: Arc<FakeFreezer>,
 }
 
 impl Default for FakeGuest {
@@ -106,6 +108,7 @@ impl FakeGuest {
             clock: Arc::new(FakeClock::following_host()),
             system: Arc::new(FakeSystemInfo::default()),
             confined: Arc::new(FakeConfinedFs::new(ConfinedLimits::default())),
+            freezer: Arc::new(FakeFreezer::guest()),
         }
     }
 
@@ -142,6 +145,7 @@ impl GuestOs for FakeGuest {
     type Clock = FakeClock;
     type System = FakeSystemInfo;
     type Confined = FakeConfinedFs;
+    type Freezer = FakeFreezer;
 
     fn runtime_ops(&self) -> FakeRuntimeOps {
         RuntimeOps::new(
@@ -170,6 +174,10 @@ impl GuestOs for FakeGuest {
 
     fn confined(&self) -> Arc<FakeConfinedFs> {
         Arc::clone(&self.confined)
+    }
+
+    fn freezer(&self) -> Arc<FakeFreezer> {
+        Arc::clone(&self.freezer)
     }
 
     fn init_ops(&self) -> InitOps {

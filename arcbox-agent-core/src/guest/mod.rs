@@ -37,8 +37,11 @@ use crate::agent::AgentParts;
 use crate::boot::BootRecorder;
 use crate::config::AgentConfig;
 use crate::init::{InitOps, InitRunner, Phase, Step, StepReport, standard_plan};
+use crate::quiesce::{FreezeGate, Quiescer, RuntimeDaemons};
 use crate::rpc::ServerConfig;
-use crate::rpc::handlers::{register_dns, register_files, register_kubernetes};
+use crate::rpc::handlers::{
+    register_dns, register_files_guarded, register_kubernetes_guarded, register_quiesce,
+};
 use crate::runtime::api::ApiCheck;
 use crate::runtime::{
     DataDiskStep, DockerEngine, K3s, K3sLayout, Lifecycle, ReadinessEvents, RuntimeLayout, RuntimeOps,
@@ -48,7 +51,7 @@ use crate::shutdown::{
 };
 use crate::storage::{DataDisk, DataDiskConfig, data_device};
 use crate::sys::{
-    Clock, ConfinedFs, DiskOps, FileOps, MountOps, ProcessSpawner, SocketProbe, SystemInfoSource,
+    Clock, ConfinedFs, DiskOps, FileOps, FsFreezer, MountOps, ProcessSpawner, SocketProbe, SystemInfoSource,
 };
 use crate::transport::Transport;
 
@@ -72,6 +75,8 @@ pub trait GuestOs: Send + Sync + 'static {
     type System: SystemInfoSource;
     /// File operations confined to a root (the file requests).
     type Confined: ConfinedFs;
+    /// FIFREEZE/FITHAW (the freeze requests).
+    type Freezer: FsFreezer;
 
     /// The runtimes' capabilities.
     fn runtime_ops(&self) -> RuntimeOps<Self::Spawner, Self::Probe, Self::Files, Self::Apis>;
@@ -85,6 +90,8 @@ pub trait GuestOs: Send + Sync + 'static {
     fn system(&self) -> Arc<Self::System>;
     /// Confined file operations.
     fn confined(&self) -> Arc<Self::Confined>;
+    /// The filesystem freezer.
+    fn freezer(&self) -> Arc<Self::Freezer>;
     /// The init plan's capabilities.
     fn init_ops(&self) -> InitOps;
     /// The ordered shutdown's capabilities.
@@ -185,12 +192,17 @@ impl<O: GuestOs> Guest<O> {
             AgentParts::new(os.clock(), os.system(), Arc::clone(&engine), Arc::clone(&power), boot.clone());
         parts.events = events.clone();
         parts.network = network.watch();
+        let frozen = FreezeGate::default();
+        parts.freeze_gate = frozen.clone();
         let (mut agent, docker) = Agent::new(parts, &settings.boot_id);
         let kubernetes = Lifecycle::new(Arc::new(K3s::new(engine, K3sLayout::default())), events.clone());
-        register_kubernetes(agent.router_mut(), Arc::clone(&kubernetes));
+        register_kubernetes_guarded(agent.router_mut(), Arc::clone(&kubernetes), &frozen);
         let dns = GuestDns::from_config(config);
         register_dns(agent.router_mut(), Arc::clone(&dns));
-        register_files(agent.router_mut(), os.confined());
+        register_files_guarded(agent.router_mut(), os.confined(), &frozen);
+        let quiescer = Quiescer::new(os.freezer(), os.shutdown_ops().processes, frozen);
+        let runtimes: Vec<Arc<dyn RuntimeDaemons>> = vec![docker.clone(), kubernetes.clone()];
+        register_quiesce(agent.router_mut(), quiescer, runtimes);
         Self {
             agent,
             docker,

@@ -7,6 +7,8 @@
 //! and the next call reconnects when the client was made by [`AgentClient::connect`].
 
 mod error;
+mod quiesce;
+mod time;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +18,8 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use error::ClientError;
+pub use quiesce::FREEZE_CALL_TIMEOUT;
+pub use time::ClockPush;
 
 use crate::codec::{EncodeError, FrameReader, FrameWriter, ReadError};
 use crate::protocol::proto::agent::{

@@ -111,6 +111,14 @@ message_types! {
     FileMkdirRequest = 0x0108,
     /// Extension: `FileRemoveRequest`.
     FileRemoveRequest = 0x0109,
+    /// Extension: `FsFreezeRequest` (FIFREEZE every writable disk filesystem; answers a thaw token).
+    FsFreezeRequest = 0x0140,
+    /// Extension: `FsThawRequest` (with the freeze's token).
+    FsThawRequest = 0x0141,
+    /// Extension: `FsFreezeStatusRequest`.
+    FsFreezeStatusRequest = 0x0142,
+    /// Extension: `SyncClockRequest` (step or slew the guest clock to the host's, or ptp_kvm's).
+    SyncClockRequest = 0x0143,
     /// `AgentPingResponse`.
     PingResponse = 0x1001,
     /// `SystemInfo`.
@@ -181,6 +189,14 @@ message_types! {
     FileMkdirResponse = 0x1108,
     /// Extension: `FileRemoveResponse`.
     FileRemoveResponse = 0x1109,
+    /// Extension: `FsFreezeResponse`.
+    FsFreezeResponse = 0x1140,
+    /// Extension: `FsThawResponse`.
+    FsThawResponse = 0x1141,
+    /// Extension: `FsFreezeStatusResponse`.
+    FsFreezeStatusResponse = 0x1142,
+    /// Extension: `SyncClockResponse`.
+    SyncClockResponse = 0x1143,
     /// Error frame with the binary payload of [`crate::protocol::ErrorPayload`].
     Error = 0xFFFF,
 }
@@ -261,6 +277,14 @@ mod tests {
                     | MessageType::FileMkdirResponse
                     | MessageType::FileRemoveRequest
                     | MessageType::FileRemoveResponse
+                    | MessageType::FsFreezeRequest
+                    | MessageType::FsFreezeResponse
+                    | MessageType::FsThawRequest
+                    | MessageType::FsThawResponse
+                    | MessageType::FsFreezeStatusRequest
+                    | MessageType::FsFreezeStatusResponse
+                    | MessageType::SyncClockRequest
+                    | MessageType::SyncClockResponse
             );
             assert_eq!(MessageType::is_extension(t.code()), ours, "{t}");
         }

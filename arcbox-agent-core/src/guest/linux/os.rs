@@ -11,8 +11,8 @@ use crate::runtime::api::SocketApis;
 use crate::shutdown::ShutdownOps;
 use crate::sys::ConfinedLimits;
 use crate::sys::linux::{
-    LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxDisk, LinuxFiles, LinuxMount, LinuxPowerSwitch,
-    LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
+    LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxDisk, LinuxFiles, LinuxFreezer, LinuxMount,
+    LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
 };
 
 /// The real system.
@@ -37,6 +37,7 @@ impl GuestOs for LinuxGuestOs {
     type Clock = LinuxClock;
     type System = LinuxSystemInfo;
     type Confined = LinuxConfinedFs;
+    type Freezer = LinuxFreezer;
 
     fn runtime_ops(&self) -> RuntimeOps<LinuxSpawner, LinuxSocketProbe, LinuxFiles, SocketApis> {
         RuntimeOps::new(
@@ -65,6 +66,10 @@ impl GuestOs for LinuxGuestOs {
 
     fn confined(&self) -> Arc<LinuxConfinedFs> {
         Arc::new(LinuxConfinedFs::new(ConfinedLimits::default()))
+    }
+
+    fn freezer(&self) -> Arc<LinuxFreezer> {
+        Arc::new(LinuxFreezer)
     }
 
     fn init_ops(&self) -> InitOps {
