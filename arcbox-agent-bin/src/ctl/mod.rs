@@ -13,9 +13,11 @@
 //! # Layout
 //! - this module: arguments, one function per command, exit codes.
 //! - `fs`: the `fs` subcommands (the guest's files, confined to a root).
+//! - `quiesce`: `freeze`, `thaw`, `freeze-status` and `time sync`.
 //! - `text`: the human rendering of each answer.
 
 mod fs;
+mod quiesce;
 mod text;
 
 use std::io::Write as _;
@@ -133,6 +135,31 @@ enum Command {
         /// a unix: --connect address is used as it is).
         #[arg(long, default_value_t = DOCKER_API_VSOCK_PORT)]
         port: u32,
+    },
+    /// Freeze the guest's writable disk filesystems for a snapshot; prints the thaw token first.
+    Freeze {
+        /// Seconds before the guest thaws by itself (0: 10, at most 600).
+        #[arg(long, default_value_t = 0)]
+        timeout: u32,
+        /// Pause dockerd, k3s and containerd around the freeze.
+        #[arg(long)]
+        pause_runtime: bool,
+    },
+    /// Thaw a freeze with the token `freeze` printed.
+    Thaw {
+        /// The freeze's token (omit with --force).
+        #[arg(required_unless_present = "force", default_value = "")]
+        token: String,
+        /// Thaw whatever the token (a lost token).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show whether the filesystems are frozen, and the last thaw.
+    FreezeStatus,
+    /// The guest clock: `sync [--woke]` steps or slews it to the host's (or ptp_kvm's).
+    Time {
+        #[command(subcommand)]
+        action: quiesce::TimeAction,
     },
     /// Power the guest off in order.
     Shutdown {
@@ -285,6 +312,12 @@ async fn run(args: &Args, connect: &str) -> Result<Exit, ClientError> {
             });
             Ok(if answer.accepted { Exit::Success } else { Exit::Failed })
         }
+        Command::Freeze { timeout, pause_runtime } => {
+            quiesce::freeze(client, &out, *timeout, *pause_runtime).await
+        }
+        Command::Thaw { token, force } => quiesce::thaw(client, &out, token, *force).await,
+        Command::FreezeStatus => quiesce::status(client, &out).await,
+        Command::Time { action } => quiesce::time(client, &out, action).await,
         Command::DockerProxy { .. } => unreachable!("handled before connecting"),
     }
 }
