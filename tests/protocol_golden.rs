@@ -1,7 +1,9 @@
 //! The golden byte blocks of docs/PROTOCOL.md are what the code encodes
 //! and decodes: the document is the contract.
 
-use arcbox_agent_core::protocol::proto::agent::{AgentPingRequest, AgentPingResponse, FileReadRequest};
+use arcbox_agent_core::protocol::proto::agent::{
+    AgentPingRequest, AgentPingResponse, FileReadRequest, FsFreezeRequest, SyncClockRequest,
+};
 use arcbox_agent_core::protocol::{ErrorPayload, MessageType, encode_parts, try_decode};
 use bytes::BytesMut;
 use prost::Message as _;
@@ -37,7 +39,17 @@ fn encode(msg_type: MessageType, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn the_document_has_the_golden_blocks() {
     let names: Vec<String> = goldens().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["ping_request", "ping_response", "error_400_bad", "file_read_request"]);
+    assert_eq!(
+        names,
+        [
+            "ping_request",
+            "ping_response",
+            "error_400_bad",
+            "file_read_request",
+            "fs_freeze_request",
+            "sync_clock_request"
+        ]
+    );
 }
 
 #[test]
@@ -88,4 +100,19 @@ fn extension_fields_are_invisible_to_a_reference_decoder() {
     };
     let theirs = ReferencePingResponse::decode(&ours.encode_to_vec()[..]).unwrap();
     assert_eq!((theirs.message.as_str(), theirs.version.as_str()), ("pong", "0.1.0"));
+}
+
+#[test]
+fn fs_freeze_request_golden_matches() {
+    let request = FsFreezeRequest { timeout_secs: 10, pause_runtime: true };
+    assert_eq!(encode(MessageType::FsFreezeRequest, &request.encode_to_vec()), golden("fs_freeze_request"));
+}
+
+#[test]
+fn sync_clock_request_golden_matches() {
+    let request =
+        SyncClockRequest { host_unix_nanos: 1_700_000_000_000_000_000, woke: true, ..Default::default() };
+    assert_eq!(encode(MessageType::SyncClockRequest, &request.encode_to_vec()), golden("sync_clock_request"));
+    let decoded = SyncClockRequest::decode(&golden("sync_clock_request")[12..]).unwrap();
+    assert_eq!(decoded, request);
 }
