@@ -585,3 +585,14 @@ async fn bench_boot_to_ready() {
         );
     }
 }
+
+#[path = "vm_e2e/time.rs"]
+mod time;
+
+#[tokio::test]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn sync_clock_steps_a_clock_3_h_behind_and_slews_20_ms() {
+    let vm = boot(VmOptions::default());
+    let mut agent = client(&vm).await;
+    time::three_hours_behind_is_stepped_and_20_ms_is_slewed(&mut agent).await;
+}
