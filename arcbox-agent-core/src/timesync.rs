@@ -127,19 +127,21 @@ pub enum SyncError {
     },
 }
 
-fn unix_nanos(t: SystemTime) -> i128 {
+/// `t` in nanoseconds since the epoch, either side of it.
+pub fn unix_nanos(t: SystemTime) -> i128 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i128,
         Err(e) => -(e.duration().as_nanos() as i128),
     }
 }
 
-fn saturate(n: i128) -> i64 {
+/// `n` clamped into an `i64`.
+pub fn saturate(n: i128) -> i64 {
     n.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 /// `time` moved by `nanos` (either sign).
-fn shifted(time: SystemTime, nanos: i64) -> SystemTime {
+pub fn shifted(time: SystemTime, nanos: i64) -> SystemTime {
     let magnitude = Duration::from_nanos(nanos.unsigned_abs());
     if nanos >= 0 { time + magnitude } else { time - magnitude }
 }

@@ -2,6 +2,7 @@
 //! [`WhileThawed`]: the decorator that refuses a request while the
 //! filesystems are frozen instead of letting it hang on them.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,22 +109,21 @@ fn millis(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
-fn frozen_fs(mount: &MountedFs) -> FrozenFilesystem {
+fn fs_entry(target: &Path, fstype: &str, source: &str, reason: &str) -> FrozenFilesystem {
     FrozenFilesystem {
-        mount_point: mount.target.display().to_string(),
-        fstype: mount.fstype.clone(),
-        source: mount.source.clone(),
-        reason: String::new(),
+        mount_point: target.display().to_string(),
+        fstype: fstype.to_owned(),
+        source: source.to_owned(),
+        reason: reason.to_owned(),
     }
 }
 
-fn skipped_fs(skip: &Skipped) -> FrozenFilesystem {
-    FrozenFilesystem {
-        mount_point: skip.target.display().to_string(),
-        fstype: skip.fstype.clone(),
-        source: String::new(),
-        reason: skip.reason.clone(),
-    }
+fn frozen_fs(m: &MountedFs) -> FrozenFilesystem {
+    fs_entry(&m.target, &m.fstype, &m.source, "")
+}
+
+fn skipped_fs(s: &Skipped) -> FrozenFilesystem {
+    fs_entry(&s.target, &s.fstype, "", &s.reason)
 }
 
 struct Freeze<F> {

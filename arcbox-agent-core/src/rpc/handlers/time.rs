@@ -8,7 +8,7 @@ use crate::protocol::ErrorCode;
 use crate::protocol::proto::agent::{SyncClockRequest, SyncClockResponse};
 use crate::rpc::{RequestContext, RpcError, UnaryHandler};
 use crate::sys::Clock;
-use crate::timesync::{SyncError, SyncInput, sync};
+use crate::timesync::{self, SyncError, SyncInput, saturate, shifted, sync};
 
 /// Serves SyncClockRequest.
 pub struct SyncClockHandler<C> {
@@ -22,16 +22,8 @@ impl<C: Clock> SyncClockHandler<C> {
     }
 }
 
-fn unix_time(nanos: i64) -> SystemTime {
-    let magnitude = Duration::from_nanos(nanos.unsigned_abs());
-    if nanos >= 0 { SystemTime::UNIX_EPOCH + magnitude } else { SystemTime::UNIX_EPOCH - magnitude }
-}
-
 fn unix_nanos(t: SystemTime) -> i64 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
-    }
+    saturate(timesync::unix_nanos(t))
 }
 
 impl<C: Clock> UnaryHandler for SyncClockHandler<C> {
@@ -44,7 +36,7 @@ impl<C: Clock> UnaryHandler for SyncClockHandler<C> {
         r: SyncClockRequest,
     ) -> Result<SyncClockResponse, RpcError> {
         let input = SyncInput {
-            host_time: (r.host_unix_nanos != 0).then(|| unix_time(r.host_unix_nanos)),
+            host_time: (r.host_unix_nanos != 0).then(|| shifted(SystemTime::UNIX_EPOCH, r.host_unix_nanos)),
             round_trip: Duration::from_nanos(r.round_trip_nanos),
             threshold: Duration::from_nanos(r.step_threshold_nanos),
             woke: r.woke,
