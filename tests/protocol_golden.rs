@@ -3,6 +3,7 @@
 
 use arcbox_agent_core::protocol::proto::agent::{
     AgentPingRequest, AgentPingResponse, ExecOutput, ExecRunRequest, ExecStartRequest, FileReadRequest,
+    FsFreezeRequest, SyncClockRequest,
 };
 use arcbox_agent_core::protocol::{ErrorPayload, MessageType, encode_parts, try_decode};
 use bytes::BytesMut;
@@ -48,7 +49,9 @@ fn the_document_has_the_golden_blocks() {
             "file_read_request",
             "exec_run_request",
             "exec_output_item",
-            "watch_stats_request"
+            "watch_stats_request",
+            "fs_freeze_request",
+            "sync_clock_request"
         ]
     );
 }
@@ -120,4 +123,19 @@ fn extension_fields_are_invisible_to_a_reference_decoder() {
     };
     let theirs = ReferencePingResponse::decode(&ours.encode_to_vec()[..]).unwrap();
     assert_eq!((theirs.message.as_str(), theirs.version.as_str()), ("pong", "0.1.0"));
+}
+
+#[test]
+fn fs_freeze_request_golden_matches() {
+    let request = FsFreezeRequest { timeout_secs: 10, pause_runtime: true };
+    assert_eq!(encode(MessageType::FsFreezeRequest, &request.encode_to_vec()), golden("fs_freeze_request"));
+}
+
+#[test]
+fn sync_clock_request_golden_matches() {
+    let request =
+        SyncClockRequest { host_unix_nanos: 1_700_000_000_000_000_000, woke: true, ..Default::default() };
+    assert_eq!(encode(MessageType::SyncClockRequest, &request.encode_to_vec()), golden("sync_clock_request"));
+    let decoded = SyncClockRequest::decode(&golden("sync_clock_request")[12..]).unwrap();
+    assert_eq!(decoded, request);
 }

@@ -14,6 +14,8 @@ mod vm;
 
 #[path = "vm_e2e/exec.rs"]
 mod exec;
+#[path = "vm_e2e/time.rs"]
+mod time;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -591,20 +593,17 @@ async fn bench_boot_to_ready() {
     }
 }
 
+/// One boot for the guest controls a host drives: stats, exec, then the
+/// clock (last, since it moves the guest's time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
-async fn exec_streams_a_terminal_stdin_and_exits_over_vsock() {
-    let vm = boot(VmOptions::default());
-    exec::exec_works_in_the_guest(&vm).await;
-    // And the agent still serves everything else.
-    assert_still_serving(&vm).await;
-}
-
-#[tokio::test]
-#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
-async fn the_guest_serves_stats_of_its_cpus_memory_nic_and_a_stream() {
+async fn stats_exec_and_clock_sync_work_over_vsock_on_one_boot() {
     let (smp, mib) = (2, 512);
     let vm = boot(VmOptions::default().smp(smp).memory_mib(mib).nic());
     let mut agent = client(&vm).await;
     stats::the_guest_reports_sane_stats_over_vsock(&mut agent, smp, mib).await;
+    exec::exec_works_in_the_guest(&vm).await;
+    time::three_hours_behind_is_stepped_and_20_ms_is_slewed(&mut agent).await;
+    // And the agent still serves everything else.
+    assert_still_serving(&vm).await;
 }

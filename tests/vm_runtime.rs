@@ -21,6 +21,9 @@ mod stats;
 #[path = "support/vm.rs"]
 mod vm;
 
+#[path = "vm_runtime/quiesce.rs"]
+mod quiesce;
+
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -330,6 +333,7 @@ async fn ensure_runtime_formats_a_blank_disk_and_the_docker_cli_runs_containers_
     let input = b"stdin through the proxy\nsecond line\n";
     let out = docker.docker_ok(&["run", "-i", "--rm", IMAGE, "cat"], Some(input)).await;
     assert_eq!(out.as_bytes(), input, "docker run -i cat echoes its stdin");
+    quiesce::freeze_and_thaw_the_data_disk_with_1_gib_written(&mut agent, &docker).await;
 
     // The Kubernetes API proxy: vsock 16443 -> TCP 127.0.0.1:6443 in the
     // guest, with a busybox httpd on the guest's loopback in k3s's place.

@@ -9,10 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::boot::BootRecorder;
 use crate::protocol::MessageType;
+use crate::quiesce::FreezeGate;
 use crate::rpc::handlers::{
     AgentIdentity, BootReportHandler, DEFAULT_CLOCK_STEP_THRESHOLD, EnsureRuntimeHandler, NetworkWatch,
-    PingHandler, RuntimeStatusHandler, ShutdownHandler, SystemInfoHandler, WatchReadinessHandler,
-    unmanaged_network,
+    PingHandler, RuntimeStatusHandler, ShutdownHandler, SyncClockHandler, SystemInfoHandler,
+    WatchReadinessHandler, WhileThawed, unmanaged_network,
 };
 use crate::rpc::{Router, Server, ServerConfig, ServerStats};
 use crate::runtime::{Backend, Lifecycle, ReadinessEvents};
@@ -37,6 +38,8 @@ pub struct AgentParts<C, S, B, P> {
     pub network: NetworkWatch,
     /// Steps of less than this are not applied to the clock.
     pub clock_step_threshold: Duration,
+    /// The freeze state: EnsureRuntime and Shutdown are refused while frozen.
+    pub freeze_gate: FreezeGate,
 }
 
 impl<C, S, B, P> AgentParts<C, S, B, P> {
@@ -51,6 +54,7 @@ impl<C, S, B, P> AgentParts<C, S, B, P> {
             events: ReadinessEvents::default(),
             network: unmanaged_network(),
             clock_step_threshold: DEFAULT_CLOCK_STEP_THRESHOLD,
+            freeze_gate: FreezeGate::default(),
         }
     }
 }
@@ -81,6 +85,7 @@ impl Agent {
         let stopping = CancellationToken::new();
         let mut router = Router::new();
         router
+            .unary(MessageType::SyncClockRequest, SyncClockHandler::new(Arc::clone(&parts.clock)))
             .unary(
                 MessageType::PingRequest,
                 PingHandler::new(Arc::clone(&parts.clock), Arc::clone(&identity), parts.clock_step_threshold),
@@ -95,9 +100,15 @@ impl Agent {
                     parts.network.clone(),
                 ),
             )
-            .unary(MessageType::EnsureRuntimeRequest, EnsureRuntimeHandler::new(Arc::clone(&runtime)))
+            .unary(
+                MessageType::EnsureRuntimeRequest,
+                WhileThawed::new(&parts.freeze_gate, EnsureRuntimeHandler::new(Arc::clone(&runtime))),
+            )
             .unary(MessageType::RuntimeStatusRequest, RuntimeStatusHandler::new(Arc::clone(&runtime)))
-            .streaming(MessageType::ShutdownRequest, ShutdownHandler::new(parts.power))
+            .streaming(
+                MessageType::ShutdownRequest,
+                WhileThawed::new(&parts.freeze_gate, ShutdownHandler::new(parts.power)),
+            )
             .unary(MessageType::BootReportRequest, BootReportHandler::new(parts.boot.clone(), parts.network))
             .streaming(
                 MessageType::WatchReadinessRequest,

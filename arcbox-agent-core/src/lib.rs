@@ -25,6 +25,8 @@
 //! - [`net`]: the primary NIC's address from in-process DHCP (or static), kept and released.
 //! - [`dns`]: the container-name DNS server (local zone `arcbox.local`, forwarding with a cache).
 //! - [`exec`]: processes started for the host: buffered output by offset, stdin, signals, timeouts.
+//! - [`quiesce`]: freezing the filesystems for a snapshot, with a token and a watchdog thaw.
+//! - [`timesync`]: the guest clock from the host's time or ptp_kvm, stepped or slewed.
 //! - [`boot`]: the boot report.
 //! - [`config`]: every default, the TOML file and the kernel command-line keys.
 //! - [`init`]: the init plan (named, idempotent steps) and its runner.
@@ -51,6 +53,7 @@ pub mod init;
 pub mod modules;
 pub mod net;
 pub mod proxy;
+pub mod quiesce;
 pub mod reaper;
 pub mod rpc;
 pub mod runtime;
@@ -58,6 +61,7 @@ pub mod shutdown;
 pub mod stats;
 pub mod storage;
 pub mod sys;
+pub mod timesync;
 pub mod transport;
 
 #[cfg(any(test, feature = "fake"))]

@@ -2,7 +2,8 @@
 //! host client through every request the agent serves: ping (with clock
 //! sync), system info, the boot report, WatchReadiness (on a second
 //! connection, its events shown as they arrive), EnsureRuntime with
-//! progress, runtime status, the five Kubernetes requests, and Shutdown,
+//! progress, runtime status, the five Kubernetes requests, a freeze and
+//! thaw (a write refused meanwhile), a clock slew and step, and Shutdown,
 //! whose ordered steps the simulated guest then lists.
 
 use std::io::Write;
@@ -204,6 +205,8 @@ async fn walk(scenario: Scenario, address: &Address, out: &mut (dyn Write + Send
     files(&mut client, out).await?;
     exec(&mut client, out).await?;
     stats(&mut client, out).await?;
+    quiesce(&mut client, out).await?;
+    clock(&mut client, out).await?;
 
     say!(out, "\n-- shutdown");
     let answer = client.shutdown(5).await.map_err(|e| DemoError::Call("shutdown", e))?;
@@ -390,6 +393,70 @@ async fn stats(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result
         out,
         "as Prometheus text: {} lines (arcbox-agentctl stats --prometheus)",
         exposition.lines().count()
+    );
+    Ok(())
+}
+
+/// A freeze for a snapshot: the runtime paused, the data disk frozen, a
+/// write refused meanwhile, then the thaw with the freeze's token.
+async fn quiesce(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+    say!(out, "\n-- freeze for a snapshot (Docker paused), a write refused meanwhile, thaw with the token");
+    let call = |what| move |e| DemoError::Call(what, e);
+    let frozen = client.fs_freeze(30, true).await.map_err(call("freeze"))?;
+    for f in &frozen.frozen {
+        say!(out, "  frozen   {} ({} on {})", f.mount_point, f.fstype, f.source);
+    }
+    for f in &frozen.skipped {
+        say!(out, "  skipped  {}: {}", f.mount_point, f.reason);
+    }
+    say!(out, "paused {}; token {}", frozen.paused.join(", "), frozen.token);
+    let write = FileWriteRequest {
+        root: "/srv".into(),
+        path: "x".into(),
+        data: b"x".to_vec(),
+        mode: 0,
+        create_parents: true,
+    };
+    match client.file_write(write).await {
+        Err(ClientError::Remote(e)) => say!(out, "file write while frozen: {} {}", e.code, e.message),
+        other => say!(out, "file write while frozen: unexpected {other:?}"),
+    }
+    let status = client.fs_freeze_status().await.map_err(call("freeze-status"))?;
+    say!(out, "status {}, automatic thaw in {} ms", status.state, status.auto_thaw_in_millis);
+    let thawed = client.fs_thaw(frozen.token, false).await.map_err(call("thaw"))?;
+    say!(
+        out,
+        "thawed {} after {} ms; resumed {}",
+        thawed.thawed.join(", "),
+        thawed.frozen_millis,
+        thawed.resumed.join(", ")
+    );
+    Ok(())
+}
+
+/// The guest clock: 40 ms off is slewed, 3 h off after a host sleep stepped.
+async fn clock(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+    say!(out, "\n-- clock: 40 ms ahead is slewed; 3 h behind after a host sleep is stepped");
+    let call = |what| move |e| DemoError::Call(what, e);
+    client.ping(Some(SystemTime::now() + Duration::from_millis(40))).await.map_err(call("ping"))?;
+    let slewed = client.sync_clock_now(Duration::ZERO, false).await.map_err(call("sync"))?;
+    say!(
+        out,
+        "offset {:.1} ms (source {}): {}, {:.1} ms left to slew over {:.1} s",
+        slewed.offset_nanos as f64 / 1e6,
+        slewed.source,
+        slewed.action,
+        slewed.slew_remaining_nanos as f64 / 1e6,
+        slewed.slew_millis as f64 / 1e3
+    );
+    client.ping(Some(SystemTime::now() - Duration::from_secs(3 * 3600))).await.map_err(call("ping"))?;
+    let stepped = client.sync_clock_now(Duration::ZERO, true).await.map_err(call("sync"))?;
+    say!(
+        out,
+        "offset {:.3} s (source {}, woke): {}",
+        stepped.offset_nanos as f64 / 1e9,
+        stepped.source,
+        stepped.action
     );
     Ok(())
 }

@@ -16,10 +16,12 @@
 //! - `exec`: `exec`, a command in the guest like `docker exec` (terminal, signals, exit code).
 //! - `fs`: the `fs` subcommands (the guest's files, confined to a root).
 //! - `stats`: the `stats` command (one sample, or rates with `--watch`; Prometheus text).
+//! - `quiesce`: `freeze`, `thaw`, `freeze-status` and `time sync`.
 //! - `text`: the human rendering of each answer.
 
 mod exec;
 mod fs;
+mod quiesce;
 mod stats;
 mod text;
 
@@ -143,6 +145,31 @@ enum Command {
     },
     /// The guest's CPU, memory, pressure, disk, network and container counters.
     Stats(stats::StatsArgs),
+    /// Freeze the guest's writable disk filesystems for a snapshot; prints the thaw token first.
+    Freeze {
+        /// Seconds before the guest thaws by itself (0: 10, at most 600).
+        #[arg(long, default_value_t = 0)]
+        timeout: u32,
+        /// Pause dockerd, k3s and containerd around the freeze.
+        #[arg(long)]
+        pause_runtime: bool,
+    },
+    /// Thaw a freeze with the token `freeze` printed.
+    Thaw {
+        /// The freeze's token (omit with --force).
+        #[arg(required_unless_present = "force", default_value = "")]
+        token: String,
+        /// Thaw whatever the token (a lost token).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show whether the filesystems are frozen, and the last thaw.
+    FreezeStatus,
+    /// The guest clock: `sync [--woke]` steps or slews it to the host's (or ptp_kvm's).
+    Time {
+        #[command(subcommand)]
+        action: quiesce::TimeAction,
+    },
     /// Power the guest off in order.
     Shutdown {
         /// Seconds of grace for processes to exit (0: the agent's default).
@@ -304,6 +331,12 @@ async fn run(args: &Args, connect: &str) -> Result<Exit, ClientError> {
             });
             Ok(if answer.accepted { Exit::Success } else { Exit::Failed })
         }
+        Command::Freeze { timeout, pause_runtime } => {
+            quiesce::freeze(client, &out, *timeout, *pause_runtime).await
+        }
+        Command::Thaw { token, force } => quiesce::thaw(client, &out, token, *force).await,
+        Command::FreezeStatus => quiesce::status(client, &out).await,
+        Command::Time { action } => quiesce::time(client, &out, action).await,
         Command::DockerProxy { .. } | Command::Exec(_) => unreachable!("handled before connecting"),
     }
 }

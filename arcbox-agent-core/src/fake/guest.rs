@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{
     DhcpServerScript, Endpoint, FakeApis, FakeClock, FakeConfinedFs, FakeCounters, FakeDhcpServer, FakeDisk,
-    FakeEndpoints, FakeExecSpawner, FakeFiles, FakeLimits, FakeModules, FakeMount, FakeNetwork,
+    FakeEndpoints, FakeExecSpawner, FakeFiles, FakeFreezer, FakeLimits, FakeModules, FakeMount, FakeNetwork,
     FakePowerSwitch, FakeProcesses, FakeProgram, FakeSocketProbe, FakeSystemInfo,
 };
 use crate::guest::GuestOs;
@@ -77,6 +77,8 @@ pub struct FakeGuest {
     pub exec: Arc<FakeExecSpawner>,
     /// CPU, memory, disk, network and container counters (no containers to begin with).
     pub counters: Arc<FakeCounters>,
+    /// The filesystem freezer, over the guest's mount table ([`FakeFreezer::guest`]).
+    pub freezer: Arc<FakeFreezer>,
 }
 
 impl Default for FakeGuest {
@@ -112,6 +114,7 @@ impl FakeGuest {
             confined: Arc::new(FakeConfinedFs::new(ConfinedLimits::default())),
             exec: Arc::new(FakeExecSpawner::new()),
             counters: Arc::new(FakeCounters::default()),
+            freezer: Arc::new(FakeFreezer::guest()),
         }
     }
 
@@ -150,6 +153,7 @@ impl GuestOs for FakeGuest {
     type Confined = FakeConfinedFs;
     type Exec = FakeExecSpawner;
     type Counters = FakeCounters;
+    type Freezer = FakeFreezer;
 
     fn runtime_ops(&self) -> FakeRuntimeOps {
         RuntimeOps::new(
@@ -186,6 +190,10 @@ impl GuestOs for FakeGuest {
 
     fn counters(&self) -> Arc<FakeCounters> {
         Arc::clone(&self.counters)
+    }
+
+    fn freezer(&self) -> Arc<FakeFreezer> {
+        Arc::clone(&self.freezer)
     }
 
     fn init_ops(&self) -> InitOps {

@@ -13,6 +13,7 @@
 //! - [`FakeEndpoints`], [`FakeSocketProbe`], [`FakeApis`] (`endpoints.rs`): listening sockets.
 //! - [`FakeConfinedFs`] (`confined.rs`): files under a root in an in-memory tree, resolved as
 //!   `RESOLVE_IN_ROOT` does.
+//! - [`FakeFreezer`] (`freezer.rs`): FIFREEZE/FITHAW over an in-memory mount table.
 //! - `files.rs`, `mount.rs`, `disk.rs`, `clock.rs`, `power.rs`,
 //!   `system.rs`, `system_info.rs`: one fake per OS trait.
 //! - [`FakeNetwork`], [`FakeDhcpServer`] (`network.rs`): links, addresses, routes and a DHCP server on them.
@@ -24,6 +25,7 @@ mod disk;
 mod endpoints;
 mod exec;
 mod files;
+mod freezer;
 mod guest;
 mod mount;
 mod network;
@@ -39,6 +41,7 @@ pub use disk::FakeDisk;
 pub use endpoints::{Endpoint, FAKE_CONTAINERD_VERSION, FakeApis, FakeEndpoints, FakeSocketProbe};
 pub use exec::FakeExecSpawner;
 pub use files::FakeFiles;
+pub use freezer::{FakeFreezer, fake_mount};
 pub use guest::{DaemonTimings, FakeGuest, FakeRuntimeOps};
 pub use mount::FakeMount;
 pub use network::{DhcpServerScript, FakeDhcpServer, FakeNetwork};

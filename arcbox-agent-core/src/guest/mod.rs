@@ -38,9 +38,11 @@ use crate::boot::BootRecorder;
 use crate::config::AgentConfig;
 use crate::exec::ExecService;
 use crate::init::{InitOps, InitRunner, Phase, Step, StepReport, standard_plan};
+use crate::quiesce::{FreezeGate, Quiescer, RuntimeDaemons};
 use crate::rpc::ServerConfig;
 use crate::rpc::handlers::{
-    register_dns, register_exec, register_files, register_kubernetes, register_stats,
+    register_dns, register_exec, register_files_guarded, register_kubernetes_guarded, register_quiesce,
+    register_stats,
 };
 use crate::runtime::api::ApiCheck;
 use crate::runtime::{
@@ -53,7 +55,7 @@ use crate::stats::StatsCollector;
 use crate::storage::{DataDisk, DataDiskConfig, data_device};
 use crate::sys::exec::ExecSpawner;
 use crate::sys::{
-    Clock, ConfinedFs, DiskOps, FileOps, MountOps, ProcessSpawner, SocketProbe, SystemCounters,
+    Clock, ConfinedFs, DiskOps, FileOps, FsFreezer, MountOps, ProcessSpawner, SocketProbe, SystemCounters,
     SystemInfoSource,
 };
 use crate::transport::Transport;
@@ -82,6 +84,8 @@ pub trait GuestOs: Send + Sync + 'static {
     type Exec: ExecSpawner;
     /// CPU, memory, disk, network and container counters (the Stats requests).
     type Counters: SystemCounters;
+    /// FIFREEZE/FITHAW (the freeze requests).
+    type Freezer: FsFreezer;
 
     /// The runtimes' capabilities.
     fn runtime_ops(&self) -> RuntimeOps<Self::Spawner, Self::Probe, Self::Files, Self::Apis>;
@@ -99,6 +103,8 @@ pub trait GuestOs: Send + Sync + 'static {
     fn exec(&self) -> Arc<Self::Exec>;
     /// The guest's counters.
     fn counters(&self) -> Arc<Self::Counters>;
+    /// The filesystem freezer.
+    fn freezer(&self) -> Arc<Self::Freezer>;
     /// The init plan's capabilities.
     fn init_ops(&self) -> InitOps;
     /// The ordered shutdown's capabilities.
@@ -200,17 +206,22 @@ impl<O: GuestOs> Guest<O> {
             AgentParts::new(os.clock(), os.system(), Arc::clone(&engine), Arc::clone(&power), boot.clone());
         parts.events = events.clone();
         parts.network = network.watch();
+        let frozen = FreezeGate::default();
+        parts.freeze_gate = frozen.clone();
         let (mut agent, docker) = Agent::new(parts, &settings.boot_id);
         let kubernetes = Lifecycle::new(Arc::new(K3s::new(engine, K3sLayout::default())), events.clone());
-        register_kubernetes(agent.router_mut(), Arc::clone(&kubernetes));
+        register_kubernetes_guarded(agent.router_mut(), Arc::clone(&kubernetes), &frozen);
         let dns = GuestDns::from_config(config);
         register_dns(agent.router_mut(), Arc::clone(&dns));
-        register_files(agent.router_mut(), os.confined());
         register_exec(agent.router_mut(), ExecService::new(os.exec()));
         // Containers' names come from dockerd's API, asked only for ids it has not named yet.
         let names = Arc::new(crate::runtime::docker_api::DockerClient::new(layout.sockets.docker.clone()));
         let stats = Arc::new(StatsCollector::new(os.counters(), Some(names)));
         register_stats(agent.router_mut(), stats, os.clock(), stop.clone());
+        register_files_guarded(agent.router_mut(), os.confined(), &frozen);
+        let quiescer = Quiescer::new(os.freezer(), os.shutdown_ops().processes, frozen);
+        let runtimes: Vec<Arc<dyn RuntimeDaemons>> = vec![docker.clone(), kubernetes.clone()];
+        register_quiesce(agent.router_mut(), quiescer, runtimes);
         Self {
             agent,
             docker,

@@ -9,6 +9,7 @@
 //! - `mod.rs`: the traits and their plain data types.
 //! - [`ConfinedFs`] (`confined.rs`): file operations confined to a root (openat2 `RESOLVE_IN_ROOT`).
 //! - [`DiskOps`] (`disk.rs`): block-device heads and Btrfs ioctls.
+//! - [`FsFreezer`] (`freeze.rs`): FIFREEZE/FITHAW and the mount table with devices.
 //! - [`NetworkOps`] (`network.rs`): links, IPv4 addresses and routes (netlink), DHCP sockets.
 //! - [`log_file`]: size-rotated append files (daemon output, the agent's log).
 //! - [`SystemCounters`] (`stats.rs`): CPU, memory, PSI, disk, network and container cgroup counters.
@@ -25,6 +26,7 @@ use crate::protocol::proto::agent::SystemInfo;
 mod confined;
 mod disk;
 pub mod exec;
+mod freeze;
 #[cfg(target_os = "linux")]
 pub mod linux;
 pub mod log_file;
@@ -36,6 +38,7 @@ pub use confined::{
     NOT_REMOVABLE, ReadResult, final_name, split_final,
 };
 pub use disk::DiskOps;
+pub use freeze::{DeviceId, FreezeOutcome, FsFreezer, MountedFs, ThawOutcome};
 pub use network::{DhcpSocket, Ipv4Cidr, LinkInfo, LinkOutcome, NetworkOps, Route};
 pub use stats::{
     ContainerCounters, CpuCounters, CpuTimes, DiskCounters, FilesystemUsage, MemoryCounters, NetCounters,
@@ -82,6 +85,31 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> SystemTime;
     /// Steps the wall clock to `time` (CLOCK_REALTIME).
     fn set_now(&self, time: SystemTime) -> Result<(), SysError>;
+    /// CLOCK_MONOTONIC: never stepped, so `now - monotonic` changes only
+    /// when the wall clock is stepped (a slew moves both alike).
+    fn monotonic(&self) -> Duration;
+    /// Slews the wall clock by `offset_nanos` (positive: forward) at the
+    /// kernel's fixed rate ([`SLEW_RATE_PPM`]), replacing any slew still
+    /// pending; 0 cancels a pending slew.
+    fn slew(&self, offset_nanos: i64) -> Result<(), SysError>;
+    /// The part of the last slew not yet applied, in nanoseconds.
+    fn slew_remaining(&self) -> Result<i64, SysError>;
+    /// The host's clock as a paravirtual PTP device (ptp_kvm) shows it:
+    /// `None` when the guest has no such device.
+    fn reference_offset(&self) -> Result<Option<ReferenceOffset>, SysError>;
+}
+
+/// How fast the kernel applies a slew (adjtime's fixed 500 µs per second):
+/// a slew of X ms takes 2·X seconds.
+pub const SLEW_RATE_PPM: u64 = 500;
+
+/// The host's clock minus the guest's, read from a reference device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferenceOffset {
+    /// The device read (e.g. "/dev/ptp0").
+    pub device: String,
+    /// Host time minus guest time, in nanoseconds.
+    pub offset_nanos: i64,
 }
 
 /// Reads what GetSystemInfo reports about the guest.

@@ -8,8 +8,10 @@
 
 mod error;
 mod exec;
+mod quiesce;
 mod session;
 pub mod stats;
+mod time;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,7 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use error::ClientError;
 pub use exec::{DEFAULT_EXEC_WINDOW, ExecEvent, ExecSession, ExecStdin};
+pub use quiesce::FREEZE_CALL_TIMEOUT;
 pub use session::{ClientSession, SessionReader, SessionWriter};
+pub use time::ClockPush;
 
 use crate::codec::{EncodeError, FrameReader, FrameWriter, ReadError};
 use crate::protocol::proto::agent::{

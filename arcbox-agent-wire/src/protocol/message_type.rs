@@ -131,6 +131,14 @@ message_types! {
     StatsRequest = 0x0130,
     /// Extension: `WatchStatsRequest`; answered by a stream of `StatsSample`.
     WatchStatsRequest = 0x0131,
+    /// Extension: `FsFreezeRequest` (FIFREEZE every writable disk filesystem; answers a thaw token).
+    FsFreezeRequest = 0x0140,
+    /// Extension: `FsThawRequest` (with the freeze's token).
+    FsThawRequest = 0x0141,
+    /// Extension: `FsFreezeStatusRequest`.
+    FsFreezeStatusRequest = 0x0142,
+    /// Extension: `SyncClockRequest` (step or slew the guest clock to the host's, or ptp_kvm's).
+    SyncClockRequest = 0x0143,
     /// `AgentPingResponse`.
     PingResponse = 0x1001,
     /// `SystemInfo`.
@@ -225,6 +233,14 @@ message_types! {
     StatsResponse = 0x1130,
     /// Extension: `StatsSample`, one stream item of a `WatchStatsRequest`.
     StatsSample = 0x1131,
+    /// Extension: `FsFreezeResponse`.
+    FsFreezeResponse = 0x1140,
+    /// Extension: `FsThawResponse`.
+    FsThawResponse = 0x1141,
+    /// Extension: `FsFreezeStatusResponse`.
+    FsFreezeStatusResponse = 0x1142,
+    /// Extension: `SyncClockResponse`.
+    SyncClockResponse = 0x1143,
     /// Error frame with the binary payload of [`crate::protocol::ErrorPayload`].
     Error = 0xFFFF,
 }

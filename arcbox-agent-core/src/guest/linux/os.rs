@@ -12,7 +12,8 @@ use crate::shutdown::ShutdownOps;
 use crate::sys::ConfinedLimits;
 use crate::sys::linux::{
     LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxCounters, LinuxDisk, LinuxExecSpawner, LinuxFiles,
-    LinuxMount, LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo,
+    LinuxFreezer, LinuxMount, LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe, LinuxSpawner,
+    LinuxSystemInfo,
 };
 
 /// The real system.
@@ -46,6 +47,7 @@ impl GuestOs for LinuxGuestOs {
     type Confined = LinuxConfinedFs;
     type Exec = LinuxExecSpawner;
     type Counters = LinuxCounters;
+    type Freezer = LinuxFreezer;
 
     fn runtime_ops(&self) -> RuntimeOps<LinuxSpawner, LinuxSocketProbe, LinuxFiles, SocketApis> {
         RuntimeOps::new(
@@ -82,6 +84,10 @@ impl GuestOs for LinuxGuestOs {
 
     fn counters(&self) -> Arc<LinuxCounters> {
         Arc::clone(&self.counters)
+    }
+
+    fn freezer(&self) -> Arc<LinuxFreezer> {
+        Arc::new(LinuxFreezer)
     }
 
     fn init_ops(&self) -> InitOps {

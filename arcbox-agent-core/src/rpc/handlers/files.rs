@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
+use super::WhileThawed;
 use crate::protocol::proto::agent::{
     FileInfo, FileListRequest, FileListResponse, FileMkdirRequest, FileMkdirResponse, FileReadRequest,
     FileReadResponse, FileRemoveRequest, FileRemoveResponse, FileStatRequest, FileStatResponse,
     FileWriteRequest, FileWriteResponse, MmapReadFileRequest, MmapReadFileResponse,
 };
 use crate::protocol::{ErrorCode, MessageType};
+use crate::quiesce::FreezeGate;
 use crate::rpc::{RequestContext, Router, RpcError, UnaryHandler};
 use crate::sys::{ConfinedError, ConfinedFs, FileKind, FileStat, ReadResult};
 
@@ -24,13 +26,19 @@ pub const DEFAULT_DIR_MODE: u32 = 0o755;
 
 /// Registers the file requests and MmapReadFile on `router`.
 pub fn register_files<F: ConfinedFs>(router: &mut Router, files: Arc<F>) {
+    register_files_guarded(router, files, &FreezeGate::default());
+}
+
+/// As [`register_files`], with the writes (write, mkdir, remove) refused
+/// while `frozen` says the filesystems are frozen; reads go on.
+pub fn register_files_guarded<F: ConfinedFs>(router: &mut Router, files: Arc<F>, frozen: &FreezeGate) {
     router
         .unary(MessageType::FileReadRequest, Read(Arc::clone(&files)))
-        .unary(MessageType::FileWriteRequest, Write(Arc::clone(&files)))
+        .unary(MessageType::FileWriteRequest, WhileThawed::new(frozen, Write(Arc::clone(&files))))
         .unary(MessageType::FileStatRequest, Stat(Arc::clone(&files)))
         .unary(MessageType::FileListRequest, List(Arc::clone(&files)))
-        .unary(MessageType::FileMkdirRequest, Mkdir(Arc::clone(&files)))
-        .unary(MessageType::FileRemoveRequest, Remove(Arc::clone(&files)))
+        .unary(MessageType::FileMkdirRequest, WhileThawed::new(frozen, Mkdir(Arc::clone(&files))))
+        .unary(MessageType::FileRemoveRequest, WhileThawed::new(frozen, Remove(Arc::clone(&files))))
         .unary(MessageType::MmapReadFileRequest, MmapRead(files));
 }
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::WhileThawed;
 use super::runtime::{detail, phase_name, services};
 use crate::protocol::MessageType;
 use crate::protocol::proto::agent::{
@@ -10,6 +11,7 @@ use crate::protocol::proto::agent::{
     KubernetesKubeconfigResponse, KubernetesStartRequest, KubernetesStartResponse, KubernetesStatusRequest,
     KubernetesStatusResponse, KubernetesStopRequest, KubernetesStopResponse,
 };
+use crate::quiesce::FreezeGate;
 use crate::rpc::{RequestContext, Router, RpcError, UnaryHandler};
 use crate::runtime::api::ApiCheck;
 use crate::runtime::{EnsureMode, Ensured, K3s, Lifecycle, ServiceReport};
@@ -26,10 +28,25 @@ where
     F: FileOps,
     A: ApiCheck,
 {
+    register_kubernetes_guarded(router, k3s, &FreezeGate::default());
+}
+
+/// As [`register_kubernetes`], with start, stop and delete (which write
+/// k3s's state) refused while `frozen` says the filesystems are frozen.
+pub fn register_kubernetes_guarded<S, P, F, A>(
+    router: &mut Router,
+    k3s: K3sLifecycle<S, P, F, A>,
+    frozen: &FreezeGate,
+) where
+    S: ProcessSpawner,
+    P: SocketProbe,
+    F: FileOps,
+    A: ApiCheck,
+{
     router
-        .unary(MessageType::KubernetesStartRequest, Start(Arc::clone(&k3s)))
-        .unary(MessageType::KubernetesStopRequest, Stop(Arc::clone(&k3s)))
-        .unary(MessageType::KubernetesDeleteRequest, Delete(Arc::clone(&k3s)))
+        .unary(MessageType::KubernetesStartRequest, WhileThawed::new(frozen, Start(Arc::clone(&k3s))))
+        .unary(MessageType::KubernetesStopRequest, WhileThawed::new(frozen, Stop(Arc::clone(&k3s))))
+        .unary(MessageType::KubernetesDeleteRequest, WhileThawed::new(frozen, Delete(Arc::clone(&k3s))))
         .unary(MessageType::KubernetesStatusRequest, Status(Arc::clone(&k3s)))
         .unary(MessageType::KubernetesKubeconfigRequest, Kubeconfig(k3s));
 }

@@ -7,19 +7,22 @@ mod files;
 mod kubernetes;
 mod network;
 mod ping;
+mod quiesce;
 mod readiness;
 mod runtime;
 mod shutdown;
 mod stats;
 mod system_info;
+mod time;
 
 pub use boot_report::BootReportHandler;
 pub use dns::{DnsControl, NameEntry, parse_upstreams, register_dns};
 pub use exec::{DEFAULT_WINDOW_BYTES, STDIN_WINDOW_BYTES, register_exec, status_message};
-pub use files::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, file_info, register_files};
-pub use kubernetes::{K3sLifecycle, register_kubernetes};
+pub use files::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, file_info, register_files, register_files_guarded};
+pub use kubernetes::{K3sLifecycle, register_kubernetes, register_kubernetes_guarded};
 pub use network::{NetworkWatch, network_message, unmanaged_network};
 pub use ping::{DEFAULT_CLOCK_STEP_THRESHOLD, PingHandler, WHOLE_SECONDS_PRECISION};
+pub use quiesce::{WhileThawed, register_quiesce};
 pub use readiness::{WatchReadinessHandler, event_message, kind_name};
 pub use runtime::{DEFAULT_ENSURE_WAIT, EnsureRuntimeHandler, RuntimeStatusHandler};
 pub use shutdown::{DEFAULT_SHUTDOWN_GRACE, ShutdownHandler};
@@ -28,6 +31,7 @@ pub use stats::{
     stats_interval,
 };
 pub use system_info::SystemInfoHandler;
+pub use time::SyncClockHandler;
 
 use std::sync::{Arc, OnceLock};
 
