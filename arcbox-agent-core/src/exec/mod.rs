@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - `mod.rs`: [`ExecService`] (the registry), [`Exec`] (one process), [`ExecSpec`].
-//! - [`output`]: [`OutputBuffer`](output::OutputBuffer), one output stream.
+//! - [`output`]: [`OutputBuffer`], one output stream.
 //! - `supervise.rs`: the tasks around a process: output pumps, the exit, the timeout.
 
 pub mod output;
