@@ -34,6 +34,9 @@ pub async fn exec_works_in_the_guest(vm: &Vm) {
     a_terminal_driven_from_the_host(vm).await;
     stdin_of_256_mib_arrives_whole(vm).await;
     a_hundred_execs_at_once(vm).await;
+    // Bounded buffers: the agent did not keep what streamed through it.
+    let rss = connect(vm).await.system_info().await.expect("system info").agent_rss_bytes;
+    assert!(rss < 48 << 20, "the agent's RSS after 256 MiB and 100 execs: {} MiB", rss >> 20);
     a_timeout_and_an_oom_kill(vm).await;
 }
 
