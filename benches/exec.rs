@@ -151,16 +151,23 @@ fn main() {
     }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    // The local baselines run first, before the agent's reaper exists: its
+    // `wait4(-1)` reaps every child of this process, so a `Command::status`
+    // racing it would lose its child (ECHILD).
+    local_round_trips();
+    let local = local_round_trips();
+    let (mut local_rates, mut local_cpu) = (vec![], vec![]);
+    for _ in 0..THROUGHPUT_ROUNDS {
+        let (rate, cpu) = local_throughput();
+        local_rates.push(rate);
+        local_cpu.push(cpu.as_secs_f64());
+    }
     runtime.block_on(async {
         let dir = tempfile::tempdir().expect("dir");
         let stop = CancellationToken::new();
         let address = start_agent(dir.path(), &stop).await;
-        // Warm both paths.
-        agent_round_trips(&address).await;
-        local_round_trips();
-
+        agent_round_trips(&address).await; // warm-up
         let agent = agent_round_trips(&address).await;
-        let local = tokio::task::spawn_blocking(local_round_trips).await.expect("local");
         println!("== exec round trip of `true` ({ROUND_TRIPS} each)");
         println!("{:<34} {:>10} {:>10}", "", "p50 µs", "p99 µs");
         for (name, times) in [("agent (connect+run+exit, unix)", &agent), ("local fork+exec+wait", &local)] {
@@ -176,15 +183,11 @@ fn main() {
             micros(percentile(&agent, 0.99)) / micros(percentile(&local, 0.99))
         );
 
-        let (mut agent_rates, mut local_rates, mut agent_cpu, mut local_cpu) =
-            (vec![], vec![], vec![], vec![]);
+        let (mut agent_rates, mut agent_cpu) = (vec![], vec![]);
         for _ in 0..THROUGHPUT_ROUNDS {
             let (rate, cpu) = agent_throughput(&address).await;
             agent_rates.push(rate);
             agent_cpu.push(cpu.as_secs_f64());
-            let (rate, cpu) = tokio::task::spawn_blocking(local_throughput).await.expect("local");
-            local_rates.push(rate);
-            local_cpu.push(cpu.as_secs_f64());
         }
         let (agent_rate, local_rate) = (median(agent_rates), median(local_rates));
         println!("\n== stdout throughput: head -c 1G /dev/zero (median of {THROUGHPUT_ROUNDS})");

@@ -23,6 +23,12 @@ for arg in "$@"; do
 	esac
 done
 
+# Disk is the scarce resource on CI machines (a run once died with "No space
+# left on device" while linking the benches): no incremental artefacts, and
+# each step reports what is left.
+export CARGO_INCREMENTAL=0
+disk_free() { df -h --output=avail . 2>/dev/null | tail -1 | tr -d ' '; }
+
 suite_start=$SECONDS
 step_name=""
 step_start=$SECONDS
@@ -34,7 +40,7 @@ step() {
 }
 end_step() {
 	if [ -n "$step_name" ]; then
-		printf '<== %s: %d s\n' "$step_name" $((SECONDS - step_start))
+		printf '<== %s: %d s (disk: %s free)\n' "$step_name" $((SECONDS - step_start)) "$(disk_free)"
 	fi
 	step_name=""
 }
@@ -86,6 +92,10 @@ fi
 
 step "cargo bench --no-run"
 cargo bench --workspace --no-run
+# The benches only had to compile: their optimised artefacts (gigabytes) go
+# before the VM suites build the guest image (a local release build is rebuilt
+# on the next `cargo build --release`).
+rm -rf "${CARGO_TARGET_DIR:-target}/release"
 
 if [ "$run_vm" -eq 1 ]; then
 	step "end-to-end in a real micro-VM (scripts/vm.sh e2e)"

@@ -239,11 +239,26 @@ fn a_timeout_terms_then_kills_the_group_and_signals_reach_the_process() {
         assert!(status.timed_out);
         assert_eq!(status.signal, libc::SIGKILL);
 
+        // The agent itself ignores SIGINT and SIGHUP, as it does when started
+        // under `nohup` or as a shell's background job (where this test once
+        // failed): its processes must not inherit that.
+        // SAFETY: changes this namespaced test process's dispositions only.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        }
         let mut client = agent.client().await;
         let started = client.exec_start(sh("exec sleep 30")).await.expect("start");
         client.exec_signal(&started.exec_id, libc::SIGINT, false).await.expect("signal");
         let status = client.exec_wait(&started.exec_id, Duration::from_secs(10)).await.expect("wait");
-        assert_eq!((status.running, status.signal, status.timed_out), (false, libc::SIGINT, false));
+        // If it is still running, its signal masks (SigIgn) say why.
+        let proc_status =
+            std::fs::read_to_string(format!("/proc/{}/status", started.pid)).unwrap_or_default();
+        assert_eq!(
+            (status.running, status.signal, status.timed_out),
+            (false, libc::SIGINT, false),
+            "{status:?}\n{proc_status}"
+        );
         // A shell waiting for its child defers a signal of its own; a signal
         // to the group reaches both at once.
         let started = client.exec_start(sh("sleep 30; exit 0")).await.expect("start");
