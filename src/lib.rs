@@ -2,13 +2,14 @@
 //! benchmarks (`benches/`) and examples (`examples/`).
 //!
 //! # Layout
-//! - [`sim_server`]: a simulated agent served on a private Unix socket.
+//! - [`sim_server`], [`sim_server_with`]: a simulated agent served on a private Unix socket.
 //! - [`fd_limit`]: raising the open-file limit for tests with many sockets.
 
 use std::path::PathBuf;
 
 use arcbox_agent_wire::transport::Address;
 
+use arcbox_agent_core::config::AgentConfig;
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_sim::{Scenario, SimAgent};
 use tokio_util::sync::CancellationToken;
@@ -30,13 +31,18 @@ impl Drop for SimServer {
 
 /// Starts a simulated agent for `scenario` on the current tokio runtime.
 pub fn sim_server(scenario: Scenario) -> SimServer {
+    sim_server_with(scenario, AgentConfig::default())
+}
+
+/// Like [`sim_server`], with the agent's configuration.
+pub fn sim_server_with(scenario: Scenario, config: AgentConfig) -> SimServer {
     let dir = tempfile::tempdir().expect("temp dir");
     let path: PathBuf = dir.path().join("agent.sock");
     let listener = UnixTransport::bind(&path).expect("bind sim socket");
     let stop = CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
-        async move { SimAgent::new(scenario).await.serve(listener, stop).await }
+        async move { SimAgent::with_config(scenario, config).await.serve(listener, stop).await }
     });
     SimServer { address: Address::Unix(path), stop, _dir: dir }
 }

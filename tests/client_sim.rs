@@ -3,6 +3,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use arcbox_agent_core::config::AgentConfig;
 use arcbox_agent_core::protocol::proto::agent::{
     Empty, FileListRequest, FileMkdirRequest, FileReadRequest, FileRemoveRequest, FileStatRequest,
     FileWriteRequest,
@@ -11,7 +12,7 @@ use arcbox_agent_core::protocol::{ErrorCode, MessageType, PROTOCOL_VERSION};
 use arcbox_agent_core::rpc::{Router, Server, ServerConfig, ServerStats};
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_sim::Scenario;
-use arcbox_agent_suite::sim_server;
+use arcbox_agent_suite::{sim_server, sim_server_with};
 use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
 use arcbox_agent_wire::transport::Address;
 use dhcproto::v4::MessageType as MessageType4;
@@ -257,6 +258,36 @@ async fn file_requests_write_read_stat_list_and_remove_inside_their_root() {
     let (r, p) = at("etc/app.conf");
     let gone = client.file_stat(FileStatRequest { root: r, path: p }).await;
     assert!(gone.as_ref().err().and_then(ClientError::code) == Some(ErrorCode::NOT_FOUND), "{gone:?}");
+}
+
+#[tokio::test]
+async fn the_command_lines_allow_list_wins_and_denied_requests_are_403_and_counted() {
+    let file = "[auth]\nallow = [\"files\", \"ExecList\"]\n";
+    let mut config = AgentConfig::from_toml(file, std::path::Path::new("agent.toml")).unwrap();
+    let problems = config.apply_cmdline("arcbox_agent.allow=files,stats arcbox_agent.file_writes=0");
+    assert!(problems.is_empty(), "{problems:?}");
+    let sim = sim_server_with(Scenario::Healthy, config);
+    let mut client = client_for(&sim.address).await;
+    let list = FileListRequest { root: "/".into(), path: "/".into(), max_entries: 0 };
+    assert!(client.file_list(list).await.is_ok(), "files.read: allowed by both");
+    assert!(client.stats(false).await.is_ok(), "stats: allowed by the command line only");
+    let write = FileWriteRequest { root: "/".into(), path: "/x".into(), ..Default::default() };
+    for (denied, name) in [
+        (client.exec_list().await.map(drop), "ExecListRequest(0x0115)"),
+        (client.file_write(write).await.map(drop), "FileWriteRequest(0x0105)"),
+        (client.exec_list().await.map(drop), "ExecListRequest(0x0115)"),
+    ] {
+        let Err(ClientError::Remote(payload)) = denied else { panic!("{name} was not refused: {denied:?}") };
+        assert_eq!(payload.code, ErrorCode::FORBIDDEN);
+        assert_eq!(payload.message, format!("{name} is not allowed by this agent's policy"));
+    }
+    // Ping and GetSystemInfo always answer; the counts say what was refused.
+    client.ping(None).await.unwrap();
+    let info = client.system_info().await.unwrap();
+    assert_eq!((info.agent_requests_denied, info.agent_peers_refused), (3, 0));
+    let per_type: Vec<(&str, u64)> =
+        info.agent_denied.iter().map(|d| (d.request.as_str(), d.count)).collect();
+    assert_eq!(per_type, [("FileWriteRequest", 1), ("ExecListRequest", 2)]);
 }
 
 #[tokio::test]

@@ -1,11 +1,13 @@
 //! The golden byte blocks of docs/PROTOCOL.md are what the code encodes
 //! and decodes: the document is the contract.
 
+use arcbox_agent_core::authz::Authz;
+use arcbox_agent_core::config::AuthConfig;
 use arcbox_agent_core::protocol::proto::agent::{
     AgentPingRequest, AgentPingResponse, ExecOutput, ExecRunRequest, ExecStartRequest, FileReadRequest,
     FsFreezeRequest, SyncClockRequest,
 };
-use arcbox_agent_core::protocol::{ErrorPayload, MessageType, encode_parts, try_decode};
+use arcbox_agent_core::protocol::{ErrorCode, ErrorPayload, MessageType, encode_parts, try_decode};
 use bytes::BytesMut;
 use prost::Message as _;
 
@@ -46,6 +48,7 @@ fn the_document_has_the_golden_blocks() {
             "ping_request",
             "ping_response",
             "error_400_bad",
+            "error_403_denied",
             "file_read_request",
             "exec_run_request",
             "exec_output_item",
@@ -100,6 +103,15 @@ fn error_golden_matches_and_decodes() {
     let mut buf = BytesMut::from(&golden("error_400_bad")[..]);
     let frame = try_decode(&mut buf, 1 << 20).unwrap().unwrap();
     assert_eq!(ErrorPayload::decode(&frame.payload).unwrap(), ErrorPayload::new(400, "bad"));
+}
+
+#[test]
+fn the_403_golden_is_what_the_agents_policy_answers() {
+    let auth = AuthConfig { exec: false, ..AuthConfig::default() };
+    let denied =
+        Authz::from_config(&auth).0.check_request(MessageType::ExecListRequest.code(), "t").unwrap_err();
+    let payload = ErrorPayload::new(ErrorCode::FORBIDDEN, denied.to_string()).to_bytes();
+    assert_eq!(encode(MessageType::Error, &payload), golden("error_403_denied"));
 }
 
 #[test]

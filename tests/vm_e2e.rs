@@ -12,6 +12,8 @@ mod stats;
 #[path = "support/vm.rs"]
 mod vm;
 
+#[path = "vm_e2e/authz.rs"]
+mod authz;
 #[path = "vm_e2e/exec.rs"]
 mod exec;
 #[path = "vm_e2e/time.rs"]
@@ -605,5 +607,16 @@ async fn stats_exec_and_clock_sync_work_over_vsock_on_one_boot() {
     exec::exec_works_in_the_guest(&vm).await;
     time::three_hours_behind_is_stepped_and_20_ms_is_slewed(&mut agent).await;
     // And the agent still serves everything else.
+    assert_still_serving(&vm).await;
+}
+
+/// Its own boot: the policy is read at boot from a config file in the
+/// image and the kernel command line, which no other boot may carry.
+#[tokio::test]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn the_kernel_command_lines_policy_wins_over_the_config_file_and_denials_are_403() {
+    let vm = boot(authz::options());
+    let mut agent = client(&vm).await;
+    authz::the_command_line_policy_is_enforced_in_the_guest(&vm, &mut agent).await;
     assert_still_serving(&vm).await;
 }

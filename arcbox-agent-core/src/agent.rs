@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::authz::Authz;
 use crate::boot::BootRecorder;
 use crate::protocol::MessageType;
 use crate::quiesce::FreezeGate;
@@ -40,6 +41,8 @@ pub struct AgentParts<C, S, B, P> {
     pub clock_step_threshold: Duration,
     /// The freeze state: EnsureRuntime and Shutdown are refused while frozen.
     pub freeze_gate: FreezeGate,
+    /// Which requests hosts may make (default: all); GetSystemInfo reports its refusals.
+    pub authz: Arc<Authz>,
 }
 
 impl<C, S, B, P> AgentParts<C, S, B, P> {
@@ -55,6 +58,7 @@ impl<C, S, B, P> AgentParts<C, S, B, P> {
             network: unmanaged_network(),
             clock_step_threshold: DEFAULT_CLOCK_STEP_THRESHOLD,
             freeze_gate: FreezeGate::default(),
+            authz: Arc::default(),
         }
     }
 }
@@ -85,6 +89,7 @@ impl Agent {
         let stopping = CancellationToken::new();
         let mut router = Router::new();
         router
+            .authorize_with(Arc::clone(&parts.authz))
             .unary(MessageType::SyncClockRequest, SyncClockHandler::new(Arc::clone(&parts.clock)))
             .unary(
                 MessageType::PingRequest,
@@ -98,6 +103,7 @@ impl Agent {
                     Arc::clone(&identity),
                     Arc::clone(&stats),
                     parts.network.clone(),
+                    parts.authz,
                 ),
             )
             .unary(

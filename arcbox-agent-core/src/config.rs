@@ -46,6 +46,8 @@ pub const KUBERNETES_API_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
 /// Grace for each of dockerd, k3s and containerd before SIGKILL.
 pub const DEFAULT_DAEMON_GRACE_SECS: u64 = 10;
+/// The vsock peers admitted by default: the host only.
+pub const DEFAULT_PEER_CIDS: [u32; 1] = [arcbox_agent_wire::transport::VSOCK_CID_HOST];
 
 /// Problems with the configuration; each is logged and skipped.
 #[derive(Debug, thiserror::Error)]
@@ -435,6 +437,42 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// `[auth]`: who may connect and which requests and services they may use
+/// (`crate::authz`, docs/GUEST.md "Authorization").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// vsock peer CIDs admitted at accept; empty: any CID. Unix and TCP
+    /// peers (development transports) are not filtered.
+    pub peer_cids: Vec<u32>,
+    /// Request names, `0xNNNN` codes and group names a host may use; empty: all.
+    pub allow: Vec<String>,
+    /// Names removed from what `allow` permits.
+    pub deny: Vec<String>,
+    /// The exec requests (`false` denies the `exec` group).
+    pub exec: bool,
+    /// The file requests that change files (`false` denies `files.write`).
+    pub file_writes: bool,
+    /// The Docker API proxy on vsock (`false` denies `docker-proxy`: the port is not listened on).
+    pub docker_proxy: bool,
+    /// The Kubernetes API proxy on vsock (`false` denies `kubernetes-proxy`).
+    pub kubernetes_proxy: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            peer_cids: DEFAULT_PEER_CIDS.to_vec(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            exec: true,
+            file_writes: true,
+            docker_proxy: true,
+            kubernetes_proxy: true,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -455,6 +493,8 @@ pub struct AgentConfig {
     pub shutdown: ShutdownConfig,
     /// `[runtime]`.
     pub runtime: RuntimeConfig,
+    /// `[auth]`.
+    pub auth: AuthConfig,
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
@@ -534,6 +574,26 @@ impl AgentConfig {
             "arcbox_agent.dns" => self.dns.enabled = parse_bool(key, value)?,
             "arcbox_agent.dns_upstreams" => self.dns.upstreams = list(value),
             "arcbox_agent.shutdown_grace" => self.shutdown.grace_secs = parse_num(key, value)?,
+            // The lists replace the file's: the command line wins (qemu-ga's model).
+            "arcbox_agent.allow" => self.auth.allow = list(value),
+            "arcbox_agent.deny" => self.auth.deny = list(value),
+            "arcbox_agent.peer_cids" => {
+                self.auth.peer_cids =
+                    match value {
+                        "any" => Vec::new(),
+                        _ => list(value).iter().map(|cid| cid.parse()).collect::<Result<_, _>>().map_err(
+                            |_| ConfigError::Cmdline {
+                                key: key.into(),
+                                value: value.into(),
+                                expected: "any, or CIDs separated by commas",
+                            },
+                        )?,
+                    }
+            }
+            "arcbox_agent.exec" => self.auth.exec = parse_bool(key, value)?,
+            "arcbox_agent.file_writes" => self.auth.file_writes = parse_bool(key, value)?,
+            "arcbox_agent.docker_proxy" => self.auth.docker_proxy = parse_bool(key, value)?,
+            "arcbox_agent.kubernetes_proxy" => self.auth.kubernetes_proxy = parse_bool(key, value)?,
             "arcbox_agent.tmpfs" => {
                 self.init.tmpfs = match value {
                     "auto" => TmpfsPolicy::Auto,
@@ -655,6 +715,28 @@ mod tests {
     }
 
     #[test]
+    fn the_command_lines_auth_lists_replace_the_files() {
+        let text = "[auth]\nallow = [\"exec\", \"files\"]\ndeny = [\"FileRemove\"]\npeer_cids = [2, 5]\ndocker_proxy = false\n";
+        let mut c = AgentConfig::from_toml(text, Path::new("t.toml")).unwrap();
+        assert_eq!(
+            (c.auth.allow.len(), c.auth.peer_cids.as_slice(), c.auth.docker_proxy),
+            (2, &[2, 5][..], false)
+        );
+        let problems = c.apply_cmdline(
+            "arcbox_agent.allow=Ping,ExecList arcbox_agent.deny= arcbox_agent.peer_cids=any \
+             arcbox_agent.docker_proxy=1 arcbox_agent.exec=0 arcbox_agent.file_writes=off arcbox_agent.kubernetes_proxy=0",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(c.auth.allow, ["Ping", "ExecList"]);
+        assert!(c.auth.deny.is_empty() && c.auth.peer_cids.is_empty());
+        assert!(c.auth.docker_proxy && !c.auth.kubernetes_proxy && !c.auth.exec && !c.auth.file_writes);
+        let problems = c.apply_cmdline("arcbox_agent.peer_cids=2,x arcbox_agent.peer_cids=2,3");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(c.auth.peer_cids, [2, 3]);
+        assert_eq!(AgentConfig::default().auth.peer_cids, [2], "only the host by default");
+    }
+
+    #[test]
     fn resolvers_point_at_the_guest_dns_server_unless_told_otherwise() {
         let mut c = AgentConfig::default();
         assert_eq!(c.resolv_nameservers(), ["127.0.0.1"]);
@@ -714,6 +796,7 @@ mod tests {
         let parsed = AgentConfig::from_toml(example, Path::new("GUEST.md")).expect("the example parses");
         assert_eq!(parsed.network, NetworkConfig::default());
         assert_eq!(parsed.dns, DnsSection::default());
+        assert_eq!(parsed.auth, AuthConfig::default());
         assert_eq!((parsed.init.nameservers.len(), parsed.init.docker_dns.len()), (0, 0));
     }
 }

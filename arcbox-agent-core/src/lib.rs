@@ -14,6 +14,7 @@
 //! - [`guest`]: the guest assembled over a [`guest::GuestOs`], and its boot sequence
 //!   (`guest::linux`: the real OS and the binary's `main`).
 //! - [`agent`]: the standard router of handlers over its parts.
+//! - [`authz`]: who may connect (vsock peer CIDs) and which requests and proxies they may use.
 //! - [`rpc`]: router, connection and accept loops; [`rpc::handlers`] has one module per
 //!   request family (the only place wire messages meet domain types).
 //! - [`runtime`]: the container runtimes in domain types: [`runtime::Lifecycle`] over a
@@ -44,6 +45,7 @@ pub use arcbox_agent_wire as wire;
 pub use arcbox_agent_wire::protocol;
 
 pub mod agent;
+pub mod authz;
 pub mod boot;
 pub mod config;
 pub mod dns;

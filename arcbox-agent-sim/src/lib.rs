@@ -44,8 +44,13 @@ impl SimAgent {
     /// A fake guest for `scenario`, with the guest agent assembled on it
     /// and the init plan's kernel phase done (boot continues in `serve`).
     pub async fn new(scenario: Scenario) -> Self {
+        Self::with_config(scenario, AgentConfig::default()).await
+    }
+
+    /// Like [`SimAgent::new`] with a configuration of one's own (as the
+    /// TOML file and kernel command line would give it).
+    pub async fn with_config(scenario: Scenario, mut config: AgentConfig) -> Self {
         let fake = FakeGuest::new();
-        let mut config = AgentConfig::default();
         // The guest DNS server on a free loopback port: a laptop has its own port 53.
         config.dns.listen = "127.0.0.1:0".to_owned();
         let layout = RuntimeLayout::from_config(&config);

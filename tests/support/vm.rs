@@ -146,6 +146,8 @@ pub struct VmOptions {
     pub nic: Option<Nic>,
     /// How long to wait for the guest's READY dial.
     pub ready_timeout: Duration,
+    /// Files added to the initramfs image (guest path, contents).
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// QEMU user networking, as the guest sees it.
@@ -171,6 +173,7 @@ impl Default for VmOptions {
             data_disk: None,
             nic: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            files: Vec::new(),
         }
     }
 }
@@ -236,6 +239,52 @@ impl VmOptions {
         self.ready_timeout = timeout;
         self
     }
+
+    /// Adds a file at `path` (absolute, in the guest) to the initramfs
+    /// image, e.g. a config file: this boot's initrd is the shared image
+    /// with a small archive of these files appended.
+    pub fn file(mut self, path: &str, contents: impl Into<Vec<u8>>) -> Self {
+        self.files.push((path.trim_start_matches('/').to_owned(), contents.into()));
+        self
+    }
+}
+
+/// A cpio "newc" archive of `files` and their parent directories, as the
+/// kernel unpacks into the initramfs after the image before it.
+fn newc_archive(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    const DIR: u32 = 0o040_755;
+    const FILE: u32 = 0o100_644;
+    let mut out = Vec::new();
+    let mut ino = 0x7000_0000_u32;
+    let mut entry = |out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]| {
+        ino += 1;
+        let fields = [ino, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+        out.extend_from_slice(b"070701");
+        for field in fields {
+            out.extend_from_slice(format!("{field:08X}").as_bytes());
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        pad4(out);
+        out.extend_from_slice(data);
+        pad4(out);
+    };
+    for (path, data) in files {
+        let mut parent = String::new();
+        for dir in path.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
+            parent = if parent.is_empty() { (*dir).to_owned() } else { format!("{parent}/{dir}") };
+            entry(&mut out, &parent, DIR, &[]);
+        }
+        entry(&mut out, path, FILE, data);
+    }
+    entry(&mut out, "TRAILER!!!", 0, &[]);
+    out
+}
+
+/// Zero bytes up to a multiple of 4: the kernel looks for each archive's
+/// header at such an offset and skips zeros between archives.
+fn pad4(out: &mut Vec<u8>) {
+    out.resize(out.len().next_multiple_of(4), 0);
 }
 
 /// One running micro-VM. Dropping it kills QEMU and the vsock backend.
@@ -418,7 +467,20 @@ impl Vm {
     /// The image's initramfs and disks.
     fn image_parts(&self) -> io::Result<(PathBuf, Vec<PathBuf>)> {
         match self.options.image {
-            Image::Initramfs => Ok((self.assets.initramfs.clone(), Vec::new())),
+            Image::Initramfs if self.options.files.is_empty() => {
+                Ok((self.assets.initramfs.clone(), Vec::new()))
+            }
+            Image::Initramfs => {
+                let mut image = fs::read(&self.assets.initramfs)?;
+                pad4(&mut image);
+                image.extend(newc_archive(&self.options.files));
+                let path = self.dir.join("initrd-with-files.img");
+                fs::write(&path, image)?;
+                Ok((path, Vec::new()))
+            }
+            Image::Rootfs if !self.options.files.is_empty() => {
+                Err(io::Error::other("extra files go into the initramfs image only"))
+            }
             Image::Rootfs => {
                 let missing = || io::Error::other("assets prepared without --rootfs");
                 let rootfs = self.assets.rootfs.clone().ok_or_else(missing)?;

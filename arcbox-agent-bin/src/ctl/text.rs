@@ -48,7 +48,20 @@ pub fn info(info: &SystemInfo) -> String {
     if let Some(net) = &info.network {
         let _ = write!(text, "\nnetwork:    {}", network(net));
     }
+    let _ = write!(text, "\nrefused:    {}", refusals(info));
     text
+}
+
+/// What the agent's policy refused: denied requests per type, and peers.
+fn refusals(info: &SystemInfo) -> String {
+    let mut line = format!("{} requests denied", info.agent_requests_denied);
+    if !info.agent_denied.is_empty() {
+        let each: Vec<String> =
+            info.agent_denied.iter().map(|d| format!("{} {}", d.request, d.count)).collect();
+        let _ = write!(line, " ({})", each.join(", "));
+    }
+    let _ = write!(line, ", {} connections from other CIDs closed", info.agent_peers_refused);
+    line
 }
 
 /// The guest network in one line: state, interface, address, lease or why none.
@@ -263,6 +276,30 @@ mod tests {
         assert!(!waited.contains("use --wait"), "{waited}");
         let done = boot_report(&BootReport { init_complete_us: 25_250, ..report }, false);
         assert!(done.contains("init complete:  25.250 ms after agent start"), "{done}");
+    }
+
+    #[test]
+    fn info_shows_what_the_policy_refused() {
+        use arcbox_agent_wire::protocol::proto::agent::DeniedRequests;
+        let denied = |request: &str, code, count| DeniedRequests { request: request.into(), code, count };
+        let info = SystemInfo {
+            agent_requests_denied: 3,
+            agent_denied: vec![denied("FileWriteRequest", 0x0105, 1), denied("ExecListRequest", 0x0115, 2)],
+            agent_peers_refused: 4,
+            ..SystemInfo::default()
+        };
+        let text = super::info(&info);
+        assert!(
+            text.ends_with(
+                "refused:    3 requests denied (FileWriteRequest 1, ExecListRequest 2), 4 connections from other CIDs closed"
+            ),
+            "{text}"
+        );
+        let none = super::info(&SystemInfo::default());
+        assert!(
+            none.ends_with("refused:    0 requests denied, 0 connections from other CIDs closed"),
+            "{none}"
+        );
     }
 
     #[test]

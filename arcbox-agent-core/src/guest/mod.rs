@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Agent;
 use crate::agent::AgentParts;
+use crate::authz::{Authz, PeerFiltered};
 use crate::boot::BootRecorder;
 use crate::config::AgentConfig;
 use crate::exec::ExecService;
@@ -164,6 +165,7 @@ pub struct Guest<O: GuestOs> {
     power: Arc<GuestPower>,
     dns: Arc<GuestDns>,
     network: GuestNetwork,
+    authz: Arc<Authz>,
     files: Arc<dyn FileOps>,
     boot: BootRecorder,
     events: ReadinessEvents,
@@ -208,6 +210,8 @@ impl<O: GuestOs> Guest<O> {
         parts.network = network.watch();
         let frozen = FreezeGate::default();
         parts.freeze_gate = frozen.clone();
+        let authz = authz(config);
+        parts.authz = Arc::clone(&authz);
         let (mut agent, docker) = Agent::new(parts, &settings.boot_id);
         let kubernetes = Lifecycle::new(Arc::new(K3s::new(engine, K3sLayout::default())), events.clone());
         register_kubernetes_guarded(agent.router_mut(), Arc::clone(&kubernetes), &frozen);
@@ -229,6 +233,7 @@ impl<O: GuestOs> Guest<O> {
             power,
             dns,
             network,
+            authz,
             files: Arc::clone(&init_ops.files),
             boot,
             events,
@@ -270,6 +275,11 @@ impl<O: GuestOs> Guest<O> {
         &self.power
     }
 
+    /// The authorization policy (the proxies and the RPC listener follow it).
+    pub fn authz(&self) -> &Arc<Authz> {
+        &self.authz
+    }
+
     /// The boot report.
     pub fn boot(&self) -> &BootRecorder {
         &self.boot
@@ -299,7 +309,7 @@ impl<O: GuestOs> Guest<O> {
         if self.init_mode {
             init.run_phase(Phase::Early).await;
         }
-        let listener = bind().await.map_err(GuestError::Listen)?;
+        let listener = PeerFiltered::new(bind().await.map_err(GuestError::Listen)?, Arc::clone(&self.authz));
         let serving = tokio::spawn(self.agent.serve(listener, server, self.stop.clone()));
         if let Err(why) = self.dns.start(self.stop.clone()).await {
             tracing::warn!(why, "no guest DNS server");
@@ -366,6 +376,22 @@ fn record(boot: &BootRecorder, reports: &[StepReport]) {
     for report in reports {
         report.record(boot);
     }
+}
+
+/// The policy of `[auth]`, with its problems and its refusals logged once.
+fn authz(config: &AgentConfig) -> Arc<Authz> {
+    let (authz, problems) = Authz::from_config(&config.auth);
+    for problem in &problems {
+        tracing::warn!(%problem, "configuration");
+    }
+    tracing::info!(
+        peer_cids = ?authz.peer_cids(),
+        denied = authz.policy().refused_types().join(","),
+        docker_proxy = authz.serves(crate::authz::Service::DockerProxy),
+        kubernetes_proxy = authz.serves(crate::authz::Service::KubernetesProxy),
+        "authorization"
+    );
+    Arc::new(authz)
 }
 
 /// The ordered shutdown when in charge of the machine; power-off only as PID 1.

@@ -4,8 +4,8 @@
 //! Bad input never takes the agent down: an oversized frame is answered
 //! 413 and a malformed one 400, then the connection is closed cleanly
 //! (its byte stream can no longer be trusted); an unknown request type is
-//! answered 400 and the connection keeps serving; a handler panic is
-//! answered 500.
+//! answered 400 and the connection keeps serving, as does a request the
+//! policy denies (403); a handler panic is answered 500.
 //!
 //! A session request (exec, copy-in) takes over the rest of the
 //! connection: see `session`.
@@ -69,7 +69,7 @@ where
             Err(err) => return reject_frame(&mut stream, &mut writer, peer, &err).await,
         };
         let msg_type = frame.msg_type;
-        let route = router.lookup(msg_type);
+        let route = router.admit(msg_type, peer);
         if let Route::Session(handler) = route {
             stats.requests_served.fetch_add(1, Ordering::Relaxed);
             let parts = SessionParts { reader: &mut reader, writer: &mut writer, peer, config, shutdown };

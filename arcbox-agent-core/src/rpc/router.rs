@@ -4,7 +4,8 @@
 //! through the [`UnaryHandler`] and [`StreamingHandler`] adapters, and
 //! [`SessionHandler`]s take over their connection (see `session`). A known
 //! request type with no handler is answered 501; an unknown type, or a type
-//! that is not a request, 400.
+//! that is not a request, 400; a request the agent's [`Authz`] policy
+//! refuses, 403 (see [`Router::admit`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +19,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
 use super::RpcError;
 use super::session::{SessionCall, SessionHandler, Typed};
+use crate::authz::Authz;
 use crate::protocol::{ErrorCode, MessageType, response_code};
 
 /// A boxed future, as erased handlers return.
@@ -184,16 +186,28 @@ enum Entry {
     Session(Arc<dyn SessionCall>),
 }
 
-/// Maps request types to handlers.
+/// Maps request types to handlers, under a policy.
 #[derive(Default, Clone)]
 pub struct Router {
     handlers: HashMap<u32, Entry>,
+    authz: Arc<Authz>,
 }
 
 impl Router {
-    /// An empty router (every known request is answered 501).
+    /// An empty router (every known request is answered 501) that allows everything.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Serves requests only as `authz` allows.
+    pub fn authorize_with(&mut self, authz: Arc<Authz>) -> &mut Self {
+        self.authz = authz;
+        self
+    }
+
+    /// The policy requests are checked against.
+    pub fn authz(&self) -> &Arc<Authz> {
+        &self.authz
     }
 
     /// Registers a raw handler, replacing any earlier one for the type.
@@ -237,7 +251,22 @@ impl Router {
         codes
     }
 
-    /// Finds the handler for `msg_type`, or the error to answer with.
+    /// Where a request from `peer` leads: as [`Router::lookup`], except
+    /// that a request the policy refuses is answered 403 naming it (and is
+    /// counted and logged). Frames that are not requests stay 400.
+    pub fn admit(&self, msg_type: u32, peer: &str) -> Route<'_> {
+        let route = self.lookup(msg_type);
+        if matches!(&route, Route::Reject(err) if err.code == ErrorCode::BAD_REQUEST) {
+            return route;
+        }
+        match self.authz.check_request(msg_type, peer) {
+            Ok(()) => route,
+            Err(denied) => Route::Reject(RpcError::new(ErrorCode::FORBIDDEN, denied.to_string())),
+        }
+    }
+
+    /// Finds the handler for `msg_type`, or the error to answer with,
+    /// whatever the policy says.
     pub fn lookup(&self, msg_type: u32) -> Route<'_> {
         match self.handlers.get(&msg_type) {
             Some(Entry::Call(handler)) => return Route::Handler(handler.as_ref()),
@@ -317,6 +346,63 @@ mod tests {
         assert_eq!(frame.trace_str(), "tr");
         let resp: AgentPingResponse = prost::Message::decode(frame.payload).unwrap();
         assert_eq!(resp.message, "x");
+    }
+
+    #[tokio::test]
+    async fn a_denied_request_is_answered_403_naming_it_and_the_connection_serves_the_next() {
+        use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
+        use tokio_util::sync::CancellationToken;
+
+        use crate::authz::Authz;
+        use crate::config::AuthConfig;
+        use crate::rpc::{ConnectionEnd, ServerConfig, ServerStats, serve_connection};
+
+        let auth = AuthConfig { exec: false, ..AuthConfig::default() };
+        let authz = Arc::new(Authz::from_config(&auth).0);
+        let mut router = Router::new();
+        router
+            .authorize_with(Arc::clone(&authz))
+            .unary(MessageType::PingRequest, Echo)
+            .unary(MessageType::ExecListRequest, Echo);
+        let (host, agent) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            let (config, stats, stop) =
+                (ServerConfig::default(), ServerStats::default(), CancellationToken::new());
+            serve_connection(agent, "vsock:2:49152", &router, &config, &stats, &stop).await
+        });
+        // One stream, no reconnection: every answer comes on the same connection.
+        let mut client = AgentClient::from_stream(host, ConnectOptions::default());
+        for (t, name) in [
+            (MessageType::ExecListRequest, "ExecListRequest(0x0115)"),
+            // Denied before it would be 501 (no handler) or take over the connection.
+            (MessageType::ExecRunRequest, "ExecRunRequest(0x0116)"),
+        ] {
+            let err = client.call::<_, AgentPingResponse>(t, &AgentPingRequest::default()).await.unwrap_err();
+            let ClientError::Remote(payload) = err else { panic!("{err}") };
+            assert_eq!(payload.code, ErrorCode::FORBIDDEN);
+            assert_eq!(payload.message, format!("{name} is not allowed by this agent's policy"));
+        }
+        let pong = client.ping(None).await.unwrap();
+        assert!(pong.message.is_empty());
+        assert_eq!(authz.counts().denied_total(), 2);
+        drop(client);
+        assert_eq!(server.await.unwrap(), ConnectionEnd::PeerClosed);
+    }
+
+    #[test]
+    fn the_policy_leaves_non_requests_at_400() {
+        let auth = crate::config::AuthConfig { allow: vec!["Ping".into()], ..Default::default() };
+        let mut router = Router::new();
+        router.authorize_with(Arc::new(Authz::from_config(&auth).0));
+        let code = |t: u32| match router.admit(t, "test") {
+            Route::Reject(e) => e.code,
+            Route::Handler(_) | Route::Session(_) => panic!("0x{t:04X} unexpectedly routed"),
+        };
+        assert_eq!(code(MessageType::PingResponse.code()), 400);
+        assert_eq!(code(0x0999), 400);
+        assert_eq!(code(MessageType::SandboxCreateRequest.code()), 403);
+        assert_eq!(code(MessageType::PingRequest.code()), 501, "allowed, but no handler");
+        assert_eq!(router.authz().counts().denied_total(), 1);
     }
 
     #[tokio::test]

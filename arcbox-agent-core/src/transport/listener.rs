@@ -127,6 +127,10 @@ impl Transport for VsockTransport {
     fn local_address(&self) -> String {
         format!("vsock:any:{}", self.port)
     }
+
+    fn peer_cid(stream: &Self::Stream) -> io::Result<Option<u32>> {
+        Ok(Some(stream.peer_addr()?.cid()))
+    }
 }
 
 /// A listener of any kind, chosen from an [`Address`] at run time.
@@ -182,6 +186,14 @@ impl Transport for AnyListener {
             AnyListener::Tcp(l) => l.local_address(),
             #[cfg(target_os = "linux")]
             AnyListener::Vsock(l) => l.local_address(),
+        }
+    }
+
+    fn peer_cid(stream: &Self::Stream) -> io::Result<Option<u32>> {
+        match stream {
+            AnyStream::Unix(_) | AnyStream::Tcp(_) => Ok(None),
+            #[cfg(target_os = "linux")]
+            AnyStream::Vsock(s) => VsockTransport::peer_cid(s),
         }
     }
 }

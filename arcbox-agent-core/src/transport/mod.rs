@@ -24,4 +24,10 @@ pub trait Transport: Send + 'static {
     fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
     /// The address this transport listens on, for logs.
     fn local_address(&self) -> String;
+    /// The vsock CID of a connection's peer (the peer filter admits by
+    /// it); `None` for transports without CIDs, as the default says.
+    fn peer_cid(stream: &Self::Stream) -> io::Result<Option<u32>> {
+        let _ = stream;
+        Ok(None)
+    }
 }

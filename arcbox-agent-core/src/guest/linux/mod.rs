@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use os::LinuxGuestOs;
 
 use super::{Guest, GuestDns, GuestHooks, GuestSettings, kernel_phase};
+use crate::authz::{Authz, PeerFiltered, Service};
 use crate::config::{
     AgentConfig, ConfigError, DEFAULT_CONFIG_PATH, KUBERNETES_API_ADDR, KUBERNETES_API_VSOCK_PORT,
 };
@@ -142,6 +143,7 @@ async fn run(args: GuestArgs, pid1: bool, init_mode: bool) -> ExitCode {
     let hooks = LinuxHooks {
         config: &config,
         dns: Arc::clone(guest.dns()),
+        authz: Arc::clone(guest.authz()),
         ready_port: args.ready_port.or(config.agent.ready_port),
         boot_id,
         log_file,
@@ -161,6 +163,7 @@ async fn run(args: GuestArgs, pid1: bool, init_mode: bool) -> ExitCode {
 struct LinuxHooks<'a> {
     config: &'a AgentConfig,
     dns: Arc<GuestDns>,
+    authz: Arc<Authz>,
     ready_port: Option<u32>,
     boot_id: String,
     log_file: logging::LateFile,
@@ -172,20 +175,28 @@ impl GuestHooks for LinuxHooks<'_> {
         let docker_socket = RuntimeSockets::default().docker;
         // Container names for the guest DNS, from whichever dockerd runs.
         self.dns.follow_docker(docker_socket.clone(), self.stop.clone());
-        let docker = Address::Unix(docker_socket);
-        tokio::spawn(serve_vsock_proxy(
-            "docker",
-            self.config.runtime.docker_vsock_port,
-            docker,
-            self.stop.clone(),
-        ));
-        let kubernetes = Address::Tcp(KUBERNETES_API_ADDR.to_string());
-        tokio::spawn(serve_vsock_proxy(
-            "kubernetes",
-            KUBERNETES_API_VSOCK_PORT,
-            kubernetes,
-            self.stop.clone(),
-        ));
+        let proxies = [
+            (Service::DockerProxy, self.config.runtime.docker_vsock_port, Address::Unix(docker_socket)),
+            (
+                Service::KubernetesProxy,
+                KUBERNETES_API_VSOCK_PORT,
+                Address::Tcp(KUBERNETES_API_ADDR.to_string()),
+            ),
+        ];
+        for (service, port, target) in proxies {
+            if self.authz.serves(service) {
+                tokio::spawn(serve_vsock_proxy(
+                    service,
+                    port,
+                    target,
+                    Arc::clone(&self.authz),
+                    self.stop.clone(),
+                ));
+            } else {
+                // Not listening: the host's connection is refused by the kernel.
+                tracing::info!(port, name = service.name(), "proxy off by the [auth] policy");
+            }
+        }
         if let Some(port) = self.ready_port {
             announce_ready(port, &self.boot_id).await;
         }
@@ -287,8 +298,16 @@ async fn say_ready(stream: &mut AnyStream, boot_id: &str) -> std::io::Result<()>
     stream.shutdown().await
 }
 
-/// Serves a vsock port as a byte proxy to `target` (Docker API, Kubernetes API).
-async fn serve_vsock_proxy(name: &'static str, port: u32, target: Address, stop: CancellationToken) {
+/// Serves a vsock port as a byte proxy to `target` (Docker API, Kubernetes
+/// API), to the peers `authz` admits.
+async fn serve_vsock_proxy(
+    service: Service,
+    port: u32,
+    target: Address,
+    authz: Arc<Authz>,
+    stop: CancellationToken,
+) {
+    let name = service.name();
     let address = Address::Vsock { cid: VSOCK_CID_ANY, port };
     let listener = match AnyListener::bind(&address).await {
         Ok(l) => l,
@@ -298,7 +317,7 @@ async fn serve_vsock_proxy(name: &'static str, port: u32, target: Address, stop:
         }
     };
     tracing::info!(port, name, target = %target, "proxy listening");
-    serve_proxy(listener, target, Arc::new(ProxyStats::default()), stop).await;
+    serve_proxy(PeerFiltered::new(listener, authz), target, Arc::new(ProxyStats::default()), stop).await;
 }
 
 fn kernel_uptime_secs() -> f64 {

@@ -1,12 +1,14 @@
 //! GetSystemInfo: the reference's field set plus the guest clock, boot id,
-//! the agent's RSS and its request count.
+//! the agent's RSS, its request count and what its policy refused.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
 
 use super::{AgentIdentity, NetworkWatch, network_message};
-use crate::protocol::proto::agent::{Empty, SystemInfo};
+use crate::authz::Authz;
+use crate::protocol::MessageType;
+use crate::protocol::proto::agent::{DeniedRequests, Empty, SystemInfo};
 use crate::rpc::{RequestContext, RpcError, ServerStats, UnaryHandler};
 use crate::sys::{Clock, SystemInfoSource};
 
@@ -17,18 +19,21 @@ pub struct SystemInfoHandler<S, C> {
     identity: Arc<AgentIdentity>,
     stats: Arc<ServerStats>,
     network: NetworkWatch,
+    authz: Arc<Authz>,
 }
 
 impl<S: SystemInfoSource, C: Clock> SystemInfoHandler<S, C> {
-    /// A handler reading from `source`, with the network's status from `network`.
+    /// A handler reading from `source`, with the network's status from
+    /// `network` and the refusals of `authz`.
     pub fn new(
         source: Arc<S>,
         clock: Arc<C>,
         identity: Arc<AgentIdentity>,
         stats: Arc<ServerStats>,
         network: NetworkWatch,
+        authz: Arc<Authz>,
     ) -> Self {
-        Self { source, clock, identity, stats, network }
+        Self { source, clock, identity, stats, network, authz }
     }
 }
 
@@ -48,6 +53,19 @@ impl<S: SystemInfoSource, C: Clock> UnaryHandler for SystemInfoHandler<S, C> {
         info.agent_rss_bytes = self.source.process_rss_bytes().unwrap_or(0);
         info.agent_requests_served = self.stats.requests_served.load(Ordering::Relaxed);
         info.network = Some(network_message(&self.network.borrow()));
+        let refused = self.authz.counts();
+        info.agent_requests_denied = refused.denied_total();
+        info.agent_peers_refused = refused.peers_refused;
+        info.agent_denied = refused
+            .denied
+            .iter()
+            .map(|d| DeniedRequests {
+                request: MessageType::from_u32(d.code)
+                    .map_or_else(|| format!("0x{:04X}", d.code), |t| t.name().to_owned()),
+                code: d.code,
+                count: d.count,
+            })
+            .collect();
         Ok(info)
     }
 }
@@ -65,12 +83,16 @@ mod tests {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH + Duration::new(10, 5)));
         let stats = Arc::new(ServerStats::default());
         stats.requests_served.store(7, Ordering::Relaxed);
+        let auth = crate::config::AuthConfig { exec: false, ..Default::default() };
+        let authz = Arc::new(Authz::from_config(&auth).0);
+        let _ = authz.check_request(MessageType::ExecRunRequest.code(), "test");
         let h = SystemInfoHandler::new(
             source,
             clock,
             AgentIdentity::new("b"),
             stats,
             super::super::unmanaged_network(),
+            authz,
         );
         let ctx = RequestContext { msg_type: 2, trace_id: "", peer: "" };
         let info = h.handle(ctx, Empty {}).await.unwrap();
@@ -79,5 +101,8 @@ mod tests {
         assert_eq!(info.boot_id, "b");
         assert!(info.agent_rss_bytes > 0);
         assert_eq!(info.agent_requests_served, 7);
+        assert_eq!((info.agent_requests_denied, info.agent_peers_refused), (1, 0));
+        assert_eq!(info.agent_denied[0].request, "ExecRunRequest");
+        assert_eq!((info.agent_denied[0].code, info.agent_denied[0].count), (0x0116, 1));
     }
 }
