@@ -46,8 +46,12 @@ fn main() -> ExitCode {
     )
 }
 
-const LIMITS: ConfinedLimits =
-    ConfinedLimits { max_read_bytes: 1 << 20, max_write_bytes: 256 << 10, max_list_entries: 1000 };
+const LIMITS: ConfinedLimits = ConfinedLimits {
+    max_read_bytes: 1 << 20,
+    max_write_bytes: 256 << 10,
+    max_list_entries: 1000,
+    max_copy_bytes: 1 << 20,
+};
 
 /// Every canary's atime and mtime, so any read or write of one shows.
 const PINNED_SECS: i64 = 1_000_000;
