@@ -473,7 +473,7 @@ async fn the_demo_walks_every_request_to_the_shutdown() {
         "upstreams now 192.168.1.1:53, 1.1.1.1:53",
         "wrote 14 bytes to \"../../etc/app.conf\" (root /srv/box)",
         "read back: \"listen = 8080\\n\"",
-        "copied in 4096 bytes of tar to /srv/box/www: 2 files, 2 dirs, 1 symlink",
+        "copied in 4608 bytes of tar to /srv/box/www: 2 files, 2 dirs, 1 symlink",
         "copied /srv/box/www back out: 5 entries",
         "www/bin/serve.sh  755 21 bytes",
         "www/current       symlink -> index.html",

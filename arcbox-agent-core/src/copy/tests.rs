@@ -152,3 +152,13 @@ fn archives_over_the_limit_are_refused_both_ways() {
     assert!(matches!(err, CopyError::TooLarge { limit: 4096 }), "{err}");
     assert_eq!(fs.contents(Path::new("/dst/big")), None, "no partial file");
 }
+
+#[test]
+fn archive_bytes_counts_the_end_blocks_and_record_padding_too() {
+    let fs = fs();
+    let mut archive = pack_of(&fs, "/src", "tree", false).expect("pack");
+    // Padded to a 10 KiB record, as `tar c` writes it.
+    archive.resize(archive.len().next_multiple_of(10240), 0);
+    let stats = unpack_at(&fs, "padded", &archive).expect("unpack");
+    assert_eq!(stats.archive_bytes, archive.len() as u64);
+}

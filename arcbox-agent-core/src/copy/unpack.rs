@@ -5,7 +5,7 @@
 //! still be filled and keeps the archive's mtime.
 
 use std::ffi::{OsStr, OsString};
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -31,6 +31,12 @@ pub fn unpack<F: ConfinedFs>(
         let mut unpacker = Unpacker { target, options, stats: CopyStats::default(), dirs: Vec::new() };
         unpacker.entries(&mut source, dest)?;
         unpacker.finish_dirs()?;
+        // The tar reader stops at the first end block; the second and any
+        // record padding (`tar c` writes 10 KiB records) are read too, so
+        // `archive_bytes` is what the host sent, as a copy-out's is. What
+        // follows the end holds nothing, so a host gone meanwhile loses
+        // nothing and is no failure; only the limit still applies (below).
+        let _ = io::copy(&mut source, &mut io::sink());
         Ok(unpacker.stats)
     });
     if source.over {
