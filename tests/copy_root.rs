@@ -8,7 +8,7 @@ mod root_ns;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +24,7 @@ use arcbox_agent_core::sys::linux::LinuxConfinedFs;
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_wire::client::{AgentClient, ConnectOptions};
 use arcbox_agent_wire::transport::Address;
+use confined_scratch::tree::tree_of;
 use confined_scratch::{Scratch, sorted_names, symlink};
 use nix::sys::stat::{Mode, SFlag, mknod};
 use root_ns::Namespaces;
@@ -59,36 +60,6 @@ fn pack_at(root: &Path, src: &str, follow: bool) -> Result<Vec<u8>, CopyError> {
 fn unpack_at(root: &Path, dest: &str, archive: &[u8]) -> Result<(), CopyError> {
     let options = UnpackOptions { follow: true, preserve_owner: true, into_dir: false, max_bytes: LIMIT };
     unpack(&files(), root, Path::new(dest), &options, &mut &archive[..]).map(|_| ())
-}
-
-/// Every entry under `dir`: relative name, mode, owner, mtime, symlink
-/// target or contents.
-type Seen = (PathBuf, u32, u32, u32, i64, Option<PathBuf>, Option<Vec<u8>>);
-
-fn tree_of(dir: &Path) -> Vec<Seen> {
-    fn walk(base: &Path, at: &Path, out: &mut Vec<Seen>) {
-        for name in sorted_names(at) {
-            let path = at.join(&name);
-            let meta = fs::symlink_metadata(&path).expect("lstat");
-            let rel = path.strip_prefix(base).expect("under base").to_owned();
-            let (target, data) = if meta.is_symlink() {
-                (Some(fs::read_link(&path).expect("readlink")), None)
-            } else if meta.is_file() {
-                (None, Some(fs::read(&path).expect("read")))
-            } else {
-                (None, None)
-            };
-            // A symlink's own mode is always 0777 and not kept by tar tools.
-            let mode = if meta.is_symlink() { 0 } else { meta.mode() & 0o7777 };
-            out.push((rel, mode, meta.uid(), meta.gid(), meta.mtime(), target, data));
-            if meta.is_dir() {
-                walk(base, &path, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out
 }
 
 fn a_tree_round_trips_with_modes_symlinks_ownership_and_odd_names() {

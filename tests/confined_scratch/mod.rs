@@ -7,7 +7,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -17,6 +16,10 @@ use nix::sys::stat::{UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
 
 use crate::root_ns;
+
+#[path = "../support/tree.rs"]
+pub mod tree;
+pub use tree::sorted_names;
 
 /// Every canary's atime and mtime, so any read or write of one shows.
 pub const PINNED_SECS: i64 = 1_000_000;
@@ -215,11 +218,4 @@ impl Canaries {
             pin_tree(tree, &self.skip);
         }
     }
-}
-
-pub fn sorted_names(dir: &Path) -> Vec<OsString> {
-    let mut names: Vec<OsString> =
-        fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry").file_name()).collect();
-    names.sort();
-    names
 }
