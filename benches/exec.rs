@@ -13,6 +13,9 @@
 //! The agent runs on this process's runtime (multi-thread, two workers, as
 //! the guest's). Run: `cargo bench --bench exec` (needs no root).
 
+#[path = "support/plain.rs"]
+mod plain;
+
 use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -21,12 +24,12 @@ use std::time::{Duration, Instant};
 use arcbox_agent_core::exec::ExecService;
 use arcbox_agent_core::protocol::proto::agent::ExecStartRequest;
 use arcbox_agent_core::reaper::Reaper;
+use arcbox_agent_core::rpc::Router;
 use arcbox_agent_core::rpc::handlers::register_exec;
-use arcbox_agent_core::rpc::{Router, Server, ServerConfig, ServerStats};
 use arcbox_agent_core::sys::linux::{LinuxChildReaping, LinuxExecSpawner};
-use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_wire::client::{AgentClient, ConnectOptions, ExecEvent};
 use arcbox_agent_wire::transport::Address;
+use plain::{guest_runtime, measuring, median, serve};
 use tokio_util::sync::CancellationToken;
 
 const ROUND_TRIPS: usize = 500;
@@ -57,12 +60,7 @@ async fn start_agent(dir: &std::path::Path, stop: &CancellationToken) -> Address
     tokio::spawn(Arc::clone(&reaper).run(stop.clone()));
     let mut router = Router::new();
     register_exec(&mut router, ExecService::new(Arc::new(LinuxExecSpawner::new(reaper))));
-    let socket = dir.join("agent.sock");
-    let listener = UnixTransport::bind(&socket).expect("bind");
-    let server = Server::new(router, ServerConfig::default(), Arc::new(ServerStats::default()));
-    let stop = stop.clone();
-    tokio::spawn(async move { server.serve(listener, stop).await });
-    Address::Unix(socket)
+    serve(router, dir, stop)
 }
 
 fn argv(args: &[&str]) -> ExecStartRequest {
@@ -138,19 +136,10 @@ fn local_throughput() -> (f64, Duration) {
     (GIB as f64 / start.elapsed().as_secs_f64(), cpu_time() - cpu)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` runs nothing long.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("exec bench: run with `cargo bench --bench exec`");
+    if !measuring("exec") {
         return;
     }
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     // The local baselines run first, before the agent's reaper exists: its
     // `wait4(-1)` reaps every child of this process, so a `Command::status`
     // racing it would lose its child (ECHILD).
@@ -162,7 +151,7 @@ fn main() {
         local_rates.push(rate);
         local_cpu.push(cpu.as_secs_f64());
     }
-    runtime.block_on(async {
+    guest_runtime().block_on(async {
         let dir = tempfile::tempdir().expect("dir");
         let stop = CancellationToken::new();
         let address = start_agent(dir.path(), &stop).await;

@@ -5,8 +5,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use arcbox_agent_core::config::AgentConfig;
 use arcbox_agent_core::protocol::proto::agent::{
-    Empty, FileListRequest, FileMkdirRequest, FileReadRequest, FileRemoveRequest, FileStatRequest,
-    FileWriteRequest,
+    CopyInRequest, CopyOutRequest, Empty, FileListRequest, FileMkdirRequest, FileReadRequest,
+    FileRemoveRequest, FileStatRequest, FileWriteRequest,
 };
 use arcbox_agent_core::protocol::{ErrorCode, MessageType, PROTOCOL_VERSION};
 use arcbox_agent_core::rpc::{Router, Server, ServerConfig, ServerStats};
@@ -504,6 +504,10 @@ async fn the_demo_walks_every_request_to_the_shutdown() {
         "upstreams now 192.168.1.1:53, 1.1.1.1:53",
         "wrote 14 bytes to \"../../etc/app.conf\" (root /srv/box)",
         "read back: \"listen = 8080\\n\"",
+        "copied in 4608 bytes of tar to /srv/box/www: 2 files, 2 dirs, 1 symlink",
+        "copied /srv/box/www back out: 5 entries",
+        "www/bin/serve.sh  755 21 bytes",
+        "www/current       symlink -> index.html",
         "cat said \"hello through stdin\\n\", then exited 0",
         "a missing program is a spawn failure, not an exit: agent error 404",
         "sleep 60 with a 100 ms timeout: timed_out true, signal 15",
@@ -511,4 +515,92 @@ async fn the_demo_walks_every_request_to_the_shutdown() {
     ] {
         assert!(text.contains(expected), "{expected:?} missing from the demo:\n{text}");
     }
+}
+
+fn file_write(root: &str, path: &str, data: &[u8]) -> FileWriteRequest {
+    FileWriteRequest {
+        root: root.into(),
+        path: path.into(),
+        data: data.to_vec(),
+        mode: 0o640,
+        create_parents: true,
+    }
+}
+
+#[tokio::test]
+async fn a_directory_copied_out_and_back_in_lands_under_its_new_name_with_its_modes() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    client.file_write(file_write("/", "/box/src/a.txt", b"alpha")).await.unwrap();
+    client.file_write(file_write("/", "/box/src/deep/b\nc", &[7; 300_000])).await.unwrap();
+    let mut archive = Vec::new();
+    let out = CopyOutRequest { root: "/box".into(), path: "src".into(), ..Default::default() };
+    let packed = client.copy_out(out, &mut archive).await.unwrap();
+    assert_eq!((packed.files, packed.dirs, packed.archive_bytes), (2, 2, archive.len() as u64));
+    // A missing destination takes the archive's top-level name's place.
+    let into = CopyInRequest {
+        root: "/box".into(),
+        path: "copy".into(),
+        follow_symlink: true,
+        ..Default::default()
+    };
+    let unpacked = client.copy_in(into, archive.as_slice()).await.unwrap();
+    assert_eq!((unpacked.files, unpacked.file_bytes), (2, 300_005));
+    let read = FileReadRequest { root: "/box".into(), path: "copy/deep/b\nc".into(), offset: 0, length: 0 };
+    assert_eq!(client.file_read(read).await.unwrap().data, vec![7; 300_000]);
+    let info = client.file_stat(FileStatRequest { root: "/box".into(), path: "copy/a.txt".into() }).await;
+    assert_eq!(info.unwrap().info.unwrap().mode, 0o640);
+    // An existing directory receives it under its own name.
+    let into = CopyInRequest {
+        root: "/box".into(),
+        path: "copy".into(),
+        follow_symlink: true,
+        ..Default::default()
+    };
+    client.copy_in(into, archive.as_slice()).await.unwrap();
+    let nested = FileReadRequest { root: "/box".into(), path: "copy/src/a.txt".into(), offset: 0, length: 0 };
+    assert_eq!(client.file_read(nested).await.unwrap().data, b"alpha");
+}
+
+#[tokio::test]
+async fn a_copy_over_its_size_limit_is_refused_and_the_client_keeps_serving() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    client.file_write(file_write("/", "/box/big", &[1; 1 << 20])).await.unwrap();
+    let mut archive = Vec::new();
+    let out =
+        CopyOutRequest { root: "/box".into(), path: "big".into(), max_bytes: 64 << 10, ..Default::default() };
+    let err = client.copy_out(out, &mut archive).await.expect_err("over the limit");
+    assert_eq!(err.code(), Some(ErrorCode::PAYLOAD_TOO_LARGE), "{err}");
+    let out = CopyOutRequest { root: "/box".into(), path: "big".into(), ..Default::default() };
+    archive.clear();
+    client.copy_out(out, &mut archive).await.unwrap();
+    let into = CopyInRequest {
+        root: "/box".into(),
+        path: "again".into(),
+        max_bytes: 64 << 10,
+        ..Default::default()
+    };
+    let err = client.copy_in(into, archive.as_slice()).await.expect_err("over the limit");
+    assert_eq!(err.code(), Some(ErrorCode::PAYLOAD_TOO_LARGE), "{err}");
+    assert!(err.to_string().contains("limit of 65536 bytes"), "{err}");
+    client.ping(None).await.expect("the client reconnects and the agent serves on");
+    let gone = client.file_stat(FileStatRequest { root: "/box".into(), path: "again".into() }).await;
+    assert_eq!(gone.err().and_then(|e| e.code()), Some(ErrorCode::NOT_FOUND), "no partial file");
+}
+
+#[tokio::test]
+async fn copy_in_is_refused_while_frozen_and_copy_out_goes_on() {
+    let sim = sim_server(Scenario::Healthy);
+    let mut client = client_for(&sim.address).await;
+    client.file_write(file_write("/", "/box/f", b"data")).await.unwrap();
+    let frozen = client.fs_freeze(30, false).await.unwrap();
+    let mut archive = Vec::new();
+    let out = CopyOutRequest { root: "/box".into(), path: "f".into(), ..Default::default() };
+    client.copy_out(out, &mut archive).await.expect("reads go on");
+    let into = CopyInRequest { root: "/box".into(), path: "g".into(), ..Default::default() };
+    let err = client.copy_in(into, archive.as_slice()).await.expect_err("frozen");
+    assert_eq!(err.code(), Some(ErrorCode::UNAVAILABLE), "{err}");
+    assert!(err.to_string().contains("CopyInRequest refused"), "{err}");
+    client.fs_thaw(&frozen.token, false).await.unwrap();
 }

@@ -52,6 +52,8 @@ fn the_document_has_the_golden_blocks() {
             "file_read_request",
             "exec_run_request",
             "exec_output_item",
+            "copy_in_request",
+            "copy_input_chunk",
             "watch_stats_request",
             "fs_freeze_request",
             "sync_clock_request"
@@ -66,6 +68,16 @@ fn exec_goldens_match() {
     assert_eq!(encode(MessageType::ExecRunRequest, &run.encode_to_vec()), golden("exec_run_request"));
     let item = ExecOutput { stream: 1, offset: 0, data: b"hi".to_vec() };
     assert_eq!(encode(MessageType::ExecOutput, &item.encode_to_vec()), golden("exec_output_item"));
+}
+
+#[test]
+fn copy_goldens_match() {
+    use arcbox_agent_wire::protocol::proto::agent::{CopyChunk, CopyInRequest};
+    let request =
+        CopyInRequest { root: "/r".into(), path: "d".into(), follow_symlink: true, ..Default::default() };
+    assert_eq!(encode(MessageType::CopyInRequest, &request.encode_to_vec()), golden("copy_in_request"));
+    let chunk = CopyChunk { data: b"hi".to_vec(), ..Default::default() };
+    assert_eq!(encode(MessageType::CopyInput, &chunk.encode_to_vec()), golden("copy_input_chunk"));
 }
 
 #[test]

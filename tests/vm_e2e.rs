@@ -9,11 +9,15 @@
 
 #[path = "vm_e2e/stats.rs"]
 mod stats;
+#[path = "support/tree.rs"]
+mod tree;
 #[path = "support/vm.rs"]
 mod vm;
 
 #[path = "vm_e2e/authz.rs"]
 mod authz;
+#[path = "vm_e2e/copy.rs"]
+mod copy;
 #[path = "vm_e2e/exec.rs"]
 mod exec;
 #[path = "vm_e2e/time.rs"]
@@ -605,6 +609,7 @@ async fn stats_exec_and_clock_sync_work_over_vsock_on_one_boot() {
     let mut agent = client(&vm).await;
     stats::the_guest_reports_sane_stats_over_vsock(&mut agent, smp, mib).await;
     exec::exec_works_in_the_guest(&vm).await;
+    copy::a_tree_copied_in_and_out_keeps_contents_modes_and_symlinks(&mut agent).await;
     time::three_hours_behind_is_stepped_and_20_ms_is_slewed(&mut agent).await;
     // And the agent still serves everything else.
     assert_still_serving(&vm).await;

@@ -25,6 +25,7 @@
 //! - [`proxy`]: byte proxies with half-close (Docker and Kubernetes APIs), splice on Linux.
 //! - [`net`]: the primary NIC's address from in-process DHCP (or static), kept and released.
 //! - [`dns`]: the container-name DNS server (local zone `arcbox.local`, forwarding with a cache).
+//! - [`copy`]: copy in and out as tar streams (`docker cp` semantics) through the confined files.
 //! - [`exec`]: processes started for the host: buffered output by offset, stdin, signals, timeouts.
 //! - [`quiesce`]: freezing the filesystems for a snapshot, with a token and a watchdog thaw.
 //! - [`timesync`]: the guest clock from the host's time or ptp_kvm, stepped or slewed.
@@ -48,6 +49,7 @@ pub mod agent;
 pub mod authz;
 pub mod boot;
 pub mod config;
+pub mod copy;
 pub mod dns;
 pub mod exec;
 pub mod guest;

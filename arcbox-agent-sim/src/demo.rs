@@ -2,9 +2,10 @@
 //! host client through every request the agent serves: ping (with clock
 //! sync), system info, the boot report, WatchReadiness (on a second
 //! connection, its events shown as they arrive), EnsureRuntime with
-//! progress, runtime status, the five Kubernetes requests, a freeze and
-//! thaw (a write refused meanwhile), a clock slew and step, and Shutdown,
-//! whose ordered steps the simulated guest then lists.
+//! progress, runtime status, the five Kubernetes requests, the file
+//! requests, a directory copied in and back out as tar streams, exec,
+//! stats, a freeze and thaw (a write refused meanwhile), a clock slew and
+//! step, and Shutdown, whose ordered steps the simulated guest then lists.
 
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
@@ -13,8 +14,8 @@ use arcbox_agent_core::shutdown::GuestPower;
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
 use arcbox_agent_wire::protocol::proto::agent::{
-    ExecStartRequest, FileListRequest, FileMkdirRequest, FileReadRequest, FileRemoveRequest,
-    FileWriteRequest, NetworkStatus, ReadinessEvent,
+    CopyInRequest, CopyOutRequest, ExecStartRequest, FileListRequest, FileMkdirRequest, FileReadRequest,
+    FileRemoveRequest, FileWriteRequest, NetworkStatus, ReadinessEvent,
 };
 use arcbox_agent_wire::transport::Address;
 use tokio::sync::mpsc;
@@ -39,6 +40,8 @@ pub enum DemoError {
     Call(&'static str, ClientError),
     /// Writing the output failed.
     Output(std::io::Error),
+    /// Building or reading the copy step's tar archive failed.
+    Archive(std::io::Error),
 }
 
 impl std::fmt::Display for DemoError {
@@ -47,6 +50,7 @@ impl std::fmt::Display for DemoError {
             DemoError::Setup(e) => write!(f, "setting up the simulator: {e}"),
             DemoError::Call(step, e) => write!(f, "{step}: {e}"),
             DemoError::Output(e) => write!(f, "writing output: {e}"),
+            DemoError::Archive(e) => write!(f, "the copy step's archive: {e}"),
         }
     }
 }
@@ -203,6 +207,7 @@ async fn walk(scenario: Scenario, address: &Address, out: &mut (dyn Write + Send
     kubernetes(&mut client, &mut events, out).await?;
     dns(&mut client, out).await?;
     files(&mut client, out).await?;
+    copy(&mut client, out).await?;
     exec(&mut client, out).await?;
     stats(&mut client, out).await?;
     quiesce(&mut client, out).await?;
@@ -317,6 +322,63 @@ async fn files(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result
     let removed = client.file_remove(rm).await.map_err(call("file remove"))?;
     say!(out, "removed /srv/box/etc: {}", removed.removed);
     Ok(())
+}
+
+/// Copy: a small site (a file, a script, a symlink) built as a tar archive
+/// in memory, copied in under a new name and packed back out.
+async fn copy(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+    say!(out, "\n-- copy: a directory in and back out as tar streams (arcbox-agentctl cp)");
+    let call = |what| move |e| DemoError::Call(what, e);
+    let archive = site_archive().map_err(DemoError::Archive)?;
+    // `www` does not exist yet, so the archive's top-level `site` becomes it (docker cp).
+    let into = CopyInRequest { root: "/srv/box".into(), path: "www".into(), ..Default::default() };
+    let put = client.copy_in(into, archive.as_slice()).await.map_err(call("copy in"))?;
+    say!(
+        out,
+        "copied in {} bytes of tar to /srv/box/www: {} files, {} dirs, {} symlink",
+        put.archive_bytes,
+        put.files,
+        put.dirs,
+        put.symlinks
+    );
+    let mut back = Vec::new();
+    let from = CopyOutRequest { root: "/srv/box".into(), path: "www".into(), ..Default::default() };
+    let got = client.copy_out(from, &mut back).await.map_err(call("copy out"))?;
+    say!(out, "copied /srv/box/www back out: {} entries, {} bytes of tar", got.entries, got.archive_bytes);
+    let mut unpacked = tar::Archive::new(back.as_slice());
+    for entry in unpacked.entries().map_err(DemoError::Archive)? {
+        let entry = entry.map_err(DemoError::Archive)?;
+        let header = entry.header();
+        let mode = header.mode().map_err(DemoError::Archive)?;
+        let path = entry.path().map_err(DemoError::Archive)?.display().to_string();
+        match entry.link_name().map_err(DemoError::Archive)? {
+            Some(target) => say!(out, "  {path:<17} symlink -> {}", target.display()),
+            None => say!(out, "  {path:<17} {:o} {} bytes", mode, header.size().map_err(DemoError::Archive)?),
+        }
+    }
+    Ok(())
+}
+
+/// The demo's directory as a tar archive: `site/` with a page, a script
+/// and a symlink to the page.
+fn site_archive() -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_size(data.len() as u64);
+        match link {
+            Some(target) => builder.append_link(&mut header, path, target),
+            None => builder.append_data(&mut header, path, data),
+        }
+    };
+    add("site/", tar::EntryType::Directory, 0o755, b"", None)?;
+    add("site/index.html", tar::EntryType::Regular, 0o644, b"<h1>hello</h1>\n", None)?;
+    add("site/bin/", tar::EntryType::Directory, 0o755, b"", None)?;
+    add("site/bin/serve.sh", tar::EntryType::Regular, 0o755, b"#!/bin/sh\nexec httpd\n", None)?;
+    add("site/current", tar::EntryType::Symlink, 0o777, b"", Some("index.html"))?;
+    builder.into_inner()
 }
 
 /// Exec: a run session with stdin, the exit after the output, a spawn

@@ -19,6 +19,7 @@
 //! - `quiesce`: `freeze`, `thaw`, `freeze-status` and `time sync`.
 //! - `text`: the human rendering of each answer.
 
+mod cp;
 mod exec;
 mod fs;
 mod quiesce;
@@ -114,6 +115,9 @@ enum Command {
     },
     /// Run a command in the guest, like `docker exec`; its exit code becomes ours.
     Exec(exec::ExecArgs),
+    /// Copy files and directories between host and guest, like `docker cp`
+    /// (`guest:PATH` names the guest side; `-` is a tar archive on stdin or stdout).
+    Cp(cp::CpArgs),
     /// Print readiness events as they happen (agent, runtime, k3s, daemons).
     Watch {
         /// Exit 0 once an event of this kind arrives (e.g. runtime_ready, kubernetes_ready).
@@ -323,6 +327,7 @@ async fn run(args: &Args, connect: &str) -> Result<Exit, ClientError> {
             Ok(Exit::Success)
         }
         Command::Fs { root, action } => fs::run(client, &out, root, action).await,
+        Command::Cp(cp_args) => cp::run(client, &out, cp_args).await,
         Command::Stats(stats_args) => stats::run(client, &out, stats_args).await,
         Command::Shutdown { timeout } => {
             let answer = client.shutdown(*timeout).await?;

@@ -98,10 +98,14 @@ impl Group {
             | M::KubernetesStatusRequest
             | M::KubernetesKubeconfigRequest => Some(Group::Kubernetes),
             M::ShutdownRequest => Some(Group::Shutdown),
-            M::MmapReadFileRequest | M::FileReadRequest | M::FileStatRequest | M::FileListRequest => {
-                Some(Group::FilesRead)
+            M::MmapReadFileRequest
+            | M::FileReadRequest
+            | M::FileStatRequest
+            | M::FileListRequest
+            | M::CopyOutRequest => Some(Group::FilesRead),
+            M::FileWriteRequest | M::FileMkdirRequest | M::FileRemoveRequest | M::CopyInRequest => {
+                Some(Group::FilesWrite)
             }
-            M::FileWriteRequest | M::FileMkdirRequest | M::FileRemoveRequest => Some(Group::FilesWrite),
             M::ExecStartRequest
             | M::ExecAttachRequest
             | M::ExecWaitRequest
@@ -128,6 +132,7 @@ impl Group {
             M::Empty
             | M::SandboxExecInput
             | M::ExecInput
+            | M::CopyInput
             | M::PingResponse
             | M::GetSystemInfoResponse
             | M::EnsureRuntimeResponse
@@ -173,6 +178,9 @@ impl Group {
             | M::ExecGap
             | M::ExecExit
             | M::ExecInputAck
+            | M::CopyResult
+            | M::CopyOutput
+            | M::CopyAck
             | M::StatsResponse
             | M::StatsSample
             | M::FsFreezeResponse
@@ -409,7 +417,7 @@ mod tests {
         assert!(!p.serves(Service::DockerProxy) && !p.serves(Service::KubernetesProxy));
         let writes = policy(|a| a.file_writes = false);
         let refused = writes.refused_types();
-        assert_eq!(refused, ["FileWriteRequest", "FileMkdirRequest", "FileRemoveRequest"]);
+        assert_eq!(refused, ["FileWriteRequest", "FileMkdirRequest", "FileRemoveRequest", "CopyInRequest"]);
     }
 
     #[test]

@@ -36,7 +36,7 @@ mod system;
 mod system_info;
 
 pub use clock::FakeClock;
-pub use confined::FakeConfinedFs;
+pub use confined::{FakeConfinedDir, FakeConfinedFs};
 pub use disk::FakeDisk;
 pub use endpoints::{Endpoint, FAKE_CONTAINERD_VERSION, FakeApis, FakeEndpoints, FakeSocketProbe};
 pub use exec::FakeExecSpawner;

@@ -36,6 +36,8 @@ pub struct ConfinedLimits {
     pub max_write_bytes: u64,
     /// The most entries a listing returns (a larger `max_entries` is lowered to it).
     pub max_list_entries: usize,
+    /// The largest tar stream one copy in or out carries (a request may ask for less).
+    pub max_copy_bytes: u64,
 }
 
 impl ConfinedLimits {
@@ -54,6 +56,7 @@ impl Default for ConfinedLimits {
             max_read_bytes: DEFAULT_MAX_READ_BYTES,
             max_write_bytes: DEFAULT_MAX_WRITE_BYTES,
             max_list_entries: DEFAULT_MAX_LIST_ENTRIES,
+            max_copy_bytes: DEFAULT_MAX_COPY_BYTES,
         }
     }
 }
@@ -64,6 +67,10 @@ pub const DEFAULT_MAX_READ_BYTES: u64 = 8 << 20;
 pub const DEFAULT_MAX_WRITE_BYTES: u64 = 8 << 20;
 /// The most entries one listing returns (about 100 bytes each on the wire).
 pub const DEFAULT_MAX_LIST_ENTRIES: usize = 10_000;
+
+/// The largest tar stream one copy carries: 16 GiB (copies stream, so the
+/// bound is the disk, not memory).
+pub const DEFAULT_MAX_COPY_BYTES: u64 = 16 << 30;
 
 /// Bytes read from a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,6 +310,74 @@ pub trait ConfinedFs: Send + Sync + 'static {
     /// tree: it follows no symlink and crosses no mount point. `Ok(false)`
     /// when nothing was there.
     fn remove(&self, root: &Path, path: &Path, recursive: bool) -> Result<bool, ConfinedError>;
+
+    /// A handle on a directory inside the root, for walking or filling a
+    /// tree one entry at a time (copy in and out).
+    type Dir: ConfinedDir;
+
+    /// Opens directory `path` inside `root` (symlinks, a final one too,
+    /// followed inside the root).
+    fn open_dir(&self, root: &Path, path: &Path) -> Result<Self::Dir, ConfinedError>;
+}
+
+/// What an unpacked entry gets besides its contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Permission bits, setuid, setgid and sticky.
+    pub mode: u32,
+    /// Last modification.
+    pub mtime: SystemTime,
+    /// Owner and group to set; `None` keeps the creator's (the agent's
+    /// when it is not root, where a chown would fail anyway).
+    pub owner: Option<(u32, u32)>,
+}
+
+/// A directory opened inside a root: the place a copy walks or fills.
+///
+/// Paths given to its methods are resolved as if this directory were `/`
+/// (as docker's chrooted untar sees them): `..` stops here, absolute
+/// symlinks start here, so an archive cannot reach beside or above the
+/// directory it is unpacked in. The final name of a path is never
+/// followed: it is created, replaced, stated or opened as itself.
+pub trait ConfinedDir: Send + Sized {
+    /// A regular file opened for reading.
+    type File: Read + Send;
+
+    /// Metadata of `path` itself (a final symlink is not followed).
+    fn stat(&self, path: &Path) -> Result<FileStat, ConfinedError>;
+
+    /// Opens the directory `path`; a final symlink is refused, not followed.
+    fn open_dir(&self, path: &Path) -> Result<Self, ConfinedError>;
+
+    /// The names in this directory (not `.` and `..`), sorted.
+    fn names(&self) -> Result<Vec<OsString>, ConfinedError>;
+
+    /// Opens the regular file `path` for reading with its metadata; a
+    /// symlink, device, FIFO or socket is refused and never opened.
+    fn open_file(&self, path: &Path) -> Result<(Self::File, FileStat), ConfinedError>;
+
+    /// Makes directory `path` with `mode` (missing parents 0o755);
+    /// `Ok(false)` when a directory is there already (left as it is).
+    fn make_dir(&self, path: &Path, mode: u32) -> Result<bool, ConfinedError>;
+
+    /// Stores the regular file `path` with what `data` yields and `meta`:
+    /// written under a temporary name in the same directory and renamed
+    /// over `path` only once complete, so an interrupted write leaves the
+    /// old name as it was. A symlink at `path` is replaced, a directory
+    /// refused; missing parents are made (0o755). Returns the bytes written.
+    fn write_file(&self, path: &Path, data: &mut dyn Read, meta: &EntryMeta) -> Result<u64, ConfinedError>;
+
+    /// Makes `path` a symlink to `target` (stored as given, never
+    /// resolved), replacing a non-directory there.
+    fn symlink(&self, path: &Path, target: &Path, meta: &EntryMeta) -> Result<(), ConfinedError>;
+
+    /// Makes `path` a hard link to the file `existing` (itself, not what a
+    /// symlink there points at), replacing a non-directory there.
+    fn hard_link(&self, path: &Path, existing: &Path) -> Result<(), ConfinedError>;
+
+    /// Sets mode, owner and mtime of the directory `path` (after its
+    /// entries, whose creation moved its mtime).
+    fn set_dir_meta(&self, path: &Path, meta: &EntryMeta) -> Result<(), ConfinedError>;
 }
 
 /// The paths that name no file, for a write or a remove that needs one.

@@ -34,8 +34,8 @@ mod network;
 mod stats;
 
 pub use confined::{
-    ConfinedError, ConfinedFs, ConfinedLimits, DirEntry, FileKind, FileStat, Listing, NAMES_NO_FILE,
-    NOT_REMOVABLE, ReadResult, final_name, split_final,
+    ConfinedDir, ConfinedError, ConfinedFs, ConfinedLimits, DEFAULT_MAX_COPY_BYTES, DirEntry, EntryMeta,
+    FileKind, FileStat, Listing, NAMES_NO_FILE, NOT_REMOVABLE, ReadResult, final_name, split_final,
 };
 pub use disk::DiskOps;
 pub use freeze::{DeviceId, FreezeOutcome, FsFreezer, MountedFs, ThawOutcome};

@@ -14,6 +14,10 @@ pub enum ClientError {
     /// The connection failed mid-call.
     #[error("connection failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The caller's own data could not be read or written (a copy's
+    /// archive source or destination on the host).
+    #[error("local data: {0}")]
+    Local(#[source] std::io::Error),
     /// The agent closed the connection, or a failed call dropped it.
     #[error("the agent closed the connection")]
     Disconnected,

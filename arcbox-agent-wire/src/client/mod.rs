@@ -6,6 +6,7 @@
 //! drops the connection (a late answer would pair with the next request),
 //! and the next call reconnects when the client was made by [`AgentClient::connect`].
 
+mod copy;
 mod error;
 mod exec;
 mod quiesce;
@@ -20,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use copy::DEFAULT_COPY_WINDOW;
 pub use error::ClientError;
 pub use exec::{DEFAULT_EXEC_WINDOW, ExecEvent, ExecSession, ExecStdin};
 pub use quiesce::FREEZE_CALL_TIMEOUT;

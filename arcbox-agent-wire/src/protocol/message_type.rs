@@ -127,6 +127,12 @@ message_types! {
     ExecRunRequest = 0x0116,
     /// Extension: `ExecInput`, host to agent inside an exec session (not a request).
     ExecInput = 0x0117,
+    /// Extension: `CopyInRequest`, a tar archive into the guest (a session).
+    CopyInRequest = 0x0120,
+    /// Extension: `CopyOutRequest`, a tar archive out of the guest (a session).
+    CopyOutRequest = 0x0121,
+    /// Extension: `CopyChunk`, host to agent inside a copy session (not a request).
+    CopyInput = 0x0122,
     /// Extension: `StatsRequest` (one sample of the guest's counters).
     StatsRequest = 0x0130,
     /// Extension: `WatchStatsRequest`; answered by a stream of `StatsSample`.
@@ -229,6 +235,12 @@ message_types! {
     ExecExit = 0x1119,
     /// Extension: `ExecInputAck`, stdin credit inside an exec session.
     ExecInputAck = 0x111A,
+    /// Extension: `CopyResult`, the last frame of a copy session.
+    CopyResult = 0x1120,
+    /// Extension: `CopyChunk`, archive bytes of a copy-out.
+    CopyOutput = 0x1121,
+    /// Extension: `CopyAck`, archive credit inside a copy-in.
+    CopyAck = 0x1122,
     /// Extension: `StatsSample` answering a `StatsRequest`.
     StatsResponse = 0x1130,
     /// Extension: `StatsSample`, one stream item of a `WatchStatsRequest`.
@@ -256,7 +268,10 @@ impl MessageType {
         let code = self.code();
         code != 0
             && code < RESPONSE_BIT
-            && !matches!(self, MessageType::SandboxExecInput | MessageType::ExecInput)
+            && !matches!(
+                self,
+                MessageType::SandboxExecInput | MessageType::ExecInput | MessageType::CopyInput
+            )
     }
 
     /// Whether the code lies in the arcbox-agent extension range.

@@ -1,5 +1,5 @@
-//! The file requests: read, write (atomic replace), stat, list, mkdir and
-//! remove, each confined to a root directory the host names (see
+//! The file requests: read, write (atomic replace), stat, list, mkdir,
+//! remove and the copy sessions (`copy.rs`), each confined to a root directory the host names (see
 //! [`crate::sys::ConfinedFs`]), and the reference's MmapReadFile, served as
 //! a confined read under `/` capped by the read limit. The operations are
 //! syscalls, so they run on the blocking pool, never on the async workers.
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use super::WhileThawed;
+use super::copy::{CopyIn, CopyOut};
 use crate::protocol::proto::agent::{
     FileInfo, FileListRequest, FileListResponse, FileMkdirRequest, FileMkdirResponse, FileReadRequest,
     FileReadResponse, FileRemoveRequest, FileRemoveResponse, FileStatRequest, FileStatResponse,
@@ -24,13 +25,13 @@ pub const DEFAULT_FILE_MODE: u32 = 0o644;
 /// Mode of a new directory when the request says 0.
 pub const DEFAULT_DIR_MODE: u32 = 0o755;
 
-/// Registers the file requests and MmapReadFile on `router`.
+/// Registers the file requests, the copy sessions and MmapReadFile on `router`.
 pub fn register_files<F: ConfinedFs>(router: &mut Router, files: Arc<F>) {
     register_files_guarded(router, files, &FreezeGate::default());
 }
 
-/// As [`register_files`], with the writes (write, mkdir, remove) refused
-/// while `frozen` says the filesystems are frozen; reads go on.
+/// As [`register_files`], with the writes (write, mkdir, remove, copy in)
+/// refused while `frozen` says the filesystems are frozen; reads go on.
 pub fn register_files_guarded<F: ConfinedFs>(router: &mut Router, files: Arc<F>, frozen: &FreezeGate) {
     router
         .unary(MessageType::FileReadRequest, Read(Arc::clone(&files)))
@@ -39,11 +40,13 @@ pub fn register_files_guarded<F: ConfinedFs>(router: &mut Router, files: Arc<F>,
         .unary(MessageType::FileListRequest, List(Arc::clone(&files)))
         .unary(MessageType::FileMkdirRequest, WhileThawed::new(frozen, Mkdir(Arc::clone(&files))))
         .unary(MessageType::FileRemoveRequest, WhileThawed::new(frozen, Remove(Arc::clone(&files))))
+        .session(MessageType::CopyInRequest, WhileThawed::new(frozen, CopyIn(Arc::clone(&files))))
+        .session(MessageType::CopyOutRequest, CopyOut(Arc::clone(&files)))
         .unary(MessageType::MmapReadFileRequest, MmapRead(files));
 }
 
 /// The host's root: absolute, `/` when empty.
-fn root_of(root: &str) -> Result<PathBuf, RpcError> {
+pub(super) fn root_of(root: &str) -> Result<PathBuf, RpcError> {
     match root {
         "" => Ok(PathBuf::from("/")),
         root if Path::new(root).is_absolute() => Ok(PathBuf::from(root)),
@@ -53,7 +56,12 @@ fn root_of(root: &str) -> Result<PathBuf, RpcError> {
 
 /// The wire code for a failed operation; the message keeps the errno.
 fn rpc_error(err: ConfinedError) -> RpcError {
-    let code = match &err {
+    RpcError::new(error_code(&err), format!("{err} (errno {})", err.errno()))
+}
+
+/// The wire code for a failed confined operation.
+pub(super) fn error_code(err: &ConfinedError) -> i32 {
+    match err {
         ConfinedError::NotFound { .. } => ErrorCode::NOT_FOUND,
         ConfinedError::Root { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             ErrorCode::NOT_FOUND
@@ -67,8 +75,7 @@ fn rpc_error(err: ConfinedError) -> RpcError {
         ConfinedError::TooLarge { .. } => ErrorCode::PAYLOAD_TOO_LARGE,
         ConfinedError::Unsupported(_) => ErrorCode::NOT_IMPLEMENTED,
         ConfinedError::Root { .. } | ConfinedError::Io { .. } => ErrorCode::INTERNAL,
-    };
-    RpcError::new(code, format!("{err} (errno {})", err.errno()))
+    }
 }
 
 /// Runs `op` on the blocking pool with the request's root.

@@ -1,6 +1,7 @@
 //! One handler module per request family.
 
 mod boot_report;
+mod copy;
 mod dns;
 mod exec;
 mod files;
@@ -16,6 +17,7 @@ mod system_info;
 mod time;
 
 pub use boot_report::BootReportHandler;
+pub use copy::{COPY_CHUNK_BYTES, COPY_IN_WINDOW_BYTES, DEFAULT_COPY_OUT_WINDOW_BYTES};
 pub use dns::{DnsControl, NameEntry, parse_upstreams, register_dns};
 pub use exec::{DEFAULT_WINDOW_BYTES, STDIN_WINDOW_BYTES, register_exec, status_message};
 pub use files::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, file_info, register_files, register_files_guarded};

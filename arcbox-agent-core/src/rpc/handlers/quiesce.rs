@@ -14,7 +14,10 @@ use crate::protocol::{ErrorCode, MessageType};
 use crate::quiesce::{
     FreezeGate, FreezeOptions, QuiesceError, Quiescer, RuntimeDaemons, Skipped, daemons_to_pause,
 };
-use crate::rpc::{HandlerError, RequestContext, Responder, Router, RpcError, StreamingHandler, UnaryHandler};
+use crate::rpc::{
+    HandlerError, RequestContext, Responder, Router, RpcError, Session, SessionHandler, StreamingHandler,
+    UnaryHandler,
+};
 use crate::sys::{FsFreezer, MountedFs};
 
 /// Registers the three freeze requests. `runtimes` are the daemons paused
@@ -75,6 +78,20 @@ impl<H: StreamingHandler> StreamingHandler for WhileThawed<H> {
     ) -> Result<(), HandlerError> {
         self.admit(&ctx)?;
         self.inner.handle(ctx, request, out).await
+    }
+}
+
+impl<H: SessionHandler> SessionHandler for WhileThawed<H> {
+    type Request = H::Request;
+
+    async fn handle<'a>(
+        &'a self,
+        ctx: RequestContext<'a>,
+        request: H::Request,
+        session: Session<'a, '_>,
+    ) -> Result<(), HandlerError> {
+        self.admit(&ctx)?;
+        self.inner.handle(ctx, request, session).await
     }
 }
 

@@ -19,7 +19,7 @@ mod system_info;
 mod watch;
 
 pub use clock::LinuxClock;
-pub use confined::LinuxConfinedFs;
+pub use confined::{LinuxConfinedDir, LinuxConfinedFs};
 pub use disk::LinuxDisk;
 pub use exec::LinuxExecSpawner;
 pub use files::LinuxFiles;

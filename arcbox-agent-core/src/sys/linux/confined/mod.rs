@@ -34,7 +34,7 @@ use std::collections::BinaryHeap;
 use std::ffi::{CStr, OsStr, OsString};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write as _};
-use std::os::fd::{AsRawFd as _, IntoRawFd as _, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd as _, BorrowedFd, IntoRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Component, Path, PathBuf};
 use std::ptr::NonNull;
@@ -46,6 +46,10 @@ use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2
 use nix::sys::stat::{FileStat as RawStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::sys::uio::pread;
 use nix::unistd::{UnlinkatFlags, fsync, linkat, unlinkat};
+
+mod tree;
+
+pub use tree::LinuxConfinedDir;
 
 use crate::sys::{
     ConfinedError, ConfinedFs, ConfinedLimits, DirEntry, FileKind, FileStat, Listing, NAMES_NO_FILE,
@@ -99,18 +103,7 @@ impl ConfinedFs for LinuxConfinedFs {
         self.limits.check_read(max_len)?;
         let at = Confined::open(root, path)?;
         let handle = at.resolve(path, OFlag::O_PATH)?;
-        let st = fstat(&handle).map_err(|e| at.fail("stat", e))?;
-        match kind(&st) {
-            FileKind::File => {}
-            FileKind::Dir => return Err(ConfinedError::IsADirectory { path: path.to_owned() }),
-            FileKind::Symlink | FileKind::Other => {
-                return Err(ConfinedError::NotRegularFile { path: path.to_owned() });
-            }
-        }
-        let file = reopen_read(&handle).map_err(|e| match e {
-            Errno::ENOENT => ConfinedError::Unsupported("reading files without /proc mounted"),
-            e => at.fail("open", e),
-        })?;
+        let (file, st) = at.reopen_regular(&handle)?;
         let size = u64::try_from(st.st_size).unwrap_or(0);
         // Past the end (or past what off_t holds): nothing, and the end.
         if (size > 0 && offset >= size) || i64::try_from(offset).is_err() {
@@ -172,22 +165,7 @@ impl ConfinedFs for LinuxConfinedFs {
     }
 
     fn stat(&self, root: &Path, path: &Path) -> Result<FileStat, ConfinedError> {
-        let at = Confined::open(root, path)?;
-        let Some((parent, name)) = split_final(path) else {
-            // Ends in no name: a directory, never a symlink.
-            let handle = at.resolve(path, OFlag::O_PATH)?;
-            let st = fstat(&handle).map_err(|e| at.fail("stat", e))?;
-            return Ok(file_stat(&st, None));
-        };
-        let dir = at.resolve(parent, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
-        let st = fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| at.fail("stat", e))?;
-        let target = match kind(&st) {
-            FileKind::Symlink => {
-                Some(PathBuf::from(readlinkat(&dir, name).map_err(|e| at.fail("readlink", e))?))
-            }
-            _ => None,
-        };
-        Ok(file_stat(&st, target))
+        Confined::open(root, path)?.stat(path)
     }
 
     fn list(&self, root: &Path, path: &Path, max_entries: usize) -> Result<Listing, ConfinedError> {
@@ -279,13 +257,35 @@ impl ConfinedFs for LinuxConfinedFs {
             Err(e) => Err(removal_error(path, e)),
         }
     }
+
+    type Dir = LinuxConfinedDir;
+
+    fn open_dir(&self, root: &Path, path: &Path) -> Result<LinuxConfinedDir, ConfinedError> {
+        let at = Confined::open(root, path)?;
+        Ok(LinuxConfinedDir::new(at.dir(path)?))
+    }
 }
 
 /// One call's root descriptor and the path it was asked for (which every
 /// error names).
 struct Confined<'a> {
-    root: OwnedFd,
+    root: RootFd<'a>,
     path: &'a Path,
+}
+
+/// A root opened for one call, or a directory handle's, borrowed.
+enum RootFd<'a> {
+    Owned(OwnedFd),
+    Borrowed(BorrowedFd<'a>),
+}
+
+impl AsFd for RootFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::Owned(fd) => fd.as_fd(),
+            Self::Borrowed(fd) => *fd,
+        }
+    }
 }
 
 impl<'a> Confined<'a> {
@@ -297,7 +297,57 @@ impl<'a> Confined<'a> {
         }
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let root = nix::fcntl::open(root, flags, Mode::empty()).map_err(|e| root_error(e.into()))?;
-        Ok(Self { root, path })
+        Ok(Self { root: RootFd::Owned(root), path })
+    }
+
+    /// Resolves inside the already open directory `root` instead.
+    fn within(root: &'a OwnedFd, path: &'a Path) -> Self {
+        Self { root: RootFd::Borrowed(root.as_fd()), path }
+    }
+
+    /// Metadata of `sub` itself: a final symlink is not followed.
+    fn stat(&self, sub: &Path) -> Result<FileStat, ConfinedError> {
+        let Some((parent, name)) = split_final(sub) else {
+            // Ends in no name: a directory, never a symlink.
+            let handle = self.resolve(sub, OFlag::O_PATH)?;
+            let st = fstat(&handle).map_err(|e| self.fail("stat", e))?;
+            return Ok(file_stat(&st, None));
+        };
+        let dir = self.resolve(parent, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+        let st = fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| self.fail("stat", e))?;
+        let target = match kind(&st) {
+            FileKind::Symlink => {
+                Some(PathBuf::from(readlinkat(&dir, name).map_err(|e| self.fail("readlink", e))?))
+            }
+            _ => None,
+        };
+        Ok(file_stat(&st, target))
+    }
+
+    /// Reopens the `O_PATH` handle `handle` for reading if it is a regular
+    /// file (anything else is refused unopened), with its metadata.
+    fn reopen_regular(&self, handle: &OwnedFd) -> Result<(OwnedFd, RawStat), ConfinedError> {
+        let st = fstat(handle).map_err(|e| self.fail("stat", e))?;
+        match kind(&st) {
+            FileKind::File => {}
+            FileKind::Dir => return Err(ConfinedError::IsADirectory { path: self.path.to_owned() }),
+            FileKind::Symlink | FileKind::Other => {
+                return Err(ConfinedError::NotRegularFile { path: self.path.to_owned() });
+            }
+        }
+        let file = reopen_read(handle).map_err(|e| match e {
+            Errno::ENOENT => ConfinedError::Unsupported("reading files without /proc mounted"),
+            e => self.fail("open", e),
+        })?;
+        Ok((file, st))
+    }
+
+    /// Opens directory `sub`, or makes it (and what is missing before it).
+    fn dir_or_make(&self, sub: &Path) -> Result<OwnedFd, ConfinedError> {
+        match self.dir(sub) {
+            Err(ConfinedError::NotFound { .. }) => Ok(self.make_dirs(sub)?.0),
+            other => other,
+        }
     }
 
     fn fail(&self, op: &'static str, errno: Errno) -> ConfinedError {
@@ -607,8 +657,12 @@ impl Drop for DirStream {
 mod tests {
     use super::*;
 
-    const LIMITS: ConfinedLimits =
-        ConfinedLimits { max_read_bytes: 1 << 20, max_write_bytes: 1 << 20, max_list_entries: 100 };
+    const LIMITS: ConfinedLimits = ConfinedLimits {
+        max_read_bytes: 1 << 20,
+        max_write_bytes: 1 << 20,
+        max_list_entries: 100,
+        max_copy_bytes: 1 << 20,
+    };
 
     #[test]
     fn a_file_written_in_a_tempdir_reads_back_and_lists() {

@@ -9,8 +9,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
+
+mod tree;
+
+pub use tree::FakeConfinedDir;
 
 use crate::sys::{
     ConfinedError, ConfinedFs, ConfinedLimits, DirEntry, FileKind, FileStat, Listing, NAMES_NO_FILE,
@@ -34,6 +38,7 @@ struct Node {
     content: Content,
     mode: u32,
     mtime: SystemTime,
+    owner: (u32, u32),
 }
 
 #[derive(Debug)]
@@ -49,7 +54,7 @@ struct State {
 #[derive(Debug)]
 pub struct FakeConfinedFs {
     limits: ConfinedLimits,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 impl FakeConfinedFs {
@@ -57,11 +62,11 @@ impl FakeConfinedFs {
     pub fn new(limits: ConfinedLimits) -> Self {
         let mut state = State { nodes: BTreeMap::new(), tick: 0, free_bytes: None };
         state.put(PathBuf::from("/"), Content::Dir, 0o755);
-        Self { limits, state: Mutex::new(state) }
+        Self { limits, state: Arc::new(Mutex::new(state)) }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Adds directory `path` (absolute) and its parents.
@@ -104,6 +109,10 @@ impl FakeConfinedFs {
     }
 }
 
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// `path` made absolute and free of `.` and `..` (for the trusted paths of
 /// the setup helpers and roots).
 fn normal(path: &Path) -> PathBuf {
@@ -139,7 +148,7 @@ impl State {
     fn put(&mut self, path: PathBuf, content: Content, mode: u32) {
         self.tick += 1;
         let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(self.tick);
-        self.nodes.insert(path, Node { content, mode, mtime });
+        self.nodes.insert(path, Node { content, mode, mtime, owner: (0, 0) });
     }
 
     fn put_with_parents(&mut self, path: &Path, content: Content, mode: u32) {
@@ -278,7 +287,15 @@ fn stat_of(node: &Node) -> FileStat {
         }
         Content::Other => (FileKind::Other, 0, None),
     };
-    FileStat { kind, size, mode: node.mode, uid: 0, gid: 0, mtime: node.mtime, symlink_target }
+    FileStat {
+        kind,
+        size,
+        mode: node.mode,
+        uid: node.owner.0,
+        gid: node.owner.1,
+        mtime: node.mtime,
+        symlink_target,
+    }
 }
 
 impl ConfinedFs for FakeConfinedFs {
@@ -416,14 +433,27 @@ impl ConfinedFs for FakeConfinedFs {
         state.nodes.remove(&at);
         Ok(true)
     }
+
+    type Dir = FakeConfinedDir;
+
+    fn open_dir(&self, root: &Path, path: &Path) -> Result<FakeConfinedDir, ConfinedError> {
+        let state = self.state();
+        let root = state.root(root)?;
+        let at = state.dir(&root, path, path)?;
+        Ok(FakeConfinedDir::new(Arc::clone(&self.state), at))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const LIMITS: ConfinedLimits =
-        ConfinedLimits { max_read_bytes: 64, max_write_bytes: 16, max_list_entries: 3 };
+    const LIMITS: ConfinedLimits = ConfinedLimits {
+        max_read_bytes: 64,
+        max_write_bytes: 16,
+        max_list_entries: 3,
+        max_copy_bytes: 1 << 20,
+    };
 
     /// Root /box holding etc/passwd, with /outside/secret beside it.
     fn tree() -> FakeConfinedFs {
