@@ -12,8 +12,8 @@ use crate::shutdown::ShutdownOps;
 use crate::sys::ConfinedLimits;
 use crate::sys::linux::{
     LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxCounters, LinuxDisk, LinuxExecSpawner, LinuxFiles,
-    LinuxFreezer, LinuxMount, LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe, LinuxSpawner,
-    LinuxSystemInfo,
+    LinuxFreezer, LinuxMount, LinuxPidSignals, LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe,
+    LinuxSpawner, LinuxSystemInfo,
 };
 
 /// The real system.
@@ -46,6 +46,7 @@ impl GuestOs for LinuxGuestOs {
     type System = LinuxSystemInfo;
     type Confined = LinuxConfinedFs;
     type Exec = LinuxExecSpawner;
+    type Signals = LinuxPidSignals;
     type Counters = LinuxCounters;
     type Freezer = LinuxFreezer;
 
@@ -80,6 +81,10 @@ impl GuestOs for LinuxGuestOs {
 
     fn exec(&self) -> Arc<LinuxExecSpawner> {
         Arc::clone(&self.exec)
+    }
+
+    fn pid_signals(&self) -> Arc<LinuxPidSignals> {
+        Arc::new(LinuxPidSignals)
     }
 
     fn counters(&self) -> Arc<LinuxCounters> {
