@@ -152,8 +152,6 @@ impl GuestOs for FakeGuest {
     type System = FakeSystemInfo;
     type Confined = FakeConfinedFs;
     type Exec = FakeExecSpawner;
-    /// The fake programs' table is the only one there is.
-    type Signals = FakeExecSpawner;
     type Counters = FakeCounters;
     type Freezer = FakeFreezer;
 
@@ -187,10 +185,6 @@ impl GuestOs for FakeGuest {
     }
 
     fn exec(&self) -> Arc<FakeExecSpawner> {
-        Arc::clone(&self.exec)
-    }
-
-    fn pid_signals(&self) -> Arc<FakeExecSpawner> {
         Arc::clone(&self.exec)
     }
 

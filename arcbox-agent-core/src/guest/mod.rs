@@ -36,7 +36,7 @@ use crate::Agent;
 use crate::agent::AgentParts;
 use crate::boot::BootRecorder;
 use crate::config::AgentConfig;
-use crate::exec::{DockerExecSpawner, ExecService, RoutedExecSpawner};
+use crate::exec::ExecService;
 use crate::init::{InitOps, InitRunner, Phase, Step, StepReport, standard_plan};
 use crate::quiesce::{FreezeGate, Quiescer, RuntimeDaemons};
 use crate::rpc::ServerConfig;
@@ -54,7 +54,7 @@ use crate::shutdown::{
 };
 use crate::stats::StatsCollector;
 use crate::storage::{DataDisk, DataDiskConfig, data_device};
-use crate::sys::exec::{ExecSpawner, PidSignals};
+use crate::sys::exec::ExecSpawner;
 use crate::sys::{
     Clock, ConfinedFs, DiskOps, FileOps, FsFreezer, MountOps, ProcessSpawner, SocketProbe, SystemCounters,
     SystemInfoSource,
@@ -83,8 +83,6 @@ pub trait GuestOs: Send + Sync + 'static {
     type Confined: ConfinedFs;
     /// Processes started for the host (the exec requests).
     type Exec: ExecSpawner;
-    /// Signals by pid (container execs: their processes are dockerd's).
-    type Signals: PidSignals;
     /// CPU, memory, disk, network and container counters (the Stats requests).
     type Counters: SystemCounters;
     /// FIFREEZE/FITHAW (the freeze requests).
@@ -104,8 +102,6 @@ pub trait GuestOs: Send + Sync + 'static {
     fn confined(&self) -> Arc<Self::Confined>;
     /// The exec requests' process starter.
     fn exec(&self) -> Arc<Self::Exec>;
-    /// Signals by pid.
-    fn pid_signals(&self) -> Arc<Self::Signals>;
     /// The guest's counters.
     fn counters(&self) -> Arc<Self::Counters>;
     /// The filesystem freezer.
@@ -218,13 +214,9 @@ impl<O: GuestOs> Guest<O> {
         register_kubernetes_guarded(agent.router_mut(), Arc::clone(&kubernetes), &frozen);
         let dns = GuestDns::from_config(config);
         register_dns(agent.router_mut(), Arc::clone(&dns));
-        // A request naming a container runs there through dockerd's API (docker exec).
-        let docker_api = DockerClient::new(layout.sockets.docker.clone());
-        let in_containers = Arc::new(DockerExecSpawner::new(docker_api.clone(), os.pid_signals()));
-        let exec = RoutedExecSpawner::new(os.exec(), in_containers);
-        register_exec(agent.router_mut(), ExecService::new(Arc::new(exec)));
+        register_exec(agent.router_mut(), ExecService::new(os.exec()));
         // Containers' names come from dockerd's API, asked only for ids it has not named yet.
-        let names = Arc::new(docker_api);
+        let names = Arc::new(DockerClient::new(layout.sockets.docker.clone()));
         let stats = Arc::new(StatsCollector::new(os.counters(), Some(names)));
         register_stats(agent.router_mut(), stats, os.clock(), stop.clone());
         register_files_guarded(agent.router_mut(), os.confined(), &frozen);
