@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use arcbox_agent_core::protocol::proto::agent::{ExecStartRequest, ExecStatus, ExecTerminal};
-use arcbox_agent_wire::client::AgentClient;
+use arcbox_agent_wire::client::{AgentClient, ExecEvent};
 
 use super::{DockerProxy, IMAGE};
 
@@ -56,10 +56,40 @@ pub async fn docker_exec_semantics_in_a_running_container(agent: &mut AgentClien
     let (out, _, status) = run(agent, request, Some(b"through the hijacked stream\n")).await;
     assert_eq!((out.as_str(), status.exit_code), ("through the hijacked stream\n", 0));
 
-    let mut request = in_container(&["stty", "size"]);
+    // The size asked for holds from the start's answer on (dockerd 20.10
+    // ignores ConsoleSize: the agent resizes before answering); a resize is
+    // dockerd's call, done shortly after its answer. The shell says when it
+    // runs (runc's exec takes seconds under TCG).
+    let mut request = in_container(&["sh", "-c", "echo ready; read a; stty size; read b; stty size"]);
     request.terminal = Some(ExecTerminal { rows: 33, cols: 111, modes: Vec::new() });
-    let (out, _, status) = run(agent, request, None).await;
-    assert_eq!((out.trim(), status.exit_code, status.terminal), ("33 111", 0, true), "{status:?}");
+    request.stdin = true;
+    let mut session = agent.exec_run(request, 0).await.expect("terminal exec");
+    let mut screen = String::new();
+    let mut read_until = async |session: &mut arcbox_agent_wire::client::ExecSession<_>, want: &str| {
+        while !screen.contains(want) {
+            let event = tokio::time::timeout(Duration::from_secs(60), session.next_event()).await;
+            match event.expect("terminal exec hung").expect("event") {
+                Some(ExecEvent::Output { data, .. }) => screen.push_str(&String::from_utf8_lossy(&data)),
+                Some(ExecEvent::Exit(status)) => return Some(status),
+                Some(_) => {}
+                None => panic!("the session ended without an exit: {screen:?}"),
+            }
+        }
+        None
+    };
+    read_until(&mut session, "ready").await;
+    session.stdin().write(b"\n".to_vec()).await.expect("a line");
+    read_until(&mut session, "33 111").await;
+    agent.exec_resize(&session.exec_id, 40, 120).await.expect("resize");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    session.stdin().write(b"\n".to_vec()).await.expect("a line");
+    let status = read_until(&mut session, "no such text").await.expect("exit");
+    let sizes: Vec<&str> = screen.lines().map(str::trim).filter(|l| l.contains(' ')).collect();
+    assert_eq!(
+        (sizes.as_slice(), status.exit_code, status.terminal),
+        (&["33 111", "40 120"][..], 0, true),
+        "{screen:?}"
+    );
 
     let mut request = in_container(&["id", "-u"]);
     request.user = "nobody".into();

@@ -9,7 +9,8 @@
 //! the stream ends the exit code comes from inspecting the exec until
 //! dockerd says it stopped. The API has no exec signal: signals go to the
 //! pid dockerd reports (the guest's namespace) through [`PidSignals`].
-//! Resizes are API calls, made by a task in order, the latest size winning.
+//! The first terminal size is set before the start is answered; resizes
+//! are API calls made by a task in order, the latest size winning.
 //!
 //! A container exec has no rusage (dockerd does not report it); a process
 //! killed by signal N exits with 128 + N, as `docker exec` reports it.
@@ -150,8 +151,17 @@ impl<P: PidSignals> ExecSpawner for DockerExecSpawner<P> {
                 let _ = exit_tx.send(exit);
             }
         });
-        let resize =
-            config.console_size.map(|[rows, cols]| resizer(self.client.clone(), id.clone(), rows, cols));
+        let resize = match config.console_size {
+            Some([rows, cols]) => {
+                // Before the start is answered, so the size holds from then on
+                // (dockerd before API 1.42 ignores ConsoleSize).
+                if let Err(err) = self.client.resize_exec(&id, rows, cols).await {
+                    tracing::debug!(exec = %id, %err, "container exec initial resize failed");
+                }
+                Some(resizer(self.client.clone(), id.clone()))
+            }
+            None => None,
+        };
         let exit: ExitFuture = Box::pin(async move {
             exit_rx.await.unwrap_or(Err(SysError::Unsupported("a container exec without its exit task")))
         });
@@ -252,11 +262,10 @@ async fn wait_exit(client: &DockerClient, id: &str) -> Result<ChildExit, SysErro
     }
 }
 
-/// A task applying terminal sizes in order, the first at once; it ends
+/// A task applying terminal sizes in order (the latest wins); it ends
 /// with its sender (the exec's control).
-fn resizer(client: DockerClient, id: String, rows: u16, cols: u16) -> watch::Sender<(u16, u16)> {
-    let (tx, mut rx) = watch::channel((rows, cols));
-    rx.mark_changed();
+fn resizer(client: DockerClient, id: String) -> watch::Sender<(u16, u16)> {
+    let (tx, mut rx) = watch::channel((0, 0));
     tokio::spawn(async move {
         while rx.changed().await.is_ok() {
             let (rows, cols) = *rx.borrow_and_update();
