@@ -1,6 +1,6 @@
 //! Exec inside a container of the real dockerd (`ExecStartRequest.container`):
 //! output split into stdout and stderr, stdin with its EOF, a terminal's
-//! size, the container's user, a signal by the pid dockerd reports, and a
+//! size and a resize, a user and group, a signal by the pid dockerd reports, and a
 //! missing container as its own answer.
 
 use std::time::Duration;
@@ -91,10 +91,12 @@ pub async fn docker_exec_semantics_in_a_running_container(agent: &mut AgentClien
         "{screen:?}"
     );
 
-    let mut request = in_container(&["id", "-u"]);
-    request.user = "nobody".into();
+    // The imported busybox has no /etc/passwd: ids, resolved by dockerd.
+    let mut request = in_container(&["sh", "-c", "id -u; id -g"]);
+    request.user = "1234".into();
+    request.group = "5678".into();
     let (out, _, _) = run(agent, request, None).await;
-    assert_eq!(out.trim(), "65534", "the container's nobody");
+    assert_eq!(out, "1234\n5678\n", "the user and group in the container");
 
     let started = agent.exec_start(in_container(&["sleep", "300"])).await.expect("start sleep");
     agent.exec_signal(&started.exec_id, libc::SIGTERM, false).await.expect("TERM by pid");
