@@ -24,6 +24,9 @@ mod vm;
 #[path = "vm_runtime/quiesce.rs"]
 mod quiesce;
 
+#[path = "vm_runtime/exec.rs"]
+mod exec;
+
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -349,6 +352,7 @@ async fn ensure_runtime_formats_a_blank_disk_and_the_docker_cli_runs_containers_
     .await;
 
     container_names_resolve_through_the_guest_dns(&docker, &mut agent).await;
+    exec::docker_exec_semantics_in_a_running_container(&mut agent, &docker).await;
 
     let console = vm.console();
     assert!(console.contains("proxy connection closed"), "no proxy debug lines:\n{}", vm.console_tail(40));

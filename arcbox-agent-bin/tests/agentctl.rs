@@ -529,4 +529,8 @@ fn exec_passes_output_stdin_and_the_exit_code_through() {
     let timed = agentctl(&sim.address, &["exec", "--timeout", "0.2", "--", "sleep", "30"]);
     assert_eq!(timed.status.code(), Some(128 + 15), "TERM on timeout: {timed:?}");
     assert!(stderr(&timed).contains("timed out"), "{timed:?}");
+    // --container reaches the agent: the simulator has no dockerd to run it in.
+    let inside = agentctl(&sim.address, &["exec", "--container", "web", "--", "true"]);
+    assert_eq!(inside.status.code(), Some(125), "{inside:?}");
+    assert!(stderr(&inside).contains("501") && stderr(&inside).contains("\"web\""), "{inside:?}");
 }

@@ -26,7 +26,8 @@
 //! - [`net`]: the primary NIC's address from in-process DHCP (or static), kept and released.
 //! - [`dns`]: the container-name DNS server (local zone `arcbox.local`, forwarding with a cache).
 //! - [`copy`]: copy in and out as tar streams (`docker cp` semantics) through the confined files.
-//! - [`exec`]: processes started for the host: buffered output by offset, stdin, signals, timeouts.
+//! - [`exec`]: processes started for the host (in the guest, or in a dockerd container):
+//!   buffered output by offset, stdin, signals, timeouts.
 //! - [`quiesce`]: freezing the filesystems for a snapshot, with a token and a watchdog thaw.
 //! - [`timesync`]: the guest clock from the host's time or ptp_kvm, stepped or slewed.
 //! - [`boot`]: the boot report.

@@ -10,9 +10,16 @@
 //! - `mod.rs`: [`ExecService`] (the registry), [`Exec`] (one process), [`ExecSpec`].
 //! - [`output`]: [`OutputBuffer`], one output stream.
 //! - `supervise.rs`: the tasks around a process: output pumps, the exit, the timeout.
+//! - [`DockerExecSpawner`] (`docker.rs`): `docker exec` through dockerd's API.
+//! - [`RoutedExecSpawner`] (`routed.rs`): container requests to dockerd, the rest to the guest.
 
+mod docker;
 pub mod output;
+mod routed;
 mod supervise;
+
+pub use docker::{DockerExecSpawner, exec_config};
+pub use routed::RoutedExecSpawner;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -82,6 +89,8 @@ pub struct Exec {
     pub argv: Vec<String>,
     /// Whether it has a terminal (one output stream).
     pub terminal: bool,
+    /// The container it runs in (`None`: the guest itself).
+    pub container: Option<String>,
     started: Instant,
     stdout: OutputBuffer,
     stderr: Option<OutputBuffer>,
@@ -256,7 +265,7 @@ impl<S: ExecSpawner> ExecService<S> {
     }
 
     /// Starts `spec`; the process runs until it exits, whoever is attached.
-    pub fn start(self: &Arc<Self>, spec: ExecSpec) -> Result<Arc<Exec>, ExecError> {
+    pub async fn start(self: &Arc<Self>, spec: ExecSpec) -> Result<Arc<Exec>, ExecError> {
         let running = self.lock().values().filter(|e| e.exit().is_none()).count();
         if running >= MAX_RUNNING {
             return Err(ExecError::TooMany(running));
@@ -268,7 +277,7 @@ impl<S: ExecSpawner> ExecService<S> {
             let dir = command.cgroup.get_or_insert_with(|| PathBuf::from(EXEC_CGROUP_PARENT).join(&id));
             self.spawner.limit_memory(dir, limit)?;
         }
-        let spawned = match self.spawner.spawn(&command) {
+        let spawned = match self.spawner.spawn(&command).await {
             Ok(spawned) => spawned,
             Err(err) => {
                 if own_cgroup && let Some(dir) = &command.cgroup {
@@ -285,6 +294,7 @@ impl<S: ExecSpawner> ExecService<S> {
             pid: spawned.pid,
             argv: command.argv.clone(),
             terminal: command.terminal.is_some(),
+            container: command.container.as_ref().map(|t| t.container.clone()),
             started: Instant::now(),
             stdout: buffer(),
             stderr: spawned.stderr.is_some().then(buffer),

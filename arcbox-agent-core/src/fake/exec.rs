@@ -7,28 +7,46 @@
 //! `stty size` (with a terminal), `stderr TEXT` (TEXT to stderr). Any
 //! other name does not exist.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 use tokio::sync::{oneshot, watch};
 
-use crate::sys::exec::{ExecCommand, ExecControl, ExecSpawner, SpawnError, SpawnedExec};
+use crate::sys::exec::{ExecCommand, ExecControl, ExecSpawner, PidSignals, SpawnError, SpawnedExec};
 use crate::sys::{ChildExit, ExitStatus, ResourceUsage, SysError};
 
 const PIPE_BYTES: usize = 64 * 1024;
 
-/// Runs the built-in programs.
+/// Runs the built-in programs; also the process table that
+/// [`PidSignals`] reaches (by the pids it handed out).
 #[derive(Default)]
 pub struct FakeExecSpawner {
     next_pid: Mutex<u32>,
+    /// The controls of the running programs by pid.
+    running: Arc<Mutex<HashMap<u32, Weak<FakeControl>>>>,
 }
 
 impl FakeExecSpawner {
-    /// A spawner whose first pid is 1000.
+    /// A spawner whose first pid is 1001.
     pub fn new() -> Self {
-        Self { next_pid: Mutex::new(1000) }
+        Self { next_pid: Mutex::new(1000), running: Arc::default() }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Weak<FakeControl>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl PidSignals for FakeExecSpawner {
+    fn kill(&self, pid: u32, signal: i32, group: bool) -> Result<(), SysError> {
+        // A program that is gone is no error, as with ESRCH.
+        match self.running().get(&pid).and_then(Weak::upgrade) {
+            Some(control) => control.signal(signal, group),
+            None => Ok(()),
+        }
     }
 }
 
@@ -67,7 +85,8 @@ const KNOWN: &[&str] =
     &["true", "false", "exit", "echo", "cat", "yes", "sleep", "printenv", "stty", "stderr"];
 
 impl ExecSpawner for FakeExecSpawner {
-    fn spawn(&self, command: &ExecCommand) -> Result<SpawnedExec, SpawnError> {
+    async fn spawn(&self, command: &ExecCommand) -> Result<SpawnedExec, SpawnError> {
+        command.refuse_container()?;
         let program = command.argv.first().cloned().unwrap_or_default();
         let name = program.rsplit('/').next().unwrap_or_default().to_owned();
         if !KNOWN.contains(&name.as_str()) {
@@ -92,12 +111,15 @@ impl ExecSpawner for FakeExecSpawner {
         let env = command.env.clone();
         let mut signals = control.signal.subscribe();
         let program_control = Arc::clone(&control);
+        self.running().insert(pid, Arc::downgrade(&control));
+        let table = Arc::clone(&self.running);
         tokio::spawn(async move {
             let run = run(name, argv, env, io, program_control);
             let status = tokio::select! {
                 status = run => status,
                 Ok(()) = signals.changed() => ExitStatus::Signal(signals.borrow().unwrap_or(9)),
             };
+            table.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
             let _ = exit_tx.send(ChildExit { status, usage: ResourceUsage::default() });
         });
         let terminal = command.terminal.is_some();

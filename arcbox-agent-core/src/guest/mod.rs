@@ -46,6 +46,7 @@ use crate::rpc::handlers::{
     register_stats,
 };
 use crate::runtime::api::ApiCheck;
+use crate::runtime::docker_api::DockerClient;
 use crate::runtime::{
     DataDiskStep, DockerEngine, K3s, K3sLayout, Lifecycle, ReadinessEvents, RuntimeLayout, RuntimeOps,
 };
@@ -219,7 +220,7 @@ impl<O: GuestOs> Guest<O> {
         register_dns(agent.router_mut(), Arc::clone(&dns));
         register_exec(agent.router_mut(), ExecService::new(os.exec()));
         // Containers' names come from dockerd's API, asked only for ids it has not named yet.
-        let names = Arc::new(crate::runtime::docker_api::DockerClient::new(layout.sockets.docker.clone()));
+        let names = Arc::new(DockerClient::new(layout.sockets.docker.clone()));
         let stats = Arc::new(StatsCollector::new(os.counters(), Some(names)));
         register_stats(agent.router_mut(), stats, os.clock(), stop.clone());
         register_files_guarded(agent.router_mut(), os.confined(), &frozen);

@@ -4,7 +4,10 @@
 //! The exec service (`crate::exec`) does the buffering, timeouts and
 //! bookkeeping on top; an implementation only starts and controls one
 //! process. Linux: `sys::linux::LinuxExecSpawner`; the simulator and unit
-//! tests: `fake::FakeExecSpawner`.
+//! tests: `fake::FakeExecSpawner`. Processes inside a container of the
+//! guest's dockerd are started by `exec::DockerExecSpawner` through the
+//! Docker API; [`PidSignals`] is the one OS call it needs (signals: the
+//! API has none for an exec).
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -64,6 +67,20 @@ pub struct ExecCommand {
     pub terminal: Option<TerminalSpec>,
     /// Whether stdin is a pipe the caller writes (else /dev/null).
     pub stdin: bool,
+    /// Run inside this container of the guest's dockerd instead of the
+    /// guest itself (`docker exec`).
+    pub container: Option<ContainerTarget>,
+}
+
+/// Where a container exec runs and as whom, as dockerd takes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerTarget {
+    /// The container's name or id.
+    pub container: String,
+    /// `user`, `user:group`, `uid` or `uid:gid` inside the container, as
+    /// `docker exec --user` takes it (resolved in the container's
+    /// /etc/passwd by dockerd); empty: the container's user.
+    pub user: String,
 }
 
 /// Resolves to the exit of an exec process (with its usage).
@@ -97,6 +114,13 @@ pub enum SpawnError {
     /// The request cannot be started as asked (bad user, mode, limit).
     #[error("{0}")]
     Invalid(String),
+    /// What starts it is not running (dockerd for a container exec).
+    #[error("{0}")]
+    Unavailable(String),
+    /// This spawner cannot honour a part of the request (a container exec
+    /// where no dockerd is wired).
+    #[error("{0}")]
+    Unsupported(String),
     /// The system refused (out of processes, memory, file descriptors).
     #[error(transparent)]
     Sys(#[from] SysError),
@@ -113,7 +137,11 @@ pub trait ExecControl: Send + Sync {
 /// Starts exec processes.
 pub trait ExecSpawner: Send + Sync + 'static {
     /// Starts `command`. Needs a tokio runtime (the streams are async).
-    fn spawn(&self, command: &ExecCommand) -> Result<SpawnedExec, SpawnError>;
+    /// Resolves once the process runs (a container exec asks dockerd).
+    fn spawn(
+        &self,
+        command: &ExecCommand,
+    ) -> impl std::future::Future<Output = Result<SpawnedExec, SpawnError>> + Send;
     /// The uid and primary gid of a user name, and its supplementary groups.
     fn lookup_user(&self, name: &str) -> Result<(u32, u32, Vec<u32>), SpawnError>;
     /// The gid of a group name.
@@ -125,4 +153,27 @@ pub trait ExecSpawner: Send + Sync + 'static {
     fn oom_kills(&self, dir: &Path) -> u64;
     /// Removes the cgroup `dir` made by [`ExecSpawner::limit_memory`].
     fn remove_cgroup(&self, dir: &Path);
+}
+
+impl ExecCommand {
+    /// Refuses a container exec, for spawners that start processes in the
+    /// guest itself (running it there would be silently wrong).
+    pub fn refuse_container(&self) -> Result<(), SpawnError> {
+        match &self.container {
+            Some(target) => Err(SpawnError::Unsupported(format!(
+                "exec in container {:?} is not served here (no dockerd is wired to this agent)",
+                target.container
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Signals to a process by pid, for processes this agent did not start
+/// (a container exec's process, whose pid dockerd reports).
+pub trait PidSignals: Send + Sync + 'static {
+    /// Sends `signal` to `pid`, or to its process group when `group` and
+    /// `pid` leads one (else to `pid` alone). A process that is gone is
+    /// not an error.
+    fn kill(&self, pid: u32, signal: i32, group: bool) -> Result<(), SysError>;
 }

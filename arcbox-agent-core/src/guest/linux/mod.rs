@@ -138,7 +138,9 @@ async fn run(args: GuestArgs, pid1: bool, init_mode: bool) -> ExitCode {
     let stop = CancellationToken::new();
     let reaper = start_reaper(pid1, init_mode, stop.clone());
     let boot_id = settings.boot_id.clone();
-    let guest = Guest::assemble(&LinuxGuestOs::new(reaper), &config, settings, &kernel_steps, stop.clone());
+    let docker_socket = crate::runtime::RuntimeLayout::from_config(&config).sockets.docker;
+    let os = LinuxGuestOs::new(reaper, &docker_socket);
+    let guest = Guest::assemble(&os, &config, settings, &kernel_steps, stop.clone());
     watch_signals(Arc::clone(guest.power()), init_mode, Duration::from_secs(config.shutdown.grace_secs));
     let hooks = LinuxHooks {
         config: &config,

@@ -1,35 +1,47 @@
 //! [`LinuxGuestOs`]: the real implementations of every capability the
 //! guest's services use, with child exits owned by one reaper.
 
+use std::path::Path;
 use std::sync::Arc;
 
+use crate::exec::{DockerExecSpawner, RoutedExecSpawner};
 use crate::guest::GuestOs;
 use crate::init::InitOps;
 use crate::reaper::Reaper;
 use crate::runtime::RuntimeOps;
 use crate::runtime::api::SocketApis;
+use crate::runtime::docker_api::DockerClient;
 use crate::shutdown::ShutdownOps;
 use crate::sys::ConfinedLimits;
 use crate::sys::linux::{
     LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxCounters, LinuxDisk, LinuxExecSpawner, LinuxFiles,
-    LinuxFreezer, LinuxMount, LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe, LinuxSpawner,
-    LinuxSystemInfo,
+    LinuxFreezer, LinuxMount, LinuxPidSignals, LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe,
+    LinuxSpawner, LinuxSystemInfo,
 };
+
+/// Exec in the guest, or in a container of its dockerd when a request names one.
+pub type GuestExecSpawner = RoutedExecSpawner<LinuxExecSpawner, DockerExecSpawner<LinuxPidSignals>>;
 
 /// The real system.
 pub struct LinuxGuestOs {
     spawner: Arc<LinuxSpawner>,
-    exec: Arc<LinuxExecSpawner>,
+    exec: Arc<GuestExecSpawner>,
     /// One instance: it remembers where cgroup2 is mounted once found.
     counters: Arc<LinuxCounters>,
 }
 
 impl LinuxGuestOs {
-    /// The real system, whose children's exits come from `reaper`.
-    pub fn new(reaper: Arc<Reaper<LinuxChildReaping>>) -> Self {
+    /// The real system, whose children's exits come from `reaper`, with
+    /// container execs through the dockerd API on `docker_socket`.
+    pub fn new(reaper: Arc<Reaper<LinuxChildReaping>>, docker_socket: &Path) -> Self {
+        let in_containers =
+            DockerExecSpawner::new(DockerClient::new(docker_socket), Arc::new(LinuxPidSignals));
         Self {
             spawner: Arc::new(LinuxSpawner::new(Arc::clone(&reaper) as _)),
-            exec: Arc::new(LinuxExecSpawner::new(reaper)),
+            exec: Arc::new(RoutedExecSpawner::new(
+                Arc::new(LinuxExecSpawner::new(reaper)),
+                Arc::new(in_containers),
+            )),
             counters: Arc::new(LinuxCounters::new()),
         }
     }
@@ -45,7 +57,7 @@ impl GuestOs for LinuxGuestOs {
     type Clock = LinuxClock;
     type System = LinuxSystemInfo;
     type Confined = LinuxConfinedFs;
-    type Exec = LinuxExecSpawner;
+    type Exec = GuestExecSpawner;
     type Counters = LinuxCounters;
     type Freezer = LinuxFreezer;
 
@@ -78,7 +90,7 @@ impl GuestOs for LinuxGuestOs {
         Arc::new(LinuxConfinedFs::new(ConfinedLimits::default()))
     }
 
-    fn exec(&self) -> Arc<LinuxExecSpawner> {
+    fn exec(&self) -> Arc<GuestExecSpawner> {
         Arc::clone(&self.exec)
     }
 

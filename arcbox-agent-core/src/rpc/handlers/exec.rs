@@ -24,7 +24,7 @@ use crate::protocol::proto::agent::{
 use crate::protocol::{ErrorCode, MessageType};
 use crate::rpc::{HandlerError, RequestContext, Router, RpcError, Session, SessionHandler, UnaryHandler};
 use crate::sys::ExitStatus;
-use crate::sys::exec::{ExecCommand, ExecSpawner, Rlimit, SpawnError, TerminalSpec};
+use crate::sys::exec::{ContainerTarget, ExecCommand, ExecSpawner, Rlimit, SpawnError, TerminalSpec};
 
 /// Output an attachment may send ahead of the host's consumption, by default.
 pub const DEFAULT_WINDOW_BYTES: u64 = 1024 * 1024;
@@ -53,7 +53,8 @@ fn rpc_error(err: ExecError) -> RpcError {
         ExecError::Spawn(SpawnError::PermissionDenied(_)) => ErrorCode::FORBIDDEN,
         ExecError::Spawn(SpawnError::Invalid(_)) => ErrorCode::BAD_REQUEST,
         ExecError::StdinHeld(_) => ErrorCode::CONFLICT,
-        ExecError::TooMany(_) => ErrorCode::UNAVAILABLE,
+        ExecError::TooMany(_) | ExecError::Spawn(SpawnError::Unavailable(_)) => ErrorCode::UNAVAILABLE,
+        ExecError::Spawn(SpawnError::Unsupported(_)) => ErrorCode::NOT_IMPLEMENTED,
         ExecError::Spawn(SpawnError::Sys(_)) | ExecError::Sys(_) => ErrorCode::INTERNAL,
     };
     RpcError::new(code, err.to_string())
@@ -114,6 +115,11 @@ fn environment(request: &ExecStartRequest, uid: Option<u32>) -> Result<Vec<Strin
     if request.terminal.is_some() {
         env.push("TERM=xterm".into());
     }
+    overlay_env(env, request)
+}
+
+/// `base` with the request's variables set over it.
+fn overlay_env(mut env: Vec<String>, request: &ExecStartRequest) -> Result<Vec<String>, RpcError> {
     for pair in &request.env {
         let Some((key, _)) = pair.split_once('=').filter(|(k, _)| !k.is_empty()) else {
             return Err(RpcError::bad_request(format!("env entry {pair:?} is not KEY=VALUE")));
@@ -129,14 +135,12 @@ fn spec_of<S: ExecSpawner>(spawner: &S, request: &ExecStartRequest) -> Result<Ex
     if request.argv.is_empty() || request.argv[0].is_empty() {
         return Err(RpcError::bad_request("argv is empty"));
     }
-    if !request.container.is_empty() {
-        return Err(RpcError::new(
-            ErrorCode::NOT_IMPLEMENTED,
-            "exec in a container is not served by this agent build",
-        ));
-    }
-    let (uid, gid, groups) =
-        id_or_name(spawner, &request.user, &request.group).map_err(|e| rpc_error(ExecError::Spawn(e)))?;
+    let container = container_target(request)?;
+    let (uid, gid, groups) = if container.is_some() {
+        (None, None, Vec::new())
+    } else {
+        id_or_name(spawner, &request.user, &request.group).map_err(|e| rpc_error(ExecError::Spawn(e)))?
+    };
     let rlimits = request
         .rlimits
         .iter()
@@ -170,7 +174,12 @@ fn spec_of<S: ExecSpawner>(spawner: &S, request: &ExecStartRequest) -> Result<Ex
     Ok(ExecSpec {
         command: ExecCommand {
             argv: request.argv.clone(),
-            env: environment(request, uid)?,
+            // A container's own environment is the base there (dockerd merges).
+            env: if container.is_some() {
+                overlay_env(Vec::new(), request)?
+            } else {
+                environment(request, uid)?
+            },
             cwd: absolute("cwd", &request.cwd)?,
             uid,
             gid,
@@ -179,6 +188,7 @@ fn spec_of<S: ExecSpawner>(spawner: &S, request: &ExecStartRequest) -> Result<Ex
             cgroup,
             terminal,
             stdin: request.stdin,
+            container,
         },
         timeout: (request.timeout_ms > 0).then(|| millis(request.timeout_ms)),
         kill_grace: if request.kill_grace_ms > 0 {
@@ -195,13 +205,40 @@ fn spec_of<S: ExecSpawner>(spawner: &S, request: &ExecStartRequest) -> Result<Ex
     })
 }
 
-fn start<S: ExecSpawner>(
+/// The container of a request, refusing what a container exec cannot honour
+/// (dockerd has no per-exec limits, cgroup or terminal modes): an error,
+/// never silently ignored.
+fn container_target(request: &ExecStartRequest) -> Result<Option<ContainerTarget>, RpcError> {
+    if request.container.is_empty() {
+        return Ok(None);
+    }
+    let unsupported = [
+        (!request.rlimits.is_empty(), "rlimits"),
+        (!request.cgroup.is_empty(), "cgroup"),
+        (request.memory_max_bytes > 0, "memory_max_bytes"),
+        (request.terminal.as_ref().is_some_and(|t| !t.modes.is_empty()), "terminal modes"),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|(asked, _)| *asked) {
+        return Err(RpcError::bad_request(format!(
+            "{what} cannot be applied to an exec in container {:?} (dockerd's exec has no such option)",
+            request.container
+        )));
+    }
+    let user = match (request.user.as_str(), request.group.as_str()) {
+        (user, "") => user.to_owned(),
+        ("", _) => return Err(RpcError::bad_request("a group without a user in a container exec")),
+        (user, group) => format!("{user}:{group}"),
+    };
+    Ok(Some(ContainerTarget { container: request.container.clone(), user }))
+}
+
+async fn start<S: ExecSpawner>(
     service: &Arc<ExecService<S>>,
     request: &ExecStartRequest,
 ) -> Result<Arc<Exec>, RpcError> {
     let spec = spec_of(service.spawner(), request)?;
-    let exec = service.start(spec).map_err(rpc_error)?;
-    tracing::info!(exec = %exec.id, pid = exec.pid, argv = ?exec.argv, "exec started");
+    let exec = service.start(spec).await.map_err(rpc_error)?;
+    tracing::info!(exec = %exec.id, pid = exec.pid, argv = ?exec.argv, container = ?exec.container, "exec started");
     Ok(exec)
 }
 
@@ -218,6 +255,7 @@ pub fn status_message(exec: &Exec) -> ExecStatus {
         dropped_bytes: exec.dropped(),
         argv: exec.argv.clone(),
         terminal: exec.terminal,
+        container: exec.container.clone().unwrap_or_default(),
         ..Default::default()
     };
     if let Some(exit) = exec.exit() {
@@ -245,7 +283,7 @@ impl<S: ExecSpawner> UnaryHandler for Start<S> {
         _: RequestContext<'_>,
         request: ExecStartRequest,
     ) -> Result<ExecStartResponse, RpcError> {
-        let exec = start(&self.0, &request)?;
+        let exec = start(&self.0, &request).await?;
         Ok(ExecStartResponse { exec_id: exec.id.clone(), pid: exec.pid })
     }
 }
@@ -343,7 +381,7 @@ impl<S: ExecSpawner> SessionHandler for Run<S> {
         session: Session<'a, '_>,
     ) -> Result<(), HandlerError> {
         let start_request = request.start.unwrap_or_default();
-        let exec = start(&self.0, &start_request)?;
+        let exec = start(&self.0, &start_request).await?;
         let started = ExecStartResponse { exec_id: exec.id.clone(), pid: exec.pid };
         session.out.send(MessageType::ExecStarted.code(), &started).await?;
         attach(&exec, [0, 0], start_request.stdin, request.window_bytes, session).await

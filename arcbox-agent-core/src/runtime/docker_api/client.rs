@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Empty};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -73,7 +73,8 @@ impl DockerClient {
     /// connection and the answer's headers are bounded by the deadline, the
     /// stream is not (it is quiet while nothing happens).
     pub async fn events(&self) -> Result<EventStream, DockerApiError> {
-        let (response, connection) = self.within(EVENTS_PATH, self.request(EVENTS_PATH)).await?;
+        let call = Call::get(EVENTS_PATH);
+        let (response, connection) = self.within(&call, self.send(&call, StatusCode::OK)).await?;
         Ok(EventStream {
             body: response.into_body(),
             decoder: JsonStream::new(MAX_EVENT_BYTES),
@@ -83,64 +84,128 @@ impl DockerClient {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, DockerApiError> {
-        let body = self.get_bytes(path).await?;
-        serde_json::from_slice(&body)
-            .map_err(|source| DockerApiError::Decode { path: path.to_owned(), source })
+        let call = Call::get(path);
+        let body = self.call(&call, StatusCode::OK).await?;
+        decode(&call, &body)
     }
 
     async fn get_bytes(&self, path: &str) -> Result<Bytes, DockerApiError> {
-        self.within(path, async {
-            let (response, _connection) = self.request(path).await?;
-            read_body(response.into_body(), path).await
+        self.call(&Call::get(path), StatusCode::OK).await
+    }
+
+    /// Makes `call` and reads the whole answer, which must have `expect`.
+    pub(super) async fn call(&self, call: &Call, expect: StatusCode) -> Result<Bytes, DockerApiError> {
+        self.within(call, async {
+            let (response, _connection) = self.send(call, expect).await?;
+            read_body(response.into_body(), call).await
         })
         .await
     }
 
-    async fn within<T>(
+    pub(super) async fn within<T>(
         &self,
-        path: &str,
-        call: impl Future<Output = Result<T, DockerApiError>>,
+        call: &Call,
+        work: impl Future<Output = Result<T, DockerApiError>>,
     ) -> Result<T, DockerApiError> {
-        tokio::time::timeout(self.timeout, call)
+        tokio::time::timeout(self.timeout, work)
             .await
-            .unwrap_or_else(|_| Err(DockerApiError::TimedOut { path: path.to_owned(), after: self.timeout }))
+            .unwrap_or_else(|_| Err(DockerApiError::TimedOut { call: call.to_string(), after: self.timeout }))
     }
 
-    /// Connects, sends `GET path` and returns a 200 answer with the task
-    /// that drives its connection.
-    async fn request(&self, path: &str) -> Result<(Response<Incoming>, Connection), DockerApiError> {
-        let http = |source| DockerApiError::Http { path: path.to_owned(), source };
+    /// Connects, sends `call` and returns its answer if it has `expect`,
+    /// with the task that drives its connection (which also hands the
+    /// connection over on an upgrade).
+    pub(super) async fn send(
+        &self,
+        call: &Call,
+        expect: StatusCode,
+    ) -> Result<(Response<Incoming>, Connection), DockerApiError> {
+        let http = |source| DockerApiError::Http { call: call.to_string(), source };
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|source| DockerApiError::Connect { socket: self.socket.clone(), source })?;
         let (mut sender, driver) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(http)?;
         // The driver moves the bytes; it ends when the answer is read and the
-        // sender dropped, or when `Connection` aborts it.
+        // sender dropped, after an upgrade, or when `Connection` aborts it.
         let connection = Connection(tokio::spawn(async move {
-            let _ = driver.await;
+            let _ = driver.with_upgrades().await;
         }));
-        let request = Request::get(path)
-            .header(http::header::HOST, "docker")
-            .body(Empty::<Bytes>::new())
-            .map_err(|source| DockerApiError::Request { path: path.to_owned(), source })?;
-        let response = sender.send_request(request).await.map_err(http)?;
-        match response.status() {
-            StatusCode::OK => Ok((response, connection)),
-            status => Err(DockerApiError::Status { path: path.to_owned(), status }),
+        let mut request = Request::builder().method(call.method.clone()).uri(&call.target);
+        request = request.header(http::header::HOST, "docker");
+        if call.body.is_some() {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
         }
+        if call.upgrade {
+            // The hijack dockerd's attach and exec start take (as the CLI asks).
+            request =
+                request.header(http::header::CONNECTION, "Upgrade").header(http::header::UPGRADE, "tcp");
+        }
+        let request = request
+            .body(Full::new(call.body.clone().unwrap_or_default()))
+            .map_err(|source| DockerApiError::Request { call: call.to_string(), source })?;
+        let response = sender.send_request(request).await.map_err(http)?;
+        if response.status() == expect {
+            return Ok((response, connection));
+        }
+        let status = response.status();
+        // dockerd's errors are `{"message": "..."}`; a bad body leaves it empty.
+        let message = read_body(response.into_body(), call)
+            .await
+            .ok()
+            .and_then(|body| serde_json::from_slice::<ErrorBody>(&body).ok())
+            .map(|e| e.message)
+            .unwrap_or_default();
+        Err(DockerApiError::Status { call: call.to_string(), status, message })
     }
 }
 
+/// One Engine API call: method, target, JSON body, and whether it asks
+/// for the connection (a hijack).
+#[derive(Debug, Clone)]
+pub(super) struct Call {
+    pub method: Method,
+    pub target: String,
+    pub body: Option<Bytes>,
+    pub upgrade: bool,
+}
+
+impl Call {
+    pub(super) fn get(target: &str) -> Self {
+        Self { method: Method::GET, target: target.to_owned(), body: None, upgrade: false }
+    }
+
+    pub(super) fn post(target: &str, body: Option<Bytes>) -> Self {
+        Self { method: Method::POST, target: target.to_owned(), body, upgrade: false }
+    }
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.target)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    message: String,
+}
+
+/// Decodes a JSON answer.
+pub(super) fn decode<T: DeserializeOwned>(call: &Call, body: &[u8]) -> Result<T, DockerApiError> {
+    serde_json::from_slice(body).map_err(|source| DockerApiError::Decode { call: call.to_string(), source })
+}
+
 /// Reads a whole answer, refusing more than [`MAX_RESPONSE_BYTES`].
-async fn read_body(mut body: Incoming, path: &str) -> Result<Bytes, DockerApiError> {
+async fn read_body(mut body: Incoming, call: &Call) -> Result<Bytes, DockerApiError> {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|source| DockerApiError::Http { path: path.to_owned(), source })?;
+        let frame = frame.map_err(|source| DockerApiError::Http { call: call.to_string(), source })?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > MAX_RESPONSE_BYTES {
                 return Err(DockerApiError::TooLarge {
-                    path: path.to_owned(),
+                    call: call.to_string(),
                     limit_bytes: MAX_RESPONSE_BYTES,
                 });
             }
@@ -152,7 +217,7 @@ async fn read_body(mut body: Incoming, path: &str) -> Result<Bytes, DockerApiErr
 
 /// The task driving one connection, stopped when its user is dropped.
 #[derive(Debug)]
-struct Connection(JoinHandle<()>);
+pub(super) struct Connection(JoinHandle<()>);
 
 impl Drop for Connection {
     fn drop(&mut self) {
@@ -175,7 +240,7 @@ pub struct EventStream {
 impl EventStream {
     fn fail(&mut self, source: super::JsonStreamError) -> Poll<Option<Result<Event, DockerApiError>>> {
         self.done = true;
-        Poll::Ready(Some(Err(DockerApiError::Stream { path: EVENTS_PATH.to_owned(), source })))
+        Poll::Ready(Some(Err(DockerApiError::Stream { call: format!("GET {EVENTS_PATH}"), source })))
     }
 }
 
@@ -202,7 +267,7 @@ impl Stream for EventStream {
                 Some(Err(source)) => {
                     this.done = true;
                     return Poll::Ready(Some(Err(DockerApiError::Http {
-                        path: EVENTS_PATH.to_owned(),
+                        call: format!("GET {EVENTS_PATH}"),
                         source,
                     })));
                 }

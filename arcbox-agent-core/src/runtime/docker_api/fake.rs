@@ -5,7 +5,8 @@
 //! the subscribers, as dockerd does. It serves the Engine API on a real
 //! Unix socket with HTTP/1.1 written by hand (so the events' chunked
 //! framing can be cut anywhere, which a server library would not allow):
-//! `/_ping`, `/containers/json`, `/containers/{id}/json`, `/events`.
+//! `/_ping`, `/containers/json`, `/containers/{id}/json`, `/events`, and
+//! the exec calls (`fake/exec.rs`: create, attached start, inspect, resize).
 //! [`FakeNameSink`] is a name table as the DNS registry keeps it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +21,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::ExecConfig;
 use super::sync::NameSink;
+use crate::fake::FakeExecSpawner;
+
+mod exec;
 
 /// Owner -> (names, addresses).
 pub type NameTable = BTreeMap<String, (Vec<String>, Vec<IpAddr>)>;
@@ -106,9 +111,17 @@ struct State {
     streams: Vec<mpsc::UnboundedSender<StreamCommand>>,
     requests: Vec<String>,
     time: i64,
+    execs: exec::ExecTable,
+    /// The processes of the execs (and the table their pids are signalled in).
+    programs: Arc<FakeExecSpawner>,
 }
 
 impl State {
+    /// A container by id or name.
+    fn find(&self, id: &str) -> Option<&FakeContainer> {
+        self.containers.values().find(|c| c.id == id || c.name == id)
+    }
+
     /// Container events, in one batch.
     fn emit(&mut self, events: &[EventSpec<'_>]) {
         let events = events
@@ -185,7 +198,11 @@ impl FakeDockerd {
     /// each batch of events is one chunk.
     pub fn serve(socket: &Path) -> std::io::Result<Self> {
         let listener = UnixListener::bind(socket)?;
-        let state = Arc::new(Mutex::new(State { ping_status: 200, ..State::default() }));
+        let state = Arc::new(Mutex::new(State {
+            ping_status: 200,
+            programs: Arc::new(FakeExecSpawner::new()),
+            ..State::default()
+        }));
         let shared = Arc::clone(&state);
         let server = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -294,6 +311,17 @@ impl FakeDockerd {
         self.state().requests.clone()
     }
 
+    /// The container id and config of each exec created, in order.
+    pub fn exec_configs(&self) -> Vec<(String, ExecConfig)> {
+        self.state().execs.configs()
+    }
+
+    /// Signals by pid to the execs' processes, as kill(2) reaches a real
+    /// dockerd's (the pids `/exec/{id}/json` reports).
+    pub fn pid_signals(&self) -> Arc<FakeExecSpawner> {
+        Arc::clone(&self.state().programs)
+    }
+
     fn change(&self, id: &str, edit: impl FnOnce(&mut FakeContainer), events: &[(&str, &[(&str, &str)])]) {
         let mut state = self.state();
         let Some(container) = state.containers.get_mut(id) else { return };
@@ -304,44 +332,63 @@ impl FakeDockerd {
     }
 }
 
+/// What a request is answered with.
+enum Reply {
+    Json(u16, String),
+    Events(mpsc::UnboundedReceiver<StreamCommand>, Vec<usize>),
+    /// An exec start: the connection is handed to the exec.
+    Exec(String, ExecConfig, Arc<FakeExecSpawner>),
+}
+
 /// Serves one request on one connection, then closes it (events: when
-/// the stream is broken or the fake dropped).
+/// the stream is broken or the fake dropped; an exec: when it exits).
 async fn answer(mut stream: UnixStream, state: Arc<Mutex<State>>) {
-    let Some(target) = read_request_target(&mut stream).await else { return };
+    let Some(request) = read_request(&mut stream).await else { return };
     let lock = || state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let reply = {
         let mut state = lock();
+        let target = request.target.clone();
         state.requests.push(target.clone());
-        let path = target.split('?').next().unwrap_or_default();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        match segments.as_slice() {
-            ["_ping"] => Ok((state.ping_status, "OK".to_owned())),
-            ["containers", "json"] => {
+        let json = |(status, body)| Reply::Json(status, body);
+        match (request.method.as_str(), segments.as_slice()) {
+            ("GET", ["_ping"]) => Reply::Json(state.ping_status, "OK".to_owned()),
+            ("GET", ["containers", "json"]) => {
                 let running: Vec<Value> =
                     state.containers.values().filter(|c| c.running).map(FakeContainer::summary).collect();
-                Ok((200, Value::Array(running).to_string()))
+                Reply::Json(200, Value::Array(running).to_string())
             }
-            ["containers", id, "json"] => {
-                Ok(match state.containers.values().find(|c| c.id == *id || c.name == *id) {
-                    Some(c) => (200, c.inspect().to_string()),
-                    None => (404, json!({"message": format!("No such container: {id}")}).to_string()),
-                })
-            }
-            ["events"] => {
+            ("GET", ["containers", id, "json"]) => match state.find(id) {
+                Some(c) => Reply::Json(200, c.inspect().to_string()),
+                None => Reply::Json(404, json!({"message": format!("No such container: {id}")}).to_string()),
+            },
+            ("GET", ["events"]) => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 state.streams.push(tx);
-                Err((rx, state.chunk_plan.clone()))
+                Reply::Events(rx, state.chunk_plan.clone())
             }
-            _ => Ok((404, json!({"message": "page not found"}).to_string())),
+            ("POST", ["containers", id, "exec"]) => {
+                let container = state.find(id).cloned();
+                json(state.execs.create(container.as_ref(), id, &request.body))
+            }
+            ("POST", ["exec", id, "start"]) => match state.execs.start(id) {
+                Ok(config) => Reply::Exec((*id).to_owned(), config, Arc::clone(&state.programs)),
+                Err(answer) => json(answer),
+            },
+            ("GET", ["exec", id, "json"]) => json(state.execs.inspect(id)),
+            ("POST", ["exec", id, "resize"]) => json(state.execs.resize(id, query)),
+            _ => Reply::Json(404, json!({"message": "page not found"}).to_string()),
         }
     };
     let (status, body) = match reply {
-        Ok(answer) => answer,
-        Err((rx, plan)) => return stream_events(stream, rx, plan).await,
+        Reply::Json(status, body) => (status, body),
+        Reply::Events(rx, plan) => return stream_events(stream, rx, plan).await,
+        Reply::Exec(id, config, programs) => return exec::run(stream, id, config, programs, state).await,
     };
     let head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        if status == 200 { "OK" } else { "Error" },
+        if status < 300 { "OK" } else { "Error" },
         body.len()
     );
     let _ = stream.write_all(head.as_bytes()).await;
@@ -349,20 +396,45 @@ async fn answer(mut stream: UnixStream, state: Arc<Mutex<State>>) {
     let _ = stream.shutdown().await;
 }
 
-async fn read_request_target(stream: &mut UnixStream) -> Option<String> {
+/// A request's method, target and body.
+struct FakeRequest {
+    method: String,
+    target: String,
+    body: Vec<u8>,
+}
+
+async fn read_request(stream: &mut UnixStream) -> Option<FakeRequest> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    let end = loop {
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
         let n = stream.read(&mut buf).await.ok()?;
         if n == 0 || head.len() > MAX_REQUEST_HEAD_BYTES {
             return None;
         }
         head.extend_from_slice(&buf[..n]);
+    };
+    let text = String::from_utf8_lossy(&head[..end]).into_owned();
+    let mut lines = text.lines();
+    let mut parts = lines.next()?.split(' ');
+    let (method, target) = (parts.next()?.to_owned(), parts.next()?.to_owned());
+    let length: usize = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = head[end..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 || body.len() > MAX_REQUEST_HEAD_BYTES {
+            return None;
+        }
+        body.extend_from_slice(&buf[..n]);
     }
-    let line = String::from_utf8_lossy(&head).lines().next()?.to_owned();
-    let mut parts = line.split(' ');
-    (parts.next()? == "GET").then_some(())?;
-    parts.next().map(str::to_owned)
+    body.truncate(length);
+    Some(FakeRequest { method, target, body })
 }
 
 async fn stream_events(

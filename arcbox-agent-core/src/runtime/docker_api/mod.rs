@@ -14,29 +14,36 @@
 //!
 //! It lives under `runtime` because it is dockerd's API, the daemon the
 //! runtime supervises, and the readiness check next door is its first user;
-//! the DNS side only sees [`NameSink`].
+//! the DNS side only sees [`NameSink`]. The exec calls (`docker exec`
+//! for `crate::exec::DockerExecSpawner`) hijack their connection with
+//! hyper's upgrade support.
 //!
 //! # Layout
 //! - `mod.rs`: [`DockerApiError`] and the defaults.
 //! - [`DockerClient`], [`EventStream`] (`client.rs`): the calls, one connection each.
+//! - `exec.rs`: the exec calls ([`ExecConfig`], [`ExecInspect`], [`HijackedStream`]).
+//! - [`multiplex`]: [`Demux`], stdout and stderr out of dockerd's multiplexed stream.
 //! - [`JsonStream`] (`json_stream.rs`): concatenated JSON values from a byte stream.
 //! - `model.rs`: the API's JSON shapes ([`ContainerInspect`], [`Event`], ...) and the
 //!   alias rules ([`ContainerNames`]).
 //! - [`ContainerNameSync`], [`NameSink`] (`sync.rs`): the reconcile-and-watch task.
 //! - `fake.rs` (feature `fake`): `FakeDockerd`, a dockerd model serving the API on a
-//!   Unix socket, and `FakeNameSink`, a name table.
+//!   Unix socket (execs included, run by `FakeExecSpawner`), and `FakeNameSink`, a name table.
 
 mod client;
+mod exec;
 #[cfg(any(test, feature = "fake"))]
 mod fake;
 mod json_stream;
 mod model;
+pub mod multiplex;
 mod sync;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use client::{DockerClient, EventStream};
+pub use exec::{ExecConfig, ExecInspect, HijackedStream};
 #[cfg(any(test, feature = "fake"))]
 pub use fake::{FakeContainer, FakeDockerd, FakeNameSink, NameTable};
 pub use json_stream::{JsonStream, JsonStreamError};
@@ -44,6 +51,7 @@ pub use model::{
     ContainerAction, ContainerConfig, ContainerInspect, ContainerNames, ContainerState, ContainerSummary,
     EndpointSettings, Event, EventActor, NetworkSettings, aliases,
 };
+pub use multiplex::{Demux, DemuxError, StreamKind};
 pub use sync::{Backoff, ContainerNameSync, NameSink, SyncCounters, SyncStats};
 
 /// dockerd's socket in the guest.
@@ -55,7 +63,8 @@ pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Largest single event buffered while it is incomplete.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
-/// Why a Docker API call failed.
+/// Why a Docker API call failed. `call` is the method and target, e.g.
+/// `GET /_ping`.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerApiError {
     /// The socket did not accept the connection (absent, refused).
@@ -68,63 +77,74 @@ pub enum DockerApiError {
         source: std::io::Error,
     },
     /// The request could not be built (an id that is not a URI path).
-    #[error("GET {path}: bad request: {source}")]
+    #[error("{call}: bad request: {source}")]
     Request {
-        /// The request path.
-        path: String,
+        /// The call.
+        call: String,
         /// Why.
         #[source]
         source: http::Error,
     },
     /// HTTP failed: handshake, request, or reading the body.
-    #[error("GET {path}: {source}")]
+    #[error("{call}: {source}")]
     Http {
-        /// The request path.
-        path: String,
+        /// The call.
+        call: String,
         /// Why.
         #[source]
         source: hyper::Error,
     },
-    /// dockerd answered with a status other than 200.
-    #[error("GET {path}: answered {status}")]
+    /// dockerd answered with a status other than the one expected.
+    #[error("{call}: answered {status}{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
     Status {
-        /// The request path.
-        path: String,
+        /// The call.
+        call: String,
         /// What it answered.
         status: http::StatusCode,
+        /// dockerd's error message (its JSON `message`), if any.
+        message: String,
     },
     /// No complete answer within the deadline.
-    #[error("GET {path}: no answer within {} ms", after.as_millis())]
+    #[error("{call}: no answer within {} ms", after.as_millis())]
     TimedOut {
-        /// The request path.
-        path: String,
+        /// The call.
+        call: String,
         /// The deadline.
         after: Duration,
     },
     /// The answer was larger than [`MAX_RESPONSE_BYTES`].
-    #[error("GET {path}: answer larger than {limit_bytes} bytes")]
+    #[error("{call}: answer larger than {limit_bytes} bytes")]
     TooLarge {
-        /// The request path.
-        path: String,
+        /// The call.
+        call: String,
         /// The limit.
         limit_bytes: usize,
     },
     /// The answer was not the JSON expected.
-    #[error("GET {path}: {source}")]
+    #[error("{call}: {source}")]
     Decode {
-        /// The request path.
-        path: String,
+        /// The call.
+        call: String,
         /// Why.
         #[source]
         source: serde_json::Error,
     },
     /// The event stream carried something that is not an event.
-    #[error("GET {path}: {source}")]
+    #[error("{call}: {source}")]
     Stream {
-        /// The request path.
-        path: String,
+        /// The call.
+        call: String,
         /// Why.
         #[source]
         source: JsonStreamError,
+    },
+    /// A hijacked connection (`/exec/{id}/start`) was not handed over.
+    #[error("{call}: the connection was not upgraded: {source}")]
+    Upgrade {
+        /// The call.
+        call: String,
+        /// Why.
+        #[source]
+        source: hyper::Error,
     },
 }

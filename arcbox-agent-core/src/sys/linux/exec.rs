@@ -22,8 +22,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::sys::exec::{
-    ExecCommand, ExecControl, ExecSpawner, ExitFuture, InputPipe, OutputPipe, SpawnError, SpawnedExec,
-    TerminalSpec,
+    ExecCommand, ExecControl, ExecSpawner, ExitFuture, InputPipe, OutputPipe, PidSignals, SpawnError,
+    SpawnedExec, TerminalSpec,
 };
 use crate::sys::{ExitRegistry, SysError};
 
@@ -175,7 +175,8 @@ fn apply_mode(t: &mut termios::Termios, name: &str, on: bool) -> Result<(), Spaw
 }
 
 impl ExecSpawner for LinuxExecSpawner {
-    fn spawn(&self, command: &ExecCommand) -> Result<SpawnedExec, SpawnError> {
+    async fn spawn(&self, command: &ExecCommand) -> Result<SpawnedExec, SpawnError> {
+        command.refuse_container()?;
         let Some(program) = command.argv.first() else {
             return Err(SpawnError::Invalid("argv is empty".into()));
         };
@@ -333,6 +334,26 @@ impl ExecSpawner for LinuxExecSpawner {
             .map_err(|e| SysError::io("getgrnam", name, e.into()))?
             .map(|g| g.gid.as_raw())
             .ok_or_else(|| SpawnError::Invalid(format!("no such group {name:?} in /etc/group")))
+    }
+}
+
+/// kill(2) by pid, for container execs (their pid is in the guest's
+/// namespace: dockerd reports it so).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxPidSignals;
+
+impl PidSignals for LinuxPidSignals {
+    fn kill(&self, pid: u32, signal: i32, group: bool) -> Result<(), SysError> {
+        let sig = Signal::try_from(signal).map_err(|e| SysError::io("kill", signal.to_string(), e.into()))?;
+        let pid = i32::try_from(pid).map_err(|_| SysError::Parse { what: "pid", detail: pid.to_string() })?;
+        let process = Pid::from_raw(pid);
+        // Only a group the process leads is its own to signal.
+        let leads = matches!(nix::unistd::getpgid(Some(process)), Ok(pgid) if pgid == process);
+        let target = if group && leads { Pid::from_raw(-pid) } else { process };
+        match kill(target, sig) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(errno) => Err(SysError::io("kill", target.to_string(), errno.into())),
+        }
     }
 }
 

@@ -21,7 +21,7 @@ mod watch;
 pub use clock::LinuxClock;
 pub use confined::{LinuxConfinedDir, LinuxConfinedFs};
 pub use disk::LinuxDisk;
-pub use exec::LinuxExecSpawner;
+pub use exec::{LinuxExecSpawner, LinuxPidSignals};
 pub use files::LinuxFiles;
 pub use freeze::{LinuxFreezer, parse_mounted};
 pub use limits::LinuxLimits;

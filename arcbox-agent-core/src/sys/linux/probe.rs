@@ -46,6 +46,10 @@ mod tests {
         let addr = tcp.local_addr().unwrap();
         assert!(probe.tcp_connectable(addr, Duration::from_secs(1)).await);
         drop(tcp);
-        assert!(!probe.tcp_connectable(addr, Duration::from_millis(200)).await);
+        // A port held bound but not listening refuses connections, and no
+        // other test can take it over the way it could a freed port.
+        let closed = tokio::net::TcpSocket::new_v4().unwrap();
+        closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(!probe.tcp_connectable(closed.local_addr().unwrap(), Duration::from_millis(200)).await);
     }
 }
