@@ -79,6 +79,13 @@ fn a_tree_round_trips_with_modes_symlinks_ownership_and_odd_names() {
     }
     std::os::unix::fs::lchown(src.join("plain"), Some(1234), Some(5678)).expect("chown");
     std::os::unix::fs::lchown(src.join("abs_link"), Some(42), Some(43)).expect("lchown");
+    // Mtimes long past, so one the copy left at "now" cannot pass for it
+    // (directories are the ones at risk: filling them moves their mtime).
+    let past = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    for path in ["plain", "setuid", "sub/deeper/big", "sub/deeper", "sub", ""] {
+        let file = fs::File::open(src.join(path)).expect("open to set times");
+        file.set_times(fs::FileTimes::new().set_modified(past)).expect("set mtime");
+    }
     let archive = pack_at(&s.root, "src", false).expect("pack");
     unpack_at(&s.root, "dst", &archive).expect("unpack to a new name");
     assert_eq!(tree_of(&s.root.join("dst")), tree_of(&src), "the copy matches its source");

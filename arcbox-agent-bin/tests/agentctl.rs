@@ -2,6 +2,7 @@
 //! real Unix socket: text and JSON output, global flags, exit codes.
 
 use std::io::{BufRead as _, BufReader, Lines};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -500,6 +501,45 @@ fn fs_puts_cats_lists_and_removes_files_inside_the_root() {
     let gone = fs(&["stat", "data.bin"]);
     assert_eq!(gone.status.code(), Some(1), "{gone:?}");
     assert!(stderr(&gone).contains("404"), "{gone:?}");
+}
+
+#[test]
+fn cp_copies_a_tree_in_and_back_out_like_docker_cp_keeping_modes_links_and_times() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let sim = sim(Scenario::Healthy);
+    let host = tempfile::tempdir().unwrap();
+    let site = host.path().join("site");
+    std::fs::create_dir_all(site.join("sub")).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>hi</h1>").unwrap();
+    std::fs::write(site.join("sub/run.sh"), "#!/bin/sh").unwrap();
+    std::fs::set_permissions(site.join("sub/run.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("index.html", site.join("home")).unwrap();
+    // Times long past: one left at "now" by either side cannot pass for them.
+    let past = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    for path in ["index.html", "sub/run.sh", "sub", ""] {
+        let file = std::fs::File::open(site.join(path)).unwrap();
+        file.set_times(std::fs::FileTimes::new().set_modified(past)).unwrap();
+    }
+    let made = agentctl(&sim.address, &["fs", "mkdir", "-p", "/box"]);
+    assert!(made.status.success(), "{made:?}");
+
+    // Into an existing directory: it lands as /box/site.
+    let put = agentctl(&sim.address, &["cp", site.to_str().unwrap(), "guest:/box"]);
+    assert!(put.status.success(), "{put:?}");
+    let listed = stdout(&agentctl(&sim.address, &["fs", "--root", "/box", "ls", "site"]));
+    assert!(listed.contains("index.html") && listed.contains("sub"), "{listed}");
+
+    // Out to a missing name: it becomes that name.
+    let back = host.path().join("back");
+    let got = agentctl(&sim.address, &["cp", "guest:/box/site", back.to_str().unwrap()]);
+    assert!(got.status.success(), "{got:?}");
+    assert_eq!(std::fs::read_to_string(back.join("index.html")).unwrap(), "<h1>hi</h1>");
+    assert_eq!(std::fs::read_link(back.join("home")).unwrap(), Path::new("index.html"));
+    let meta = |p: &str| std::fs::symlink_metadata(back.join(p)).unwrap();
+    assert_eq!(meta("sub/run.sh").mode() & 0o7777, 0o750);
+    for path in ["index.html", "sub/run.sh", "sub"] {
+        assert_eq!(meta(path).mtime(), 1_000_000_000, "{path}'s mtime survives both ways");
+    }
 }
 
 #[test]

@@ -47,3 +47,34 @@ pub fn sorted_names(dir: &Path) -> Vec<OsString> {
     names.sort();
     names
 }
+
+/// The entries of a tar archive under its top-level name `top` (not `top`
+/// itself), as [`tree_of`] would see them unpacked: read from the headers,
+/// so a check sees exactly what the archive carries (tar tools do not all
+/// restore directory mtimes).
+pub fn archive_tree(archive: &[u8], top: &str) -> Vec<Seen> {
+    let mut out = Vec::new();
+    let mut entries = tar::Archive::new(archive);
+    for entry in entries.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let path = entry.path().expect("path").into_owned();
+        let Ok(rel) = path.strip_prefix(top) else { continue };
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+        let target =
+            kind.is_symlink().then(|| entry.link_name().expect("link").expect("target").into_owned());
+        let data = kind.is_file().then(|| {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).expect("data");
+            data
+        });
+        let mode = if kind.is_symlink() { 0 } else { header.mode().expect("mode") & 0o7777 };
+        let (uid, gid) = (header.uid().expect("uid") as u32, header.gid().expect("gid") as u32);
+        out.push((rel.to_owned(), mode, uid, gid, header.mtime().expect("mtime") as i64, target, data));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}

@@ -120,11 +120,11 @@ fn unpack(dst: &Path, source: BlockingPipe) -> io::Result<()> {
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
     if dst.is_dir() {
-        return archive.unpack(dst);
+        return unpack_into(&mut archive, dst);
     }
     let parent = dst.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let staging = tempfile::Builder::new().prefix(".arcbox-cp.").tempdir_in(parent)?;
-    archive.unpack(staging.path())?;
+    unpack_into(&mut archive, staging.path())?;
     let mut tops = std::fs::read_dir(staging.path())?.collect::<Result<Vec<_>, _>>()?;
     match tops.pop() {
         Some(top) if tops.is_empty() => std::fs::rename(top.path(), dst),
@@ -132,6 +132,42 @@ fn unpack(dst: &Path, source: BlockingPipe) -> io::Result<()> {
             Err(io::Error::other("the archive has no single top-level name; copy into an existing directory"))
         }
     }
+}
+
+/// Unpacks into `dir` as `tar::Archive::unpack` does (directories after
+/// the rest, deepest first, so a read-only one can still be filled), then
+/// gives each directory its archive mtime: the tar crate leaves it at the
+/// time its entries were written, and `docker cp` keeps it.
+fn unpack_into<R: Read>(archive: &mut tar::Archive<R>, dir: &Path) -> io::Result<()> {
+    let mut dirs = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type().is_dir() {
+            dirs.push(entry);
+        } else {
+            entry.unpack_in(dir)?;
+        }
+    }
+    dirs.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut entry in dirs {
+        let mtime = entry.header().mtime()?;
+        let path = dir.join(entry.path()?);
+        // false: a name the tar crate refused to place (`..`); nothing made.
+        if entry.unpack_in(dir)? {
+            let at = |secs| nix::sys::time::TimeSpec::new(secs, 0);
+            let mtime = at(i64::try_from(mtime).unwrap_or(i64::MAX) as _);
+            let omit = nix::sys::time::TimeSpec::UTIME_OMIT;
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &path,
+                &omit,
+                &mtime,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(io::Error::from)?;
+        }
+    }
+    Ok(())
 }
 
 /// One end of the in-memory pipe, read or written from a blocking thread.
