@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arcbox_agent_core::copy::{CopyError, PackOptions, UnpackOptions, pack, unpack};
+use arcbox_agent_core::fake::raw_tar_entry;
 use arcbox_agent_core::protocol::MessageType;
 use arcbox_agent_core::protocol::proto::agent::{CopyChunk, CopyInRequest, FileStatRequest};
 use arcbox_agent_core::rpc::handlers::register_files;
@@ -130,26 +131,6 @@ fn the_escape_corpus_copied_out_reads_only_inside_the_root() {
 
 const HOST_CANARY: &[u8] = confined_scratch::HOST_PASSWD.as_bytes();
 
-/// A one-entry archive named `name` (raw bytes) holding "hi", or a symlink
-/// to `link` when it is given.
-fn raw_entry(name: &[u8], kind: tar::EntryType, link: &[u8]) -> Vec<u8> {
-    let mut header = tar::Header::new_gnu();
-    header.as_old_mut().name[..name.len()].copy_from_slice(name);
-    header.as_old_mut().linkname[..link.len()].copy_from_slice(link);
-    header.set_entry_type(kind);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    let data: &[u8] = if kind == tar::EntryType::Regular { b"hi" } else { b"" };
-    header.set_size(data.len() as u64);
-    header.set_cksum();
-    let mut out = header.as_bytes().to_vec();
-    out.extend_from_slice(data);
-    out.resize(out.len().next_multiple_of(512), 0);
-    out
-}
-
 fn end(mut archive: Vec<u8>) -> Vec<u8> {
     archive.resize(archive.len() + 1024, 0);
     archive
@@ -160,20 +141,20 @@ fn the_escape_corpus_copied_in_writes_only_inside_the_root() {
     let canaries = s.canaries();
     // Names that leave are refused outright.
     for name in [&b"../escaped"[..], b"/etc/passwd", b"dir/../../escaped", b"./../escaped"] {
-        let err = unpack_at(&s.root, "dir", &end(raw_entry(name, tar::EntryType::Regular, b"")));
+        let err = unpack_at(&s.root, "dir", &end(raw_tar_entry(name, tar::EntryType::Regular, b"")));
         assert!(matches!(err, Err(CopyError::Refused { .. })), "{}: {err:?}", String::from_utf8_lossy(name));
         canaries.check(&format!("copy in of {}", String::from_utf8_lossy(name)));
     }
     // Symlinks the archive plants, then files through them, and
     // destinations through the root's own escaping symlinks.
     let mut planted =
-        raw_entry(b"out", tar::EntryType::Symlink, s.outside.to_str().expect("utf-8").as_bytes());
-    planted.extend(raw_entry(b"up", tar::EntryType::Symlink, b"../../../../../.."));
+        raw_tar_entry(b"out", tar::EntryType::Symlink, s.outside.to_str().expect("utf-8").as_bytes());
+    planted.extend(raw_tar_entry(b"up", tar::EntryType::Symlink, b"../../../../../.."));
     let archive = end(planted);
     unpack_at(&s.root, "dir", &archive).expect("symlinks");
     for through in ["out/passwd", "up/etc/passwd", "up/escaped"] {
         let err =
-            unpack_at(&s.root, "dir", &end(raw_entry(through.as_bytes(), tar::EntryType::Regular, b"")));
+            unpack_at(&s.root, "dir", &end(raw_tar_entry(through.as_bytes(), tar::EntryType::Regular, b"")));
         // Lands inside dir (the archive's root) where the target exists there, else fails.
         if let Err(e) = &err {
             assert!(matches!(e, CopyError::Entry { .. }), "{through}: {e}");
@@ -182,13 +163,13 @@ fn the_escape_corpus_copied_in_writes_only_inside_the_root() {
     }
     assert_eq!(fs::read(s.root.join("dir/escaped")).expect("inside dir"), b"hi");
     for dest in ["abs_etc", "rel_etc", "abs_out", "rel_out", "dir/up", "passwd_link", "proc/self/root"] {
-        let result = unpack_at(&s.root, dest, &end(raw_entry(b"passwd", tar::EntryType::Regular, b"")));
+        let result = unpack_at(&s.root, dest, &end(raw_tar_entry(b"passwd", tar::EntryType::Regular, b"")));
         canaries.check(&format!("copy in to {dest}: {result:?}"));
     }
     assert_eq!(fs::read(s.root.join("etc/passwd")).expect("in-root etc"), b"hi");
     assert_eq!(fs::read(s.mirror_abs().join("passwd")).expect("mirror"), b"hi");
     // A hard link to a name outside is resolved inside too.
-    let mut linked = raw_entry(b"hard", tar::EntryType::Link, b"../../etc/passwd");
+    let mut linked = raw_tar_entry(b"hard", tar::EntryType::Link, b"../../etc/passwd");
     linked = end(std::mem::take(&mut linked));
     assert!(matches!(unpack_at(&s.root, "dir", &linked), Err(CopyError::Refused { .. })));
     canaries.check("a hard link named out");
@@ -208,7 +189,7 @@ fn devices_and_fifos_are_never_opened_out_and_refused_in() {
             .expect("pack");
     assert_eq!((stats.files, stats.skipped), (1, 2));
     for kind in [tar::EntryType::Char, tar::EntryType::Block, tar::EntryType::Fifo] {
-        let err = unpack_at(&s.root, "dir", &end(raw_entry(b"node", kind, b"")));
+        let err = unpack_at(&s.root, "dir", &end(raw_tar_entry(b"node", kind, b"")));
         assert!(matches!(err, Err(CopyError::Refused { .. })), "{kind:?}: {err:?}");
         assert!(!s.root.join("dir/node").exists());
     }
@@ -233,12 +214,12 @@ fn a_symlink_swapped_during_copies_never_leads_outside() {
             }
         }
     });
-    let archive = end(raw_entry(b"race/new", tar::EntryType::Regular, b""));
+    let archive = end(raw_tar_entry(b"race/new", tar::EntryType::Regular, b""));
     for _ in 0..2000 {
         let _ = pack_at(&root, "race", false);
         let _ = pack_at(&root, "race/file", true);
         let _ = unpack_at(&root, "/", &archive);
-        let _ = unpack_at(&root, "race", &end(raw_entry(b"new2", tar::EntryType::Regular, b"")));
+        let _ = unpack_at(&root, "race", &end(raw_tar_entry(b"new2", tar::EntryType::Regular, b"")));
     }
     stop.store(true, Ordering::Relaxed);
     swapper.join().expect("swapper");

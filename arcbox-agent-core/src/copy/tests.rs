@@ -87,23 +87,9 @@ fn a_followed_source_symlink_packs_its_target_under_the_links_name() {
     assert!(matches!(stats, CopyError::Entry { source: ConfinedError::IsADirectory { .. }, .. }), "{stats}");
 }
 
-/// A one-entry archive of `kind` named `name` (bytes as given).
+/// A one-entry archive of `kind` named `name` (bytes as given), ended.
 fn raw_archive(name: &[u8], kind: tar::EntryType, link: &[u8]) -> Vec<u8> {
-    let mut header = tar::Header::new_gnu();
-    header.as_old_mut().name[..name.len()].copy_from_slice(name);
-    header.as_old_mut().linkname[..link.len()].copy_from_slice(link);
-    header.set_entry_type(kind);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_size(if kind == tar::EntryType::Regular { 2 } else { 0 });
-    header.set_cksum();
-    let mut out = header.as_bytes().to_vec();
-    if kind == tar::EntryType::Regular {
-        out.extend_from_slice(b"hi");
-        out.resize(1024, 0);
-    }
+    let mut out = crate::fake::raw_tar_entry(name, kind, link);
     out.resize(out.len() + 1024, 0);
     out
 }

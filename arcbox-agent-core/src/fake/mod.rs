@@ -18,7 +18,9 @@
 //!   `system.rs`, `system_info.rs`: one fake per OS trait.
 //! - [`FakeNetwork`], [`FakeDhcpServer`] (`network.rs`): links, addresses, routes and a DHCP server on them.
 //! - [`FakeCounters`] (`stats.rs`): CPU, memory, disk, network and container counters that move with time.
+//! - [`raw_tar_entry`] (`archive.rs`): hostile tar entries the tar crate's builder will not write.
 
+mod archive;
 mod clock;
 mod confined;
 mod disk;
@@ -35,6 +37,7 @@ mod stats;
 mod system;
 mod system_info;
 
+pub use archive::raw_tar_entry;
 pub use clock::FakeClock;
 pub use confined::{FakeConfinedDir, FakeConfinedFs};
 pub use disk::FakeDisk;
