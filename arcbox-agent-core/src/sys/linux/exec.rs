@@ -55,7 +55,7 @@ struct ChildSetup {
 impl ChildSetup {
     /// Runs in the child after fork.
     fn apply(&self) -> io::Result<()> {
-        reset_signal_dispositions();
+        super::process::reset_signal_dispositions();
         // A new session and process group: signals can reach the whole
         // group, and a terminal can become the controlling one.
         nix::unistd::setsid()?;
@@ -95,24 +95,6 @@ impl ChildSetup {
             }
         }
         Ok(())
-    }
-}
-
-/// Puts every signal back to its default action in the child. An ignored
-/// signal stays ignored across exec, so without this an agent started with
-/// SIGINT or SIGHUP ignored (under `nohup`, from a shell's background job)
-/// would hand that on: the host's Ctrl-C would never reach the process.
-/// (std resets the signal mask and SIGPIPE only.) Caught signals need no
-/// reset: exec does that itself.
-fn reset_signal_dispositions() {
-    for signal in 1..=libc::SIGRTMAX() {
-        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: sigaction-backed and async-signal-safe; setting SIG_DFL
-        // on a signal number the kernel may refuse (glibc's internal ones)
-        // only fails, which changes nothing.
-        unsafe { libc::signal(signal, libc::SIG_DFL) };
     }
 }
 

@@ -4,6 +4,7 @@
 //! ordered shutdown.
 
 use std::io::{Read as _, Write as _};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -122,6 +123,13 @@ impl ProcessSpawner for LinuxSpawner {
         };
         let mut command = Command::new(&spec.program);
         command.args(&spec.args).envs(spec.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null());
+        // SAFETY: the hook makes only async-signal-safe calls (sigaction).
+        unsafe {
+            command.pre_exec(|| {
+                reset_signal_dispositions();
+                Ok(())
+            })
+        };
         let output = || if log.is_some() { Stdio::piped() } else { Stdio::null() };
         command.stdout(output()).stderr(output());
         let mut spawned = None;
@@ -142,6 +150,25 @@ impl ProcessSpawner for LinuxSpawner {
         }
         // `child` is dropped without waiting: the reaper owns its exit.
         Ok(Box::new(ReapedChild { pid, exit: Some(exit), status: None }))
+    }
+}
+
+/// Puts every signal back to its default action in a child, between fork
+/// and exec (exec's processes and the runtime's daemons). An ignored
+/// signal stays ignored across exec, so without this an agent started with
+/// SIGINT or SIGHUP ignored (under `nohup`, from a shell's background job)
+/// would hand that on: the host's Ctrl-C would never reach the process.
+/// (std resets the signal mask and SIGPIPE only.) Caught signals need no
+/// reset: exec does that itself.
+pub(super) fn reset_signal_dispositions() {
+    for signal in 1..=libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction-backed and async-signal-safe; setting SIG_DFL
+        // on a signal number the kernel may refuse (glibc's internal ones)
+        // only fails, which changes nothing.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
     }
 }
 
@@ -263,21 +290,40 @@ mod tests {
         assert!(table.iter().any(|p| p.pid == me && !p.kernel_thread));
     }
 
+    /// One test for both checks: a second reaper in the same process
+    /// (another test running beside it) would take this one's exits.
     #[tokio::test]
-    async fn a_spawned_child_gets_its_exit_code_from_the_reaper() {
+    async fn spawned_children_get_their_exits_from_the_reaper_and_default_signal_actions() {
         let reaper = crate::reaper::Reaper::new(LinuxChildReaping);
         let spawner = LinuxSpawner::new(reaper.clone());
-        let spec = ProcessSpec {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), "exit 3".into()],
-            ..Default::default()
-        };
-        let mut child = spawner.spawn(&spec).await.unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(Arc::clone(&reaper).run(stop.clone()));
+        let exit_of = |script: &str| {
+            let spec = ProcessSpec {
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), script.into()],
+                ..Default::default()
+            };
+            let spawner = &spawner;
+            async move {
+                let mut child = spawner.spawn(&spec).await.unwrap();
+                tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await.unwrap().unwrap()
+            }
+        };
+        assert_eq!(exit_of("exit 3").await, ExitStatus::Code(3));
+
+        // An agent started under an init or `nohup` with SIGHUP ignored must
+        // not hand that on (SIGHUP is what many daemons reload on). Nothing
+        // in this test binary sends or expects SIGHUP.
+        // SAFETY: a plain disposition change of this test process.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+        // The exit code is bit 0 of the ignored-signals mask: SIGHUP's.
         let status =
-            tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
-        assert_eq!(status, ExitStatus::Code(3));
+            exit_of(r#"ign=$(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/self/status); exit $(( 0x$ign & 1 ))"#)
+                .await;
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_DFL) };
+        assert_eq!(status, ExitStatus::Code(0), "the daemon inherited SIGHUP ignored");
         stop.cancel();
         task.await.unwrap();
     }
