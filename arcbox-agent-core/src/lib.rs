@@ -28,6 +28,8 @@
 //! - [`copy`]: copy in and out as tar streams (`docker cp` semantics) through the confined files.
 //! - [`exec`]: processes started for the host (in the guest, or in a dockerd container):
 //!   buffered output by offset, stdin, signals, timeouts.
+//! - [`sandbox`]: the sandbox service (`sandbox.v1`) over a [`sandbox::SandboxBackend`]
+//!   (Linux: OCI containers run by crun).
 //! - [`quiesce`]: freezing the filesystems for a snapshot, with a token and a watchdog thaw.
 //! - [`timesync`]: the guest clock from the host's time or ptp_kvm, stepped or slewed.
 //! - [`boot`]: the boot report.
@@ -62,6 +64,7 @@ pub mod quiesce;
 pub mod reaper;
 pub mod rpc;
 pub mod runtime;
+pub mod sandbox;
 pub mod shutdown;
 pub mod stats;
 pub mod storage;
