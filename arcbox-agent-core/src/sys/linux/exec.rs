@@ -368,21 +368,15 @@ impl ExecControl for LinuxExecControl {
     }
 
     fn resize(&self, rows: u16, cols: u16) -> Result<(), SysError> {
-        let pty = self.pty.as_ref().ok_or(SysError::Unsupported("resize without a terminal"))?;
-        let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-        // SAFETY: a valid terminal fd and a valid winsize for the call.
-        if unsafe { libc::ioctl(pty.fd(), libc::TIOCSWINSZ as _, &size) } < 0 {
-            return Err(SysError::io("TIOCSWINSZ", "pty", io::Error::last_os_error()));
-        }
-        Ok(())
+        self.pty.as_ref().ok_or(SysError::Unsupported("resize without a terminal"))?.resize(rows, cols)
     }
 }
 
 /// The leader side of a pseudo-terminal, non-blocking under tokio.
-struct PtyMaster(AsyncFd<OwnedFd>);
+pub(super) struct PtyMaster(AsyncFd<OwnedFd>);
 
 impl PtyMaster {
-    fn new(fd: OwnedFd) -> io::Result<Self> {
+    pub(super) fn new(fd: OwnedFd) -> io::Result<Self> {
         let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
         let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
@@ -394,10 +388,20 @@ impl PtyMaster {
     fn fd(&self) -> RawFd {
         self.0.get_ref().as_raw_fd()
     }
+
+    /// Sets the terminal's window size (TIOCSWINSZ on the leader side).
+    pub(super) fn resize(&self, rows: u16, cols: u16) -> Result<(), SysError> {
+        let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: a valid terminal fd and a valid winsize for the call.
+        if unsafe { libc::ioctl(self.fd(), libc::TIOCSWINSZ as _, &size) } < 0 {
+            return Err(SysError::io("TIOCSWINSZ", "pty", io::Error::last_os_error()));
+        }
+        Ok(())
+    }
 }
 
-struct PtyReader(Arc<PtyMaster>);
-struct PtyWriter(Arc<PtyMaster>);
+pub(super) struct PtyReader(pub(super) Arc<PtyMaster>);
+pub(super) struct PtyWriter(pub(super) Arc<PtyMaster>);
 
 impl AsyncRead for PtyReader {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {

@@ -43,7 +43,7 @@ const DHCP_SERVER_PORT: u16 = 67;
 pub struct LinuxNetwork;
 
 /// The errno a netlink request was refused with, if it was.
-fn errno_of(error: &rtnetlink::Error) -> Option<i32> {
+pub(super) fn errno_of(error: &rtnetlink::Error) -> Option<i32> {
     match error {
         rtnetlink::Error::NetlinkError(message) => message.code.map(|code| code.get().abs()),
         _ => None,
@@ -51,7 +51,7 @@ fn errno_of(error: &rtnetlink::Error) -> Option<i32> {
 }
 
 /// `error` as the [`SysError`] of `op` on `object`, keeping the errno.
-fn netlink_error(op: &'static str, object: &str, error: rtnetlink::Error) -> SysError {
+pub(super) fn netlink_error(op: &'static str, object: &str, error: rtnetlink::Error) -> SysError {
     let source = match errno_of(&error) {
         Some(errno) => io::Error::from_raw_os_error(errno),
         None => io::Error::other(error),
@@ -61,7 +61,7 @@ fn netlink_error(op: &'static str, object: &str, error: rtnetlink::Error) -> Sys
 
 /// A netlink connection in the calling thread's namespace; its task runs
 /// on the current runtime until the handle is dropped.
-fn connect(op: &'static str, object: &str) -> Result<Handle, SysError> {
+pub(super) fn connect(op: &'static str, object: &str) -> Result<Handle, SysError> {
     let (connection, handle, _unsolicited) =
         rtnetlink::new_connection().map_err(|e| SysError::io(op, object, e))?;
     tokio::spawn(connection);
@@ -79,7 +79,11 @@ async fn link_message(handle: &Handle, op: &'static str, name: &str) -> Result<L
 }
 
 /// The index of link `name`; `None` when there is no such link.
-async fn index_if_present(handle: &Handle, op: &'static str, name: &str) -> Result<Option<u32>, SysError> {
+pub(super) async fn index_if_present(
+    handle: &Handle,
+    op: &'static str,
+    name: &str,
+) -> Result<Option<u32>, SysError> {
     match link_message(handle, op, name).await {
         Ok(message) => Ok(Some(message.header.index)),
         Err(SysError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => Ok(None),
