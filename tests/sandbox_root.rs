@@ -27,7 +27,7 @@ use sandbox_support::{Fixture, run, sh};
 fn main() -> ExitCode {
     root_ns::main(
         Namespaces::Pid1,
-        &["crun", "busybox"],
+        &["crun", "busybox", "mkfs.btrfs", "mkfs.ext4", "mount"],
         root_ns::bodies![
             a_sandbox_runs_echo_and_cat_and_sees_only_itself,
             limits_are_written_to_the_sandboxs_cgroup,
@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             bad_requests_are_refused_by_field,
             checkpoint_then_restore_keeps_the_files_on_btrfs_subvolumes,
             a_running_sandbox_is_found_again_by_a_new_backend,
+            an_image_file_rootfs_is_copied_and_its_loop_device_released,
         ],
     )
 }
@@ -199,7 +200,11 @@ fn remove_leaves_no_mount_cgroup_veth_netns_or_directory() {
         spec.network = NetworkMode::Tap;
         spec.limits = Limits { vcpus: 1, memory_mib: 32 };
         let launched = backend.create(&spec).await.expect("create");
-        fx.stop_and_remove(&backend, "gone").await;
+        backend.stop("gone", Duration::from_secs(5)).await.expect("stop");
+        let process = ProcessSpec { argv: sh("true"), ..Default::default() };
+        assert_eq!(backend.exec("gone", &process).await.err().map(|e| e.code()), Some(409));
+        backend.remove("gone").await.expect("remove");
+        assert_eq!(backend.exec("gone", &process).await.err().map(|e| e.code()), Some(404));
         fx.assert_nothing_left(&["gone"], &[launched.network.tap_name]).await;
         // Removing again is fine; stopping what is gone too.
         backend.remove("gone").await.expect("remove again");
@@ -368,6 +373,27 @@ fn a_running_sandbox_is_found_again_by_a_new_backend() {
         assert!(matches!(second.recover(&spec).await, Recovered::Gone));
         let unknown = arcbox_agent_core::sandbox::SandboxSpec { id: "never".into(), ..spec };
         assert!(matches!(second.recover(&unknown).await, Recovered::Gone));
+    });
+}
+
+fn an_image_file_rootfs_is_copied_and_its_loop_device_released() {
+    Fixture::run_with_image(|fx| async move {
+        let backend = fx.backend().await;
+        let mut spec = fx.spec("from-image");
+        spec.rootfs = RootfsSource::ImageFile(fx.image_file());
+        backend.create(&spec).await.expect("create");
+        let (code, out, _) =
+            run(&backend, "from-image", sh("echo w > /written; cat /written /etc/group"), None).await;
+        assert_eq!((code, out.as_str()), (0, "w\nroot:x:0:\nuser:x:1000:\n"));
+        // The image was copied: no loop device holds it, no mount is left.
+        let image = fx.image_file().display().to_string();
+        for entry in std::fs::read_dir("/sys/block").expect("/sys/block").flatten() {
+            let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).unwrap_or_default();
+            assert!(!backing.contains(&image), "{} still backs {image}", entry.path().display());
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(!mountinfo.contains("rootfs.image"), "the image's mount point is left");
+        fx.stop_and_remove(&backend, "from-image").await;
     });
 }
 

@@ -123,7 +123,9 @@ impl CgroupDirs {
 }
 
 impl Fixture {
-    fn prepare() -> Self {
+    /// Private mounts, a cgroup layout for crun, the busybox rootfs. Only
+    /// in a mount namespace of its own (the root tests' and the bench's).
+    pub fn prepare() -> Self {
         crate::root_ns::make_mounts_private();
         let dir = tempfile::tempdir().expect("tempdir");
         cgroup_layout_for_crun(dir.path());
@@ -155,13 +157,36 @@ impl Fixture {
         fx.run_body(body);
     }
 
-    fn run_body<F: Future<Output = ()>>(self, body: impl FnOnce(Self) -> F) {
+    /// As [`Fixture::run`], with an ext4 image of the busybox rootfs at
+    /// `allowed/rootfs.ext4` (made before the reaper runs).
+    pub fn run_with_image<F: Future<Output = ()>>(body: impl FnOnce(Self) -> F) {
+        let fx = Self::prepare();
+        let image = fx.image_file();
+        std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).expect("image");
+        let status = Command::new("mkfs.ext4")
+            .arg("-q")
+            .arg("-d")
+            .arg(fx.allowed.join("busybox"))
+            .arg(&image)
+            .status();
+        assert!(status.expect("mkfs.ext4").success(), "mkfs.ext4 -d");
+        fx.run_body(body);
+    }
+
+    pub fn image_file(&self) -> PathBuf {
+        self.allowed.join("rootfs.ext4")
+    }
+
+    /// Runs `body` in a runtime with the reaper running.
+    pub fn run_body<F: Future<Output = ()>>(self, body: impl FnOnce(Self) -> F) {
         let rt =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
         rt.block_on(async {
             let stop = CancellationToken::new();
             // Only the reaper waits for children from here on.
             let reaper = Reaper::new(LinuxChildReaping);
+            // Inits are re-parented here when crun exits (PID 1 is already).
+            reaper.adopt_orphans(std::process::id() == 1).expect("subreaper");
             let fx = Self { exits: Arc::clone(&reaper) as Arc<dyn ExitRegistry>, ..self };
             tokio::spawn(Arc::clone(&reaper).run(stop.clone()));
             tokio::time::timeout(Duration::from_secs(300), body(fx)).await.expect("the body hung");

@@ -555,11 +555,16 @@ impl SandboxBackend for OciBackend {
         if process.argv.is_empty() {
             return Err(SandboxError::Invalid("argv is empty".into()));
         }
-        if self.running_pid(id).await?.is_none() {
-            return Err(match self.sandbox_dir(id).is_dir() {
-                true => SandboxError::Conflict(format!("sandbox {id} is not running")),
-                false => SandboxError::NotFound(format!("no sandbox {id}")),
-            });
+        match self.crun.state(id).await? {
+            Some(state) if state.status == "running" => {}
+            // A paused sandbox would freeze the new process with it.
+            Some(state) => {
+                return Err(SandboxError::Conflict(format!("sandbox {id} is {}, not running", state.status)));
+            }
+            None if self.sandbox_dir(id).is_dir() => {
+                return Err(SandboxError::Conflict(format!("sandbox {id} is not running")));
+            }
+            None => return Err(SandboxError::NotFound(format!("no sandbox {id}"))),
         }
         let dir = self.sandbox_dir(id);
         let user = bundle::resolve_user(&dir.join("rootfs"), &process.user)?;
