@@ -146,6 +146,14 @@ impl Fixture {
     /// (a loop-mounted image in this mount namespace).
     pub fn run_on_btrfs<F: Future<Output = ()>>(body: impl FnOnce(Self) -> F) {
         let fx = Self::prepare();
+        fx.mount_btrfs();
+        fx.run_body(body);
+    }
+
+    /// Mounts a fresh Btrfs (a loop-mounted image in this mount
+    /// namespace) on the backend's root. Before the reaper runs.
+    pub fn mount_btrfs(&self) {
+        let fx = self;
         let image = fx.dir.path().join("btrfs.img");
         std::fs::File::create(&image).and_then(|f| f.set_len(512 << 20)).expect("image");
         let status = Command::new("mkfs.btrfs").arg("-q").arg(&image).status().expect("mkfs.btrfs");
@@ -154,7 +162,6 @@ impl Fixture {
         let status =
             Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&fx.state).status().expect("mount");
         assert!(status.success(), "mount the btrfs image");
-        fx.run_body(body);
     }
 
     /// As [`Fixture::run`], with an ext4 image of the busybox rootfs at
