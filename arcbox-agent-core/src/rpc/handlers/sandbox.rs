@@ -606,3 +606,7 @@ fn write_stdin(mut stdin: InputPipe, mut data: mpsc::Receiver<Option<Bytes>>) {
         let _ = stdin.shutdown().await;
     });
 }
+
+#[cfg(test)]
+#[path = "sandbox_tests.rs"]
+mod tests;
