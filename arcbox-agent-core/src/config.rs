@@ -473,6 +473,44 @@ impl Default for AuthConfig {
     }
 }
 
+/// `[sandbox]`: the sandbox service (`crate::sandbox`, docs/GUEST.md "Sandboxes").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxSection {
+    /// Serve the sandbox requests (`arcbox_agent.sandbox=off` turns them off: 501).
+    pub enabled: bool,
+    /// The backend's directory: root filesystems, bundles, snapshots and
+    /// the service's records (the data disk's `@sandboxes` subvolume).
+    pub root: PathBuf,
+    /// Where a sandbox's `rootfs` and mount sources may come from.
+    pub allowed_roots: Vec<PathBuf>,
+    /// The `tap` sandboxes' subnet; its first address is the bridge's.
+    pub subnet: String,
+    /// The bridge `tap` sandboxes are attached to.
+    pub bridge: String,
+    /// The OCI runtime (a name looked up in the runtime bin dir and PATH, or a path).
+    pub runtime: PathBuf,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            root: PathBuf::from(SANDBOX_ROOT),
+            allowed_roots: [SANDBOX_ROOT, HOST_SHARE_DIR, "/var/lib/arcbox/rootfs"]
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            subnet: "172.20.0.0/16".to_owned(),
+            bridge: "arcbox-sb0".to_owned(),
+            runtime: PathBuf::from("crun"),
+        }
+    }
+}
+
+/// Where the sandbox backend keeps its files (a data-disk subvolume).
+pub const SANDBOX_ROOT: &str = "/var/lib/arcbox/sandboxes";
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -495,6 +533,8 @@ pub struct AgentConfig {
     pub runtime: RuntimeConfig,
     /// `[auth]`.
     pub auth: AuthConfig,
+    /// `[sandbox]`.
+    pub sandbox: SandboxSection,
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
@@ -572,6 +612,7 @@ impl AgentConfig {
             "arcbox_agent.mtu" => self.network.mtu = parse_num(key, value)?,
             "arcbox_agent.nameserver" => self.init.nameservers = list(value),
             "arcbox_agent.dns" => self.dns.enabled = parse_bool(key, value)?,
+            "arcbox_agent.sandbox" => self.sandbox.enabled = parse_bool(key, value)?,
             "arcbox_agent.dns_upstreams" => self.dns.upstreams = list(value),
             "arcbox_agent.shutdown_grace" => self.shutdown.grace_secs = parse_num(key, value)?,
             // The lists replace the file's: the command line wins (qemu-ga's model).

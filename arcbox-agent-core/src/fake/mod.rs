@@ -46,7 +46,7 @@ pub use endpoints::{Endpoint, FAKE_CONTAINERD_VERSION, FakeApis, FakeEndpoints, 
 pub use exec::FakeExecSpawner;
 pub use files::FakeFiles;
 pub use freezer::{FakeFreezer, fake_mount};
-pub use guest::{DaemonTimings, FakeGuest, FakeRuntimeOps};
+pub use guest::{DaemonTimings, FakeGuest, FakeRuntimeOps, ScratchDir};
 pub use mount::FakeMount;
 pub use network::{DhcpServerScript, FakeDhcpServer, FakeNetwork};
 pub use power::FakePower;

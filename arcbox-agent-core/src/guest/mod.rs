@@ -36,20 +36,21 @@ use crate::Agent;
 use crate::agent::AgentParts;
 use crate::authz::{Authz, PeerFiltered};
 use crate::boot::BootRecorder;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, SandboxSection};
 use crate::exec::ExecService;
 use crate::init::{InitOps, InitRunner, Phase, Step, StepReport, standard_plan};
 use crate::quiesce::{FreezeGate, Quiescer, RuntimeDaemons};
 use crate::rpc::ServerConfig;
 use crate::rpc::handlers::{
     register_dns, register_exec, register_files_guarded, register_kubernetes_guarded, register_quiesce,
-    register_stats,
+    register_sandbox, register_sandbox_unavailable, register_stats,
 };
 use crate::runtime::api::ApiCheck;
 use crate::runtime::docker_api::DockerClient;
 use crate::runtime::{
     DataDiskStep, DockerEngine, K3s, K3sLayout, Lifecycle, ReadinessEvents, RuntimeLayout, RuntimeOps,
 };
+use crate::sandbox::{SandboxBackend, SandboxNames, SandboxService};
 use crate::shutdown::{
     GuestPower, OrderedPower, ShutdownOps, ShutdownPolicy, ShutdownSequence, standard_daemons,
 };
@@ -107,10 +108,24 @@ pub trait GuestOs: Send + Sync + 'static {
     fn counters(&self) -> Arc<Self::Counters>;
     /// The filesystem freezer.
     fn freezer(&self) -> Arc<Self::Freezer>;
+    /// The sandbox service's backend and record directory, or why this
+    /// guest has none (the sandbox requests are then answered 503).
+    fn sandboxes(&self, config: &SandboxSection) -> Result<SandboxParts, String> {
+        let _ = config;
+        Err("this platform has no sandbox backend".to_owned())
+    }
     /// The init plan's capabilities.
     fn init_ops(&self) -> InitOps;
     /// The ordered shutdown's capabilities.
     fn shutdown_ops(&self) -> ShutdownOps;
+}
+
+/// What the sandbox service runs on.
+pub struct SandboxParts {
+    /// The isolation backend.
+    pub backend: Arc<dyn SandboxBackend>,
+    /// Where the service keeps its records.
+    pub records: std::path::PathBuf,
 }
 
 /// What the guest knows about its own start.
@@ -165,6 +180,7 @@ pub struct Guest<O: GuestOs> {
     kubernetes: Arc<Lifecycle<GuestK3s<O>>>,
     power: Arc<GuestPower>,
     dns: Arc<GuestDns>,
+    sandbox: Option<Arc<SandboxService>>,
     network: GuestNetwork,
     authz: Arc<Authz>,
     files: Arc<dyn FileOps>,
@@ -219,6 +235,11 @@ impl<O: GuestOs> Guest<O> {
         let dns = GuestDns::from_config(config);
         register_dns(agent.router_mut(), Arc::clone(&dns));
         register_exec(agent.router_mut(), ExecService::new(os.exec()));
+        let sandbox = sandbox_service(os, config, &dns);
+        match &sandbox {
+            Ok(service) => register_sandbox(agent.router_mut(), Arc::clone(service), stop.clone()),
+            Err(why) => register_sandbox_unavailable(agent.router_mut(), why),
+        }
         // Containers' names come from dockerd's API, asked only for ids it has not named yet.
         let names = Arc::new(DockerClient::new(layout.sockets.docker.clone()));
         let stats = Arc::new(StatsCollector::new(os.counters(), Some(names)));
@@ -233,6 +254,7 @@ impl<O: GuestOs> Guest<O> {
             kubernetes,
             power,
             dns,
+            sandbox: sandbox.ok(),
             network,
             authz,
             files: Arc::clone(&init_ops.files),
@@ -326,6 +348,14 @@ impl<O: GuestOs> Guest<O> {
         // at the end of an ordered shutdown does not come back to let it.
         self.network.start(self.files, self.power.stopping());
         hooks.initialized();
+        if let Some(sandbox) = self.sandbox {
+            // After the late phase: the records live on the data disk.
+            tokio::spawn(async move {
+                for problem in sandbox.recover().await {
+                    tracing::warn!(%problem, "sandbox recovery");
+                }
+            });
+        }
         init.boot.mark_init_complete();
         self.init_done.cancel();
         log_boot_report(&init.boot);
@@ -377,6 +407,22 @@ fn record(boot: &BootRecorder, reports: &[StepReport]) {
     for report in reports {
         report.record(boot);
     }
+}
+
+/// The sandbox service `[sandbox]` asks for, or why there is none.
+fn sandbox_service<O: GuestOs>(
+    os: &O,
+    config: &AgentConfig,
+    dns: &GuestDns,
+) -> Result<Arc<SandboxService>, String> {
+    if !config.sandbox.enabled {
+        return Err("the sandbox service is turned off (arcbox_agent.sandbox=off)".to_owned());
+    }
+    let parts =
+        os.sandboxes(&config.sandbox).inspect_err(|why| tracing::info!(%why, "no sandbox service"))?;
+    tracing::info!(backend = parts.backend.name(), "sandbox service");
+    let names: Arc<dyn SandboxNames> = Arc::new(dns.registry().clone());
+    Ok(SandboxService::new(parts.backend, parts.records, Some(names)))
 }
 
 /// The policy of `[auth]`, with its problems and its refusals logged once.

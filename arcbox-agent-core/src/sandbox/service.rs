@@ -178,6 +178,8 @@ pub struct SandboxService {
     sandboxes: Mutex<HashMap<String, Entry>>,
     snapshots: Mutex<BTreeMap<String, SnapshotRecord>>,
     events: broadcast::Sender<Arc<SandboxEvent>>,
+    /// True once [`SandboxService::recover`] has run.
+    recovered: watch::Sender<bool>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -208,7 +210,15 @@ impl SandboxService {
             sandboxes: Mutex::default(),
             snapshots: Mutex::default(),
             events: broadcast::channel(EVENT_BACKLOG).0,
+            recovered: watch::Sender::new(false),
         })
+    }
+
+    /// Resolves once [`Self::recover`] has run: requests wait for it, so
+    /// a sandbox of an earlier run is never shadowed by a new one.
+    pub async fn recovered(&self) {
+        let mut recovered = self.recovered.subscribe();
+        let _ = recovered.wait_for(|done| *done).await;
     }
 
     /// The backend's name.
@@ -249,6 +259,7 @@ impl SandboxService {
         let (snapshots, snapshot_problems) = self.store.load_snapshots();
         problems.extend(snapshot_problems);
         lock(&self.snapshots).extend(snapshots.into_iter().map(|s| (s.id.clone(), s)));
+        self.recovered.send_replace(true);
         problems
     }
 

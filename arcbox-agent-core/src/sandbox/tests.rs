@@ -42,6 +42,15 @@ fn fixture() -> Fixture {
     Fixture { backend, service, names, state }
 }
 
+impl Fixture {
+    async fn recovered() -> Self {
+        let f = fixture();
+        assert!(f.service.recover().await.is_empty());
+        f.service.recovered().await;
+        f
+    }
+}
+
 fn actions(events: &mut broadcast::Receiver<Arc<SandboxEvent>>) -> Vec<String> {
     let mut seen = Vec::new();
     while let Ok(event) = events.try_recv() {
@@ -62,7 +71,7 @@ async fn wait_state(service: &SandboxService, id: &str, state: SandboxState) {
 
 #[tokio::test]
 async fn a_sandbox_goes_from_created_to_removed_with_an_event_for_each_step() {
-    let f = fixture();
+    let f = Fixture::recovered().await;
     let mut events = f.service.subscribe();
     let view = f.service.create(spec("web")).await.unwrap();
     assert_eq!(view.state, SandboxState::Ready);

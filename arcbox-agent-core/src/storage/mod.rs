@@ -79,6 +79,7 @@ impl Default for DataDiskConfig {
                 sub("@k3s", "/var/lib/rancher/k3s", &[]),
                 sub("@kubelet", "/var/lib/kubelet", &[]),
                 sub("@cni", "/var/lib/cni", &[]),
+                sub("@sandboxes", crate::config::SANDBOX_ROOT, &[]),
             ],
             allow_wipe: false,
             mkfs: PathBuf::from("mkfs.btrfs"),
@@ -293,8 +294,8 @@ mod tests {
         let mkfs = &rig.spawner.spawned()[0];
         assert_eq!(mkfs.program, PathBuf::from("mkfs.btrfs"));
         assert_eq!(mkfs.args, ["-L", "arcbox-data", "/dev/vdb"], "no -f on a blank disk");
-        assert_eq!(report.created, ["@docker", "@containerd", "@k3s", "@kubelet", "@cni"]);
-        assert_eq!(report.mounted.len(), 6);
+        assert_eq!(report.created, ["@docker", "@containerd", "@k3s", "@kubelet", "@cni", "@sandboxes"]);
+        assert_eq!(report.mounted.len(), 7);
         let table = rig.mounts.table();
         let docker = table.iter().find(|m| m.target == Path::new("/var/lib/docker")).unwrap();
         assert_eq!(docker.fstype, "btrfs");

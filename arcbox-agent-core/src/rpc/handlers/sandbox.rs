@@ -19,8 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::MessageType;
 use crate::protocol::proto::sandbox::v1 as pb;
+use crate::rpc::router::BoxFuture;
 use crate::rpc::session::{Inbound, Session, SessionHandler};
-use crate::rpc::{HandlerError, RequestContext, Responder, Router, RpcError, StreamingHandler, UnaryHandler};
+use crate::rpc::{
+    Handler, HandlerError, RequestContext, Responder, Router, RpcError, StreamingHandler, UnaryHandler,
+};
 use crate::sandbox::{
     EventFilter, Limits, MountSpec, NetworkMode, ProcessSpec, RestoreSpec, RootfsSource, SandboxError,
     SandboxEvent, SandboxProcess, SandboxService, SandboxSpec, SandboxView, SnapshotRecord, TtySize, VmOnly,
@@ -51,7 +54,42 @@ pub fn register_sandbox(router: &mut Router, service: Arc<SandboxService>, stopp
         .unary(MessageType::SandboxDeleteSnapshotRequest, DeleteSnapshot(s()));
 }
 
+/// Answers every sandbox request 503 with `why` (the reference's answer
+/// when its sandbox service could not start).
+pub fn register_sandbox_unavailable(router: &mut Router, why: &str) {
+    let why: Arc<str> = format!("sandbox service unavailable: {why}").into();
+    for msg_type in MessageType::ALL.iter().copied().filter(|t| is_sandbox_request(*t)) {
+        router.route(msg_type, Unavailable(Arc::clone(&why)));
+    }
+}
+
+/// Whether `msg_type` is a request of the sandbox family.
+pub fn is_sandbox_request(msg_type: MessageType) -> bool {
+    matches!(msg_type.code(), 0x0020..=0x0024 | 0x0030..=0x0032 | 0x0040..=0x0043)
+}
+
+struct Unavailable(Arc<str>);
+
+impl Handler for Unavailable {
+    fn call<'a>(
+        &'a self,
+        _: RequestContext<'a>,
+        _: Bytes,
+        _: &'a mut Responder<'_>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move { Err(RpcError::unavailable(self.0.to_string()).into()) })
+    }
+}
+
 struct Svc(Arc<SandboxService>);
+
+impl Svc {
+    /// The service, once it has found the sandboxes of an earlier run.
+    async fn ready(&self) -> &Arc<SandboxService> {
+        self.0.recovered().await;
+        &self.0
+    }
+}
 
 fn rpc_error(err: SandboxError) -> RpcError {
     RpcError::new(err.code(), err.to_string())
@@ -182,7 +220,7 @@ impl UnaryHandler for Create {
         _: RequestContext<'_>,
         request: Self::Request,
     ) -> Result<Self::Response, RpcError> {
-        let view = self.0.0.create(create_spec(request)?).await.map_err(rpc_error)?;
+        let view = self.0.ready().await.create(create_spec(request)?).await.map_err(rpc_error)?;
         Ok(pb::CreateSandboxResponse {
             id: view.record.spec.id.clone(),
             ip_address: view.record.network.ip_address.clone(),
@@ -199,7 +237,7 @@ impl UnaryHandler for Stop {
 
     async fn handle(&self, _: RequestContext<'_>, request: Self::Request) -> Result<(), RpcError> {
         let grace = timeout(request.timeout_seconds).unwrap_or(crate::sandbox::DEFAULT_STOP_GRACE);
-        self.0.0.stop(&request.id, grace).await.map_err(rpc_error)
+        self.0.ready().await.stop(&request.id, grace).await.map_err(rpc_error)
     }
 }
 
@@ -210,7 +248,7 @@ impl UnaryHandler for Remove {
     type Response = ();
 
     async fn handle(&self, _: RequestContext<'_>, request: Self::Request) -> Result<(), RpcError> {
-        self.0.0.remove(&request.id, request.force).await.map_err(rpc_error)
+        self.0.ready().await.remove(&request.id, request.force).await.map_err(rpc_error)
     }
 }
 
@@ -225,7 +263,7 @@ impl UnaryHandler for Inspect {
         _: RequestContext<'_>,
         request: Self::Request,
     ) -> Result<Self::Response, RpcError> {
-        self.0.0.inspect(&request.id).map(|view| sandbox_info(&view)).map_err(rpc_error)
+        self.0.ready().await.inspect(&request.id).map(|view| sandbox_info(&view)).map_err(rpc_error)
     }
 }
 
@@ -240,7 +278,7 @@ impl UnaryHandler for List {
         _: RequestContext<'_>,
         request: Self::Request,
     ) -> Result<Self::Response, RpcError> {
-        let views = self.0.0.list(&request.state, &labels(request.labels));
+        let views = self.0.ready().await.list(&request.state, &labels(request.labels));
         let sandboxes = views
             .iter()
             .map(|view| pb::SandboxSummary {
@@ -298,7 +336,7 @@ impl UnaryHandler for Restore {
             network_override: request.network_override,
             ttl: ttl(request.ttl_seconds),
         };
-        let view = self.0.0.restore(spec).await.map_err(rpc_error)?;
+        let view = self.0.ready().await.restore(spec).await.map_err(rpc_error)?;
         Ok(pb::RestoreResponse {
             id: view.record.spec.id.clone(),
             ip_address: view.record.network.ip_address.clone(),
@@ -317,7 +355,7 @@ impl UnaryHandler for ListSnapshots {
         _: RequestContext<'_>,
         request: Self::Request,
     ) -> Result<Self::Response, RpcError> {
-        let snapshots = self.0.0.snapshots(&request.sandbox_id, &labels(request.labels));
+        let snapshots = self.0.ready().await.snapshots(&request.sandbox_id, &labels(request.labels));
         Ok(pb::ListSnapshotsResponse { snapshots: snapshots.iter().map(snapshot_summary).collect() })
     }
 }
@@ -329,7 +367,7 @@ impl UnaryHandler for DeleteSnapshot {
     type Response = ();
 
     async fn handle(&self, _: RequestContext<'_>, request: Self::Request) -> Result<(), RpcError> {
-        self.0.0.delete_snapshot(&request.snapshot_id).await.map_err(rpc_error)
+        self.0.ready().await.delete_snapshot(&request.snapshot_id).await.map_err(rpc_error)
     }
 }
 
@@ -346,7 +384,7 @@ impl StreamingHandler for Events {
     ) -> Result<(), HandlerError> {
         let filter =
             EventFilter { sandbox_id: request.id, action: request.action, labels: labels(request.labels) };
-        let mut events = self.0.0.subscribe();
+        let mut events = self.0.ready().await.subscribe();
         let code = MessageType::SandboxEvent.code();
         loop {
             let event = tokio::select! {
@@ -405,7 +443,7 @@ impl StreamingHandler for Run {
             stdin: false,
             timeout: timeout(request.timeout_seconds),
         };
-        let started = self.0.0.exec(&request.id, &process).await.map_err(rpc_error)?;
+        let started = self.0.ready().await.exec(&request.id, &process).await.map_err(rpc_error)?;
         pump::<pb::RunOutput>(MessageType::SandboxRunOutput.code(), started, process.timeout, out, None).await
     }
 }
@@ -437,7 +475,7 @@ impl SessionHandler for Exec {
             stdin: true,
             timeout: timeout(request.timeout_seconds),
         };
-        let started = self.0.0.exec(&request.id, &process).await.map_err(rpc_error)?;
+        let started = self.0.ready().await.exec(&request.id, &process).await.map_err(rpc_error)?;
         let Session { out, inbound, .. } = session;
         pump::<pb::ExecOutput>(
             MessageType::SandboxExecOutput.code(),

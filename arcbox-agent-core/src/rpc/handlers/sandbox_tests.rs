@@ -23,6 +23,11 @@ fn wire() -> Wire {
     let backend = FakeSandboxBackend::new();
     let state = tempfile::tempdir().unwrap();
     let service = SandboxService::new(backend.clone(), state.path(), None);
+    // Requests wait until the service has looked for an earlier run's sandboxes.
+    tokio::spawn({
+        let service = Arc::clone(&service);
+        async move { service.recover().await }
+    });
     let mut router = Router::new();
     register_sandbox(&mut router, service, CancellationToken::new());
     Wire { router: Arc::new(router), backend, _state: state }
