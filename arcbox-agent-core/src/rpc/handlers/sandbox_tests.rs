@@ -266,3 +266,32 @@ async fn snapshots_checkpoint_restore_list_and_delete_over_the_wire() {
     assert_eq!((frame.msg_type, frame.payload.len()), (MessageType::SandboxDeleteSnapshotResponse.code(), 0));
     assert_eq!(code(client.sandbox_delete_snapshot(&taken.snapshot_id).await.unwrap_err()), 404);
 }
+
+#[tokio::test]
+async fn an_event_reader_that_never_reads_holds_up_no_sandbox() {
+    let w = wire();
+    let router = Arc::clone(&w.router);
+    let request = pb::SandboxEventsRequest::default().encode_to_vec();
+    let mut frame = bytes::BytesMut::new();
+    crate::protocol::encode_parts(MessageType::SandboxEventsRequest.code(), b"", &request, &mut frame)
+        .unwrap();
+    // A tiny pipe whose host side nobody reads: the event stream's writes block at once.
+    let (mut host_side, agent_side) = tokio::io::duplex(64);
+    tokio::spawn(async move {
+        let (config, stats, stop) =
+            (ServerConfig::default(), ServerStats::default(), CancellationToken::new());
+        serve_connection(agent_side, "stuck", &router, &config, &stats, &stop).await
+    });
+    tokio::io::AsyncWriteExt::write_all(&mut host_side, &frame).await.unwrap();
+    let mut client = w.client();
+    let made = tokio::time::timeout(Duration::from_secs(10), async {
+        for n in 0..40 {
+            client.sandbox_create(&create(&format!("s{n}")), LONG).await.unwrap();
+            client.sandbox_remove(&format!("s{n}"), true).await.unwrap();
+        }
+    })
+    .await;
+    assert!(made.is_ok(), "sandboxes waited for a reader that does not read");
+    assert!(w.backend.existing().is_empty());
+    drop(host_side);
+}
