@@ -48,14 +48,15 @@ use crate::rpc::handlers::{
 use crate::runtime::api::ApiCheck;
 use crate::runtime::docker_api::DockerClient;
 use crate::runtime::{
-    DataDiskStep, DockerEngine, K3s, K3sLayout, Lifecycle, ReadinessEvents, RuntimeLayout, RuntimeOps,
+    DataDiskStep, DiskNote, DockerEngine, K3s, K3sLayout, Lifecycle, ReadinessEvents, RuntimeLayout,
+    RuntimeOps,
 };
-use crate::sandbox::{SandboxBackend, SandboxNames, SandboxService};
+use crate::sandbox::{SandboxBackend, SandboxNames, SandboxService, SandboxStorage};
 use crate::shutdown::{
     GuestPower, OrderedPower, ShutdownOps, ShutdownPolicy, ShutdownSequence, standard_daemons,
 };
 use crate::stats::StatsCollector;
-use crate::storage::{DataDisk, DataDiskConfig, data_device};
+use crate::storage::{DataDisk, DataDiskConfig, StorageError, data_device};
 use crate::sys::exec::ExecSpawner;
 use crate::sys::{
     Clock, ConfinedFs, DiskOps, FileOps, FsFreezer, MountOps, ProcessSpawner, SocketProbe, SystemCounters,
@@ -212,12 +213,19 @@ impl<O: GuestOs> Guest<O> {
         let init_done = CancellationToken::new();
         let power = Arc::new(power(os, config, &settings, stop.clone()));
         let ops = os.runtime_ops();
-        let data_disk = (!config.runtime.data_disk_disabled).then(|| data_disk(os, config, &ops));
+        // One data disk step for the runtime and the sandboxes, one call at a time.
+        let data_disk =
+            (!config.runtime.data_disk_disabled).then(|| SharedDataDisk::new(data_disk(os, config, &ops)));
         let layout = RuntimeLayout::from_config(config);
         let engine = Arc::new(
-            DockerEngine::new(ops, layout.clone(), events.clone(), data_disk)
-                .with_start_gate(init_done.clone())
-                .with_supervision_until(power.stopping()),
+            DockerEngine::new(
+                ops,
+                layout.clone(),
+                events.clone(),
+                data_disk.clone().map(|d| d as Arc<dyn DataDiskStep>),
+            )
+            .with_start_gate(init_done.clone())
+            .with_supervision_until(power.stopping()),
         );
         let init_ops = os.init_ops();
         let network = GuestNetwork::from_config(Arc::clone(&init_ops.network), config, settings.init_mode);
@@ -235,7 +243,7 @@ impl<O: GuestOs> Guest<O> {
         let dns = GuestDns::from_config(config);
         register_dns(agent.router_mut(), Arc::clone(&dns));
         register_exec(agent.router_mut(), ExecService::new(os.exec()));
-        let sandbox = sandbox_service(os, config, &dns);
+        let sandbox = sandbox_service(os, config, &dns, data_disk);
         match &sandbox {
             Ok(service) => register_sandbox(agent.router_mut(), Arc::clone(service), stop.clone()),
             Err(why) => register_sandbox_unavailable(agent.router_mut(), why),
@@ -414,6 +422,7 @@ fn sandbox_service<O: GuestOs>(
     os: &O,
     config: &AgentConfig,
     dns: &GuestDns,
+    data_disk: Option<Arc<SharedDataDisk>>,
 ) -> Result<Arc<SandboxService>, String> {
     if !config.sandbox.enabled {
         return Err("the sandbox service is turned off (arcbox_agent.sandbox=off)".to_owned());
@@ -422,7 +431,39 @@ fn sandbox_service<O: GuestOs>(
         os.sandboxes(&config.sandbox).inspect_err(|why| tracing::info!(%why, "no sandbox service"))?;
     tracing::info!(backend = parts.backend.name(), "sandbox service");
     let names: Arc<dyn SandboxNames> = Arc::new(dns.registry().clone());
-    Ok(SandboxService::new(parts.backend, parts.records, Some(names)))
+    let service = SandboxService::new(parts.backend, parts.records, Some(names));
+    Ok(match data_disk {
+        Some(disk) => service.with_storage(disk),
+        None => service,
+    })
+}
+
+/// The data disk step shared by the runtime and the sandbox service: one
+/// `ensure` at a time, so two first uses never both format a blank disk.
+struct SharedDataDisk {
+    step: Arc<dyn DataDiskStep>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl SharedDataDisk {
+    fn new(step: Arc<dyn DataDiskStep>) -> Arc<Self> {
+        Arc::new(Self { step, turn: tokio::sync::Mutex::new(()) })
+    }
+}
+
+#[async_trait::async_trait]
+impl DataDiskStep for SharedDataDisk {
+    async fn ensure(&self) -> Result<DiskNote, StorageError> {
+        let _turn = self.turn.lock().await;
+        self.step.ensure().await
+    }
+}
+
+#[async_trait::async_trait]
+impl SandboxStorage for SharedDataDisk {
+    async fn prepare(&self) -> Result<(), String> {
+        self.ensure().await.map(|_| ()).map_err(|err| format!("data disk: {err}"))
+    }
 }
 
 /// The policy of `[auth]`, with its problems and its refusals logged once.

@@ -24,7 +24,7 @@ pub use backend::{
 pub use records::{SandboxRecord, SnapshotRecord};
 pub use service::{
     DEFAULT_STOP_GRACE, EventFilter, RestoreSpec, SandboxEvent, SandboxNames, SandboxProcess, SandboxService,
-    SandboxState, SandboxView,
+    SandboxState, SandboxStorage, SandboxView,
 };
 pub use spec::{
     Limits, MountSpec, NetworkMode, ProcessSpec, RootfsSource, SandboxNetwork, SandboxSpec, SnapshotKind,

@@ -132,6 +132,15 @@ impl SandboxNames for crate::dns::Registry {
     }
 }
 
+/// Makes the storage the backend's directory lives on ready (the guest:
+/// the data disk, shared with the container runtime). A failure is logged
+/// and the service carries on with whatever is mounted.
+#[async_trait::async_trait]
+pub trait SandboxStorage: Send + Sync + 'static {
+    /// Brings the storage up; called before recovery and each create or restore.
+    async fn prepare(&self) -> Result<(), String>;
+}
+
 /// A restore as the host asks it.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreSpec {
@@ -180,6 +189,7 @@ pub struct SandboxService {
     events: broadcast::Sender<Arc<SandboxEvent>>,
     /// True once [`SandboxService::recover`] has run.
     recovered: watch::Sender<bool>,
+    storage: Option<Arc<dyn SandboxStorage>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -211,7 +221,26 @@ impl SandboxService {
             snapshots: Mutex::default(),
             events: broadcast::channel(EVENT_BACKLOG).0,
             recovered: watch::Sender::new(false),
+            storage: None,
         })
+    }
+
+    /// The service with `storage` made ready before recovery and each
+    /// create or restore (call before sharing the service).
+    pub fn with_storage(mut self: Arc<Self>, storage: Arc<dyn SandboxStorage>) -> Arc<Self> {
+        match Arc::get_mut(&mut self) {
+            Some(service) => service.storage = Some(storage),
+            None => tracing::error!("the sandbox service is shared already; its storage is not set"),
+        }
+        self
+    }
+
+    async fn prepare_storage(&self) {
+        if let Some(storage) = &self.storage
+            && let Err(why) = storage.prepare().await
+        {
+            tracing::warn!(%why, "sandbox storage is not ready; using the directory as it is");
+        }
     }
 
     /// Resolves once [`Self::recover`] has run: requests wait for it, so
@@ -231,6 +260,7 @@ impl SandboxService {
     /// be removed, ones the backend no longer has are forgotten. Returns
     /// what could not be read or was dropped, for the log.
     pub async fn recover(self: &Arc<Self>) -> Vec<String> {
+        self.prepare_storage().await;
         let (records, mut problems) = self.store.load_sandboxes();
         for mut record in records {
             let id = record.spec.id.clone();
@@ -273,6 +303,7 @@ impl SandboxService {
         }
         self.backend.validate(&spec)?;
         self.reserve(&spec, None)?;
+        self.prepare_storage().await;
         let launched = self.backend.create(&spec).await;
         self.launched(spec, None, launched)
     }
@@ -477,6 +508,7 @@ impl SandboxService {
         }
         self.backend.validate(&spec)?;
         self.reserve(&spec, Some(&snapshot.id))?;
+        self.prepare_storage().await;
         let launched = self.backend.restore(&snapshot.id, snapshot.kind, &spec).await;
         self.launched(spec, Some(snapshot.id), launched)
     }

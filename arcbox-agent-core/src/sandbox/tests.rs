@@ -266,3 +266,36 @@ async fn a_restarted_agent_finds_its_sandboxes_and_snapshots_again_without_dupli
     again.stop("keep", Duration::ZERO).await.unwrap();
     assert_eq!(again.inspect("keep").unwrap().state, SandboxState::Stopped, "the recovered init is watched");
 }
+
+/// Counts preparations; fails them when told to.
+#[derive(Default)]
+struct CountingStorage {
+    calls: std::sync::atomic::AtomicUsize,
+    fail: bool,
+}
+
+#[async_trait::async_trait]
+impl SandboxStorage for CountingStorage {
+    async fn prepare(&self) -> Result<(), String> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.fail { Err("no data disk".into()) } else { Ok(()) }
+    }
+}
+
+#[tokio::test]
+async fn storage_is_prepared_before_recovery_and_each_create_and_a_failure_is_not_fatal() {
+    for fail in [false, true] {
+        let storage = Arc::new(CountingStorage { fail, ..CountingStorage::default() });
+        let state = tempfile::tempdir().unwrap();
+        let service =
+            SandboxService::new(FakeSandboxBackend::new(), state.path(), None).with_storage(storage.clone());
+        service.recover().await;
+        service.create(spec("a")).await.unwrap();
+        let snapshot = service.checkpoint("a", "", BTreeMap::new()).await.unwrap();
+        service
+            .restore(RestoreSpec { id: "b".into(), snapshot_id: snapshot.id, ..RestoreSpec::default() })
+            .await
+            .unwrap();
+        assert_eq!(storage.calls.load(std::sync::atomic::Ordering::SeqCst), 3, "fail: {fail}");
+    }
+}
