@@ -457,12 +457,19 @@ impl DataDiskStep for SharedDataDisk {
         let _turn = self.turn.lock().await;
         self.step.ensure().await
     }
+
+    async fn mount_existing(&self) -> Result<bool, StorageError> {
+        let _turn = self.turn.lock().await;
+        self.step.mount_existing().await
+    }
 }
 
 #[async_trait::async_trait]
 impl SandboxStorage for SharedDataDisk {
-    async fn prepare(&self) -> Result<(), String> {
-        self.ensure().await.map(|_| ()).map_err(|err| format!("data disk: {err}"))
+    async fn prepare(&self, claim: bool) -> Result<(), String> {
+        let result =
+            if claim { self.ensure().await.map(|_| ()) } else { self.mount_existing().await.map(|_| ()) };
+        result.map_err(|err| format!("data disk: {err}"))
     }
 }
 

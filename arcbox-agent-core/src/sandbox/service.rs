@@ -137,8 +137,11 @@ impl SandboxNames for crate::dns::Registry {
 /// and the service carries on with whatever is mounted.
 #[async_trait::async_trait]
 pub trait SandboxStorage: Send + Sync + 'static {
-    /// Brings the storage up; called before recovery and each create or restore.
-    async fn prepare(&self) -> Result<(), String>;
+    /// Brings the storage up: before each create or restore with `claim`
+    /// (a blank data disk is formatted), before recovery without (only a
+    /// disk that holds our data already is mounted: a blank one has no
+    /// sandboxes to find, and stays blank until something needs it).
+    async fn prepare(&self, claim: bool) -> Result<(), String>;
 }
 
 /// A restore as the host asks it.
@@ -235,9 +238,9 @@ impl SandboxService {
         self
     }
 
-    async fn prepare_storage(&self) {
+    async fn prepare_storage(&self, claim: bool) {
         if let Some(storage) = &self.storage
-            && let Err(why) = storage.prepare().await
+            && let Err(why) = storage.prepare(claim).await
         {
             tracing::warn!(%why, "sandbox storage is not ready; using the directory as it is");
         }
@@ -260,7 +263,7 @@ impl SandboxService {
     /// be removed, ones the backend no longer has are forgotten. Returns
     /// what could not be read or was dropped, for the log.
     pub async fn recover(self: &Arc<Self>) -> Vec<String> {
-        self.prepare_storage().await;
+        self.prepare_storage(false).await;
         let (records, mut problems) = self.store.load_sandboxes();
         for mut record in records {
             let id = record.spec.id.clone();
@@ -303,7 +306,7 @@ impl SandboxService {
         }
         self.backend.validate(&spec)?;
         self.reserve(&spec, None)?;
-        self.prepare_storage().await;
+        self.prepare_storage(true).await;
         let launched = self.backend.create(&spec).await;
         self.launched(spec, None, launched)
     }
@@ -508,7 +511,7 @@ impl SandboxService {
         }
         self.backend.validate(&spec)?;
         self.reserve(&spec, Some(&snapshot.id))?;
-        self.prepare_storage().await;
+        self.prepare_storage(true).await;
         let launched = self.backend.restore(&snapshot.id, snapshot.kind, &spec).await;
         self.launched(spec, Some(snapshot.id), launched)
     }

@@ -267,17 +267,17 @@ async fn a_restarted_agent_finds_its_sandboxes_and_snapshots_again_without_dupli
     assert_eq!(again.inspect("keep").unwrap().state, SandboxState::Stopped, "the recovered init is watched");
 }
 
-/// Counts preparations; fails them when told to.
+/// Records preparations (whether each claimed the disk); fails them when told to.
 #[derive(Default)]
 struct CountingStorage {
-    calls: std::sync::atomic::AtomicUsize,
+    calls: std::sync::Mutex<Vec<bool>>,
     fail: bool,
 }
 
 #[async_trait::async_trait]
 impl SandboxStorage for CountingStorage {
-    async fn prepare(&self) -> Result<(), String> {
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    async fn prepare(&self, claim: bool) -> Result<(), String> {
+        self.calls.lock().unwrap().push(claim);
         if self.fail { Err("no data disk".into()) } else { Ok(()) }
     }
 }
@@ -296,6 +296,7 @@ async fn storage_is_prepared_before_recovery_and_each_create_and_a_failure_is_no
             .restore(RestoreSpec { id: "b".into(), snapshot_id: snapshot.id, ..RestoreSpec::default() })
             .await
             .unwrap();
-        assert_eq!(storage.calls.load(std::sync::atomic::Ordering::SeqCst), 3, "fail: {fail}");
+        // Recovery never claims (formats) the disk; create and restore do.
+        assert_eq!(*storage.calls.lock().unwrap(), [false, true, true], "fail: {fail}");
     }
 }

@@ -165,6 +165,21 @@ impl<M: MountOps, F: FileOps, P: ProcessSpawner, D: DiskOps> DataDisk<M, F, P, D
         Ok(report)
     }
 
+    /// Mounts the data disk only if it is up already or holds a Btrfs
+    /// filesystem; a blank or foreign disk is left for [`Self::ensure`]
+    /// (`None`). For services that look for their data at boot without
+    /// claiming the disk.
+    pub async fn ensure_existing(&self) -> Result<Option<DataDiskReport>, StorageError> {
+        let up = self.mounts.is_mounted(&self.config.raw_mount)?;
+        if !up
+            && classify(&self.disk.read_head(&self.config.device, HEAD_BYTES)?)
+                != DiskContents::Known(Signature::Btrfs)
+        {
+            return Ok(None);
+        }
+        self.ensure().await.map(Some)
+    }
+
     /// Formats the device if it is provably blank (or wiping is allowed);
     /// accepts an existing Btrfs; refuses anything else.
     async fn format_if_blank(&self) -> Result<bool, StorageError> {
@@ -284,6 +299,17 @@ mod tests {
         let mut image = vec![0u8; 1 << 20];
         image[1080..1082].copy_from_slice(&[0x53, 0xEF]);
         image
+    }
+
+    #[tokio::test]
+    async fn a_lookup_at_boot_never_formats_and_mounts_only_our_filesystem() {
+        let rig = rig(vec![0u8; 8 << 20], false);
+        assert!(rig.data.ensure_existing().await.unwrap().is_none(), "a blank disk is left alone");
+        assert!(rig.spawner.spawned().is_empty(), "no mkfs");
+        assert!(rig.mounts.table().is_empty());
+        rig.data.ensure().await.unwrap();
+        let again = rig.data.ensure_existing().await.unwrap().expect("our disk, mounted");
+        assert!(!again.formatted);
     }
 
     #[tokio::test]
