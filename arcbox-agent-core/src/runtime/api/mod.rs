@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - `mod.rs`: [`Readiness`], [`ApiCheck`], [`SocketApis`], [`answers`].
-//! - `containerd.rs`: the Version call over HTTP/2 on containerd's socket.
+//! - `containerd.rs`: the Version call on containerd's socket, by the containerd client crate.
 //! - `docker.rs`: `GET /_ping` on dockerd's socket, by the [`super::docker_api`] client.
 
 mod containerd;
