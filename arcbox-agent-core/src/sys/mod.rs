@@ -8,8 +8,6 @@
 //! # Layout
 //! - `mod.rs`: the traits and their plain data types.
 //! - [`ConfinedFs`] (`confined.rs`): file operations confined to a root (openat2 `RESOLVE_IN_ROOT`).
-//! - [`containerd_channel`] (`containerd.rs`): a gRPC channel to containerd's socket for the
-//!   containerd project's client crate.
 //! - [`DiskOps`] (`disk.rs`): block-device heads and Btrfs ioctls.
 //! - [`FsFreezer`] (`freeze.rs`): FIFREEZE/FITHAW and the mount table with devices.
 //! - [`NetworkOps`] (`network.rs`): links, IPv4 addresses and routes (netlink), DHCP sockets.
@@ -26,7 +24,6 @@ use tokio::sync::oneshot;
 use crate::protocol::proto::agent::SystemInfo;
 
 mod confined;
-mod containerd;
 mod disk;
 pub mod exec;
 mod freeze;
@@ -40,7 +37,6 @@ pub use confined::{
     ConfinedDir, ConfinedError, ConfinedFs, ConfinedLimits, DEFAULT_MAX_COPY_BYTES, DirEntry, EntryMeta,
     FileKind, FileStat, Listing, NAMES_NO_FILE, NOT_REMOVABLE, ReadResult, final_name, split_final,
 };
-pub use containerd::{ChannelError, containerd_channel, in_namespace};
 pub use disk::DiskOps;
 pub use freeze::{DeviceId, FreezeOutcome, FsFreezer, MountedFs, ThawOutcome};
 pub use network::{DhcpSocket, Ipv4Cidr, LinkInfo, LinkOutcome, NetworkOps, Route};

@@ -7,7 +7,7 @@ use std::path::Path;
 use containerd_client::services::v1::version_client::VersionClient;
 
 use super::ApiError;
-use crate::sys::{ChannelError, containerd_channel};
+use crate::sys::linux::{ChannelError, containerd_channel};
 
 fn failed(socket: &Path, detail: impl std::fmt::Display) -> ApiError {
     ApiError::Answer {

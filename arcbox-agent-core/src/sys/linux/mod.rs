@@ -3,6 +3,7 @@
 
 mod clock;
 mod confined;
+mod containerd;
 mod disk;
 mod exec;
 mod files;
@@ -21,6 +22,7 @@ mod watch;
 
 pub use clock::LinuxClock;
 pub use confined::{LinuxConfinedDir, LinuxConfinedFs};
+pub use containerd::{ChannelError, containerd_channel, in_namespace};
 pub use disk::LinuxDisk;
 pub use exec::{LinuxExecSpawner, LinuxPidSignals};
 pub use files::LinuxFiles;

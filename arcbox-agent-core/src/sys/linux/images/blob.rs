@@ -17,7 +17,7 @@ use tokio_util::io::StreamReader;
 
 use super::ImageError;
 use super::manifest::Descriptor;
-use crate::sys::in_namespace;
+use crate::sys::linux::in_namespace;
 
 /// The largest index or manifest read (real ones are a few KiB).
 pub(super) const MAX_DOCUMENT_BYTES: usize = 4 << 20;

@@ -30,10 +30,8 @@ use tokio_util::io::SyncIoBridge;
 use crate::config::{DEFAULT_CONTAINERD_SOCKET, DEFAULT_IMAGE_NAMESPACES};
 use crate::copy::{CopyError, unpack_layer};
 use crate::sandbox::{ImageUnpacker, SandboxError};
-use crate::sys::linux::LinuxConfinedFs;
-use crate::sys::{
-    ChannelError, ConfinedDir as _, ConfinedFs as _, ConfinedLimits, containerd_channel, in_namespace,
-};
+use crate::sys::linux::{ChannelError, LinuxConfinedFs, containerd_channel, in_namespace};
+use crate::sys::{ConfinedDir as _, ConfinedFs as _, ConfinedLimits};
 
 mod blob;
 mod manifest;
