@@ -30,6 +30,12 @@ pub const DOCKER_BRIDGE_GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
 pub const HOST_SHARE_DIR: &str = "/arcbox";
 /// Preferred directory of the runtime binaries (on the host share), then `PATH`.
 pub const DEFAULT_RUNTIME_BIN_DIR: &str = "/arcbox/runtime/bin";
+/// containerd's API socket: where the agent starts containerd, and where
+/// sandboxes' images are read from.
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// The containerd namespaces searched for a sandbox's image, in order:
+/// ctr's and nerdctl's, Kubernetes' (CRI), dockerd's.
+pub const DEFAULT_IMAGE_NAMESPACES: [&str; 3] = ["default", "k8s.io", "moby"];
 /// Where the agent's and the daemons' logs go (on the host share, so the host reads them).
 pub const DEFAULT_LOG_DIR: &str = "/arcbox/log";
 /// Where the daemons' logs go when the log directory is absent (the reference's fallback).

@@ -60,7 +60,7 @@ impl Default for RuntimeSockets {
     fn default() -> Self {
         Self {
             containerd: vec![
-                PathBuf::from("/run/containerd/containerd.sock"),
+                PathBuf::from(crate::config::DEFAULT_CONTAINERD_SOCKET),
                 PathBuf::from("/var/run/containerd/containerd.sock"),
             ],
             docker: PathBuf::from(super::docker_api::DOCKER_SOCKET),
