@@ -50,9 +50,10 @@ step "set-up: Debian packages, rustup components and targets"
 # dig, the real resolver client of the DNS tests; ip and dnsmasq, the link tool
 # and DHCP server of the network tests; crun, criu, busybox, catatonit and
 # containerd, the runtime, checkpointer, rootfs, idle init and image store of
-# the sandbox tests.
+# the sandbox tests; protoc, which the build of containerd's client crate (a
+# Linux dependency of the core) runs.
 need=()
-for tool in mkfs.btrfs:btrfs-progs mkfs.ext4:e2fsprogs lsattr:e2fsprogs losetup:mount unshare:util-linux dig:bind9-dnsutils ip:iproute2 dnsmasq:dnsmasq-base crun:crun criu:criu busybox:busybox-static catatonit:catatonit containerd:containerd ctr:containerd; do
+for tool in mkfs.btrfs:btrfs-progs mkfs.ext4:e2fsprogs lsattr:e2fsprogs losetup:mount unshare:util-linux dig:bind9-dnsutils ip:iproute2 dnsmasq:dnsmasq-base crun:crun criu:criu busybox:busybox-static catatonit:catatonit containerd:containerd ctr:containerd protoc:protobuf-compiler; do
 	command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then

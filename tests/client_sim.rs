@@ -5,8 +5,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use arcbox_agent_core::config::AgentConfig;
 use arcbox_agent_core::protocol::proto::agent::{
-    CopyInRequest, CopyOutRequest, Empty, FileListRequest, FileMkdirRequest, FileReadRequest,
-    FileRemoveRequest, FileStatRequest, FileWriteRequest,
+    CopyInRequest, CopyOutRequest, FileListRequest, FileMkdirRequest, FileReadRequest, FileRemoveRequest,
+    FileStatRequest, FileWriteRequest,
 };
 use arcbox_agent_core::protocol::{ErrorCode, MessageType, PROTOCOL_VERSION};
 use arcbox_agent_core::rpc::{Router, Server, ServerConfig, ServerStats};
@@ -130,8 +130,9 @@ async fn scenarios_shape_the_runtime_outcome() {
 async fn errors_keep_the_agents_code() {
     let sim = sim_server(Scenario::Healthy);
     let mut client = client_for(&sim.address).await;
-    let err = client.call::<Empty, Empty>(MessageType::SandboxListRequest, &Empty {}).await.unwrap_err();
-    assert_eq!(err.code(), Some(501), "{err}");
+    let err = client.sandbox_inspect("no-such-sandbox").await.unwrap_err();
+    assert_eq!(err.code(), Some(404), "{err}");
+    assert!(err.to_string().contains("no sandbox \"no-such-sandbox\""), "{err}");
     // The connection survives a remote error.
     assert_eq!(client.ping(None).await.unwrap().message, "pong");
 }

@@ -56,7 +56,16 @@ fn the_document_has_the_golden_blocks() {
             "copy_input_chunk",
             "watch_stats_request",
             "fs_freeze_request",
-            "sync_clock_request"
+            "sync_clock_request",
+            "sandbox_create_request",
+            "sandbox_stop_response",
+            "sandbox_run_output_item",
+            "sandbox_run_exit_item",
+            "sandbox_exec_input",
+            "sandbox_exec_eof",
+            "sandbox_exec_resize",
+            "sandbox_event_item",
+            "sandbox_checkpoint_request"
         ]
     );
 }
@@ -68,6 +77,49 @@ fn exec_goldens_match() {
     assert_eq!(encode(MessageType::ExecRunRequest, &run.encode_to_vec()), golden("exec_run_request"));
     let item = ExecOutput { stream: 1, offset: 0, data: b"hi".to_vec() };
     assert_eq!(encode(MessageType::ExecOutput, &item.encode_to_vec()), golden("exec_output_item"));
+}
+
+#[test]
+fn sandbox_goldens_match() {
+    use arcbox_agent_core::protocol::proto::sandbox::v1 as pb;
+    let create = pb::CreateSandboxRequest {
+        id: "b".into(),
+        rootfs: "/r".into(),
+        network: Some(pb::NetworkSpec { mode: "tap".into() }),
+        ..Default::default()
+    };
+    assert_eq!(
+        encode(MessageType::SandboxCreateRequest, &create.encode_to_vec()),
+        golden("sandbox_create_request")
+    );
+    assert_eq!(encode(MessageType::SandboxStopResponse, &[]), golden("sandbox_stop_response"));
+    let item = pb::RunOutput { stream: "stdout".into(), data: b"hi".to_vec(), ..Default::default() };
+    assert_eq!(
+        encode(MessageType::SandboxRunOutput, &item.encode_to_vec()),
+        golden("sandbox_run_output_item")
+    );
+    let exit = pb::RunOutput { stream: "exit".into(), done: true, ..Default::default() };
+    assert_eq!(encode(MessageType::SandboxRunOutput, &exit.encode_to_vec()), golden("sandbox_run_exit_item"));
+    assert_eq!(encode(MessageType::SandboxExecInput, b"hi"), golden("sandbox_exec_input"));
+    assert_eq!(encode(MessageType::SandboxExecInput, b""), golden("sandbox_exec_eof"));
+    let resize = pb::TerminalSize { width: 120, height: 40 };
+    assert_eq!(
+        encode(MessageType::SandboxExecResize, &resize.encode_to_vec()),
+        golden("sandbox_exec_resize")
+    );
+    let event = pb::SandboxEvent {
+        sandbox_id: "b".into(),
+        action: "ready".into(),
+        timestamp: 1,
+        ..Default::default()
+    };
+    assert_eq!(encode(MessageType::SandboxEvent, &event.encode_to_vec()), golden("sandbox_event_item"));
+    let checkpoint =
+        pb::CheckpointRequest { sandbox_id: "b".into(), name: "v1".into(), ..Default::default() };
+    assert_eq!(
+        encode(MessageType::SandboxCheckpointRequest, &checkpoint.encode_to_vec()),
+        golden("sandbox_checkpoint_request")
+    );
 }
 
 #[test]

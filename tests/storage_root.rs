@@ -120,7 +120,7 @@ fn a_blank_device_is_formatted_mounted_with_subvolumes_and_kept_on_the_next_boot
 
     let first = ensure(&config).unwrap();
     assert!(first.formatted);
-    assert_eq!(first.created, ["@docker", "@containerd", "@k3s", "@kubelet", "@cni"]);
+    assert_eq!(first.created, ["@docker", "@containerd", "@k3s", "@kubelet", "@cni", "@sandboxes"]);
 
     let (fstype, _, raw_super) = mountinfo(&config.raw_mount).expect("raw btrfs not mounted");
     assert_eq!(fstype, "btrfs");

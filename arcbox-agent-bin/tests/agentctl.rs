@@ -574,3 +574,52 @@ fn exec_passes_output_stdin_and_the_exit_code_through() {
     assert_eq!(inside.status.code(), Some(125), "{inside:?}");
     assert!(stderr(&inside).contains("501") && stderr(&inside).contains("\"web\""), "{inside:?}");
 }
+
+#[test]
+fn sandbox_commands_walk_a_lifecycle_and_run_passes_the_exit_code_through() {
+    let sim = sim(Scenario::Healthy);
+    let a = sim.address.as_str();
+    let created = agentctl(
+        a,
+        &[
+            "--json",
+            "sandbox",
+            "create",
+            "box",
+            "--rootfs",
+            "/srv/rootfs",
+            "--network",
+            "tap",
+            "-l",
+            "app=demo",
+        ],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    assert_eq!(json(&created)["state"], "ready");
+    assert_eq!(json(&created)["ip_address"], "172.20.0.2");
+
+    let run = agentctl(a, &["sandbox", "run", "box", "--", "echo", "from the sandbox"]);
+    assert_eq!((run.status.code(), stdout(&run).as_str()), (Some(0), "from the sandbox\n"));
+    assert_eq!(agentctl(a, &["sandbox", "run", "box", "--", "exit", "3"]).status.code(), Some(3));
+    let timed_out = agentctl(a, &["sandbox", "run", "box", "--timeout", "1", "--", "sleep", "30"]);
+    assert_eq!(timed_out.status.code(), Some(124));
+    assert!(stderr(&timed_out).contains("timed out after 1 s"), "{}", stderr(&timed_out));
+
+    let listed = agentctl(a, &["--json", "sandbox", "ls", "-l", "app=demo"]);
+    assert_eq!(json(&listed)[0]["id"], "box");
+    let checkpoint = agentctl(a, &["--json", "sandbox", "checkpoint", "box", "--name", "s1"]);
+    let snapshot = json(&checkpoint)["snapshot_id"].as_str().unwrap().to_owned();
+    let restored = agentctl(a, &["--json", "sandbox", "restore", &snapshot, "--id", "copy"]);
+    assert_eq!(json(&restored)["id"], "copy");
+
+    let refused = agentctl(a, &["sandbox", "rm", "box"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("409"), "{}", stderr(&refused));
+    for id in ["box", "copy"] {
+        assert!(agentctl(a, &["sandbox", "rm", "-f", id]).status.success());
+    }
+    assert!(agentctl(a, &["sandbox", "rm-snapshot", &snapshot]).status.success());
+    let gone = agentctl(a, &["sandbox", "inspect", "box"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(stderr(&gone).contains("404"), "{}", stderr(&gone));
+}

@@ -30,6 +30,12 @@ pub const DOCKER_BRIDGE_GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
 pub const HOST_SHARE_DIR: &str = "/arcbox";
 /// Preferred directory of the runtime binaries (on the host share), then `PATH`.
 pub const DEFAULT_RUNTIME_BIN_DIR: &str = "/arcbox/runtime/bin";
+/// containerd's API socket: where the agent starts containerd, and where
+/// sandboxes' images are read from.
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// The containerd namespaces searched for a sandbox's image, in order:
+/// ctr's and nerdctl's, Kubernetes' (CRI), dockerd's.
+pub const DEFAULT_IMAGE_NAMESPACES: [&str; 3] = ["default", "k8s.io", "moby"];
 /// Where the agent's and the daemons' logs go (on the host share, so the host reads them).
 pub const DEFAULT_LOG_DIR: &str = "/arcbox/log";
 /// Where the daemons' logs go when the log directory is absent (the reference's fallback).
@@ -473,6 +479,44 @@ impl Default for AuthConfig {
     }
 }
 
+/// `[sandbox]`: the sandbox service (`crate::sandbox`, docs/GUEST.md "Sandboxes").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxSection {
+    /// Serve the sandbox requests (`arcbox_agent.sandbox=off` turns them off: 501).
+    pub enabled: bool,
+    /// The backend's directory: root filesystems, bundles, snapshots and
+    /// the service's records (the data disk's `@sandboxes` subvolume).
+    pub root: PathBuf,
+    /// Where a sandbox's `rootfs` and mount sources may come from.
+    pub allowed_roots: Vec<PathBuf>,
+    /// The `tap` sandboxes' subnet; its first address is the bridge's.
+    pub subnet: String,
+    /// The bridge `tap` sandboxes are attached to.
+    pub bridge: String,
+    /// The OCI runtime (a name looked up in the runtime bin dir and PATH, or a path).
+    pub runtime: PathBuf,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            root: PathBuf::from(SANDBOX_ROOT),
+            allowed_roots: [SANDBOX_ROOT, HOST_SHARE_DIR, "/var/lib/arcbox/rootfs"]
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            subnet: "172.20.0.0/16".to_owned(),
+            bridge: "arcbox-sb0".to_owned(),
+            runtime: PathBuf::from("crun"),
+        }
+    }
+}
+
+/// Where the sandbox backend keeps its files (a data-disk subvolume).
+pub const SANDBOX_ROOT: &str = "/var/lib/arcbox/sandboxes";
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -495,6 +539,8 @@ pub struct AgentConfig {
     pub runtime: RuntimeConfig,
     /// `[auth]`.
     pub auth: AuthConfig,
+    /// `[sandbox]`.
+    pub sandbox: SandboxSection,
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
@@ -572,6 +618,7 @@ impl AgentConfig {
             "arcbox_agent.mtu" => self.network.mtu = parse_num(key, value)?,
             "arcbox_agent.nameserver" => self.init.nameservers = list(value),
             "arcbox_agent.dns" => self.dns.enabled = parse_bool(key, value)?,
+            "arcbox_agent.sandbox" => self.sandbox.enabled = parse_bool(key, value)?,
             "arcbox_agent.dns_upstreams" => self.dns.upstreams = list(value),
             "arcbox_agent.shutdown_grace" => self.shutdown.grace_secs = parse_num(key, value)?,
             // The lists replace the file's: the command line wins (qemu-ga's model).

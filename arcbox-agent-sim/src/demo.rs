@@ -209,6 +209,7 @@ async fn walk(scenario: Scenario, address: &Address, out: &mut (dyn Write + Send
     files(&mut client, out).await?;
     copy(&mut client, out).await?;
     exec(&mut client, out).await?;
+    sandboxes(&mut client, out).await?;
     stats(&mut client, out).await?;
     quiesce(&mut client, out).await?;
     clock(&mut client, out).await?;
@@ -404,6 +405,71 @@ async fn exec(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result<
     let started = client.exec_start(sleep).await.map_err(call("exec start"))?;
     let status = client.exec_wait(&started.exec_id, Duration::ZERO).await.map_err(call("exec wait"))?;
     say!(out, "sleep 60 with a 100 ms timeout: timed_out {}, signal {}", status.timed_out, status.signal);
+    Ok(())
+}
+
+/// The reference's sandbox family over the simulator's in-memory backend
+/// (a real guest runs each sandbox as an OCI container with crun).
+async fn sandboxes(client: &mut AgentClient, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+    use arcbox_agent_wire::protocol::proto::sandbox::v1 as pb;
+    say!(out, "\n-- sandboxes (sandbox.v1: create, run, exec, checkpoint, restore, remove)");
+    let call = |what| move |e| DemoError::Call(what, e);
+    let create = pb::CreateSandboxRequest {
+        id: "demo".into(),
+        rootfs: "/var/lib/arcbox/rootfs/busybox".into(),
+        network: Some(pb::NetworkSpec { mode: "tap".into() }),
+        limits: Some(pb::ResourceLimits { vcpus: 1, memory_mib: 128 }),
+        ttl_seconds: 600,
+        ..Default::default()
+    };
+    let created =
+        client.sandbox_create(&create, Duration::from_secs(30)).await.map_err(call("sandbox create"))?;
+    say!(out, "created {:?}: {} at {}", created.id, created.state, created.ip_address);
+    let run = pb::RunRequest {
+        id: "demo".into(),
+        cmd: vec!["echo".into(), "hello from a sandbox".into()],
+        ..Default::default()
+    };
+    let mut said = Vec::new();
+    let exit = client
+        .sandbox_run(&run, Duration::from_secs(30), |item| said.extend_from_slice(&item.data))
+        .await
+        .map_err(call("sandbox run"))?;
+    say!(out, "run said {:?}, exit {} (done {})", String::from_utf8_lossy(&said), exit.exit_code, exit.done);
+    let exec = pb::ExecRequest { id: "demo".into(), cmd: vec!["cat".into()], ..Default::default() };
+    let (mut output, mut input) = client.sandbox_exec(&exec).await.map_err(call("sandbox exec"))?.split();
+    input.write(b"typed into stdin").await.map_err(call("sandbox exec"))?;
+    input.close().await.map_err(call("sandbox exec"))?;
+    let mut echoed = Vec::new();
+    while let Some(item) = output.next().await.map_err(call("sandbox exec"))? {
+        if item.done {
+            say!(out, "exec cat echoed {:?}, exit {}", String::from_utf8_lossy(&echoed), item.exit_code);
+            break;
+        }
+        echoed.extend(item.data);
+    }
+    let checkpoint =
+        pb::CheckpointRequest { sandbox_id: "demo".into(), name: "warm".into(), ..Default::default() };
+    let taken =
+        client.sandbox_checkpoint(&checkpoint, Duration::from_secs(60)).await.map_err(call("checkpoint"))?;
+    say!(out, "checkpoint {} at {}", taken.snapshot_id, taken.created_at);
+    let restore = pb::RestoreRequest {
+        id: "demo-2".into(),
+        snapshot_id: taken.snapshot_id.clone(),
+        ..Default::default()
+    };
+    let restored =
+        client.sandbox_restore(&restore, Duration::from_secs(60)).await.map_err(call("restore"))?;
+    say!(out, "restored as {:?} at {}", restored.id, restored.ip_address);
+    for summary in client.sandbox_list("", Default::default()).await.map_err(call("sandbox list"))? {
+        say!(out, "  {:<8} {:<7} {}", summary.id, summary.state, summary.ip_address);
+    }
+    for id in ["demo", "demo-2"] {
+        client.sandbox_remove(id, true).await.map_err(call("sandbox remove"))?;
+    }
+    client.sandbox_delete_snapshot(&taken.snapshot_id).await.map_err(call("delete snapshot"))?;
+    let left = client.sandbox_list("", Default::default()).await.map_err(call("sandbox list"))?.len();
+    say!(out, "removed both and the snapshot; {left} sandboxes left");
     Ok(())
 }
 

@@ -53,10 +53,10 @@ const CANNOT_EXECUTE: u8 = 126;
 const NOT_FOUND: u8 = 127;
 
 /// The local terminal in raw mode until dropped.
-struct RawTerminal(Option<nix::sys::termios::Termios>);
+pub(super) struct RawTerminal(Option<nix::sys::termios::Termios>);
 
 impl RawTerminal {
-    fn enter(tty: bool) -> Self {
+    pub(super) fn enter(tty: bool) -> Self {
         use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
         let stdin = std::io::stdin();
         if !tty || !stdin.is_terminal() {
@@ -81,7 +81,7 @@ impl Drop for RawTerminal {
 }
 
 /// The local terminal's size (rows, columns), if stdout is one.
-fn window_size() -> Option<(u32, u32)> {
+pub(super) fn window_size() -> Option<(u32, u32)> {
     let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCGWINSZ fills the winsize it is given.
     let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
@@ -210,7 +210,7 @@ async fn exec(address: &Address, options: ConnectOptions, args: &ExecArgs) -> Re
     Ok(exit_code(&status))
 }
 
-async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+pub(super) async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
     match signal {
         Some(signal) => signal.recv().await,
         None => std::future::pending().await,

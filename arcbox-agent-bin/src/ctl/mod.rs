@@ -17,12 +17,14 @@
 //! - `fs`: the `fs` subcommands (the guest's files, confined to a root).
 //! - `stats`: the `stats` command (one sample, or rates with `--watch`; Prometheus text).
 //! - `quiesce`: `freeze`, `thaw`, `freeze-status` and `time sync`.
+//! - `sandbox`: the `sandbox` subcommands (the reference's sandbox family).
 //! - `text`: the human rendering of each answer.
 
 mod cp;
 mod exec;
 mod fs;
 mod quiesce;
+mod sandbox;
 mod stats;
 mod text;
 
@@ -149,6 +151,11 @@ enum Command {
     },
     /// The guest's CPU, memory, pressure, disk, network and container counters.
     Stats(stats::StatsArgs),
+    /// Sandboxes: create, ls, inspect, run, exec, stop, rm, events, checkpoint, restore, snapshots.
+    Sandbox {
+        #[command(subcommand)]
+        action: sandbox::SandboxAction,
+    },
     /// Freeze the guest's writable disk filesystems for a snapshot; prints the thaw token first.
     Freeze {
         /// Seconds before the guest thaws by itself (0: 10, at most 600).
@@ -328,6 +335,7 @@ async fn run(args: &Args, connect: &str) -> Result<Exit, ClientError> {
         }
         Command::Fs { root, action } => fs::run(client, &out, root, action).await,
         Command::Cp(cp_args) => cp::run(client, &out, cp_args).await,
+        Command::Sandbox { action } => sandbox::run(client, &out, action).await,
         Command::Stats(stats_args) => stats::run(client, &out, stats_args).await,
         Command::Shutdown { timeout } => {
             let answer = client.shutdown(*timeout).await?;

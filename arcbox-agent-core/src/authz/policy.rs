@@ -131,6 +131,7 @@ impl Group {
             M::DnsListRequest | M::DnsSetUpstreamsRequest => Some(Group::Dns),
             M::Empty
             | M::SandboxExecInput
+            | M::SandboxExecResize
             | M::ExecInput
             | M::CopyInput
             | M::PingResponse

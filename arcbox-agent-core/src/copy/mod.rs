@@ -26,7 +26,8 @@
 //! # Layout
 //! - `mod.rs`: options, totals, errors, the byte limit.
 //! - `pack.rs`: a path to a tar stream.
-//! - `unpack.rs`: a tar stream into a directory.
+//! - `unpack.rs`: a tar stream into a directory; an image layer over a tree.
+//! - `layer.rs`: the OCI layer rules (whiteouts, opaque directories).
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -35,11 +36,12 @@ use crate::sys::ConfinedError;
 #[cfg(doc)]
 use crate::sys::{ConfinedDir, ConfinedFs};
 
+mod layer;
 mod pack;
 mod unpack;
 
 pub use pack::pack;
-pub use unpack::unpack;
+pub use unpack::{unpack, unpack_layer};
 
 /// How a path is packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +85,8 @@ pub struct CopyStats {
     pub file_bytes: u64,
     /// Bytes of the archive.
     pub archive_bytes: u64,
-    /// Devices, FIFOs and sockets left out of a packed tree.
+    /// Devices, FIFOs and sockets left out of a packed tree; devices,
+    /// FIFOs and whiteout metadata left out of an unpacked image layer.
     pub skipped: u64,
 }
 

@@ -148,3 +148,94 @@ fn archive_bytes_counts_the_end_blocks_and_record_padding_too() {
     let stats = unpack_at(&fs, "padded", &archive).expect("unpack");
     assert_eq!(stats.archive_bytes, archive.len() as u64);
 }
+
+/// An ended archive of raw entries (`name`, kind, link): files hold "hi".
+fn layer_of(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, link) in entries {
+        out.extend(crate::fake::raw_tar_entry(name.as_bytes(), *kind, link.as_bytes()));
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// A tree at /img made by a first layer.
+fn image_base() -> FakeConfinedFs {
+    use tar::EntryType::{Directory, Regular, Symlink};
+    let fs = FakeConfinedFs::new(ConfinedLimits::default());
+    fs.add_dir(Path::new("/img"));
+    let base = layer_of(&[
+        ("etc/", Directory, ""),
+        ("etc/gone", Regular, ""),
+        ("etc/kept", Regular, ""),
+        ("opaque/", Directory, ""),
+        ("opaque/lower", Regular, ""),
+        ("opaque/sub/deep", Regular, ""),
+        ("was_dir/inside", Regular, ""),
+        ("link", Symlink, "etc/kept"),
+    ]);
+    unpack_layer(&fs, Path::new("/img"), &mut &base[..]).expect("base layer");
+    fs
+}
+
+#[test]
+fn a_layer_whiteout_removes_the_lower_name_and_is_not_unpacked() {
+    use tar::EntryType::Regular;
+    let fs = image_base();
+    let upper =
+        layer_of(&[("etc/.wh.gone", Regular, ""), (".wh.link", Regular, ""), ("etc/new", Regular, "")]);
+    unpack_layer(&fs, Path::new("/img"), &mut &upper[..]).expect("upper layer");
+    assert_eq!(
+        names_under(&fs, "/img/etc"),
+        ["/img/etc", "/img/etc/kept", "/img/etc/new"].map(PathBuf::from)
+    );
+    assert!(names_under(&fs, "/img/link").is_empty());
+}
+
+#[test]
+fn an_opaque_marker_hides_the_lower_contents_wherever_it_comes() {
+    use tar::EntryType::{Directory, Regular};
+    let fs = image_base();
+    // The new entries come before the marker: they stay all the same.
+    let upper = layer_of(&[
+        ("opaque/", Directory, ""),
+        ("opaque/sub/upper", Regular, ""),
+        ("opaque/.wh..wh..opq", Regular, ""),
+        ("opaque/after", Regular, ""),
+    ]);
+    unpack_layer(&fs, Path::new("/img"), &mut &upper[..]).expect("upper layer");
+    let expected = ["/img/opaque", "/img/opaque/after", "/img/opaque/sub", "/img/opaque/sub/upper"];
+    assert_eq!(names_under(&fs, "/img/opaque"), expected.map(PathBuf::from));
+}
+
+#[test]
+fn a_layer_entry_replaces_a_lower_entry_of_another_kind_and_skips_devices() {
+    use tar::EntryType::{Char, Directory, Fifo, Regular};
+    let fs = image_base();
+    let upper = layer_of(&[
+        ("was_dir", Regular, ""),
+        ("etc/kept/", Directory, ""),
+        ("dev/null", Char, ""),
+        ("fifo", Fifo, ""),
+        (".wh..wh.plnk", Directory, ""),
+    ]);
+    let stats = unpack_layer(&fs, Path::new("/img"), &mut &upper[..]).expect("upper layer");
+    assert_eq!(stats.skipped, 3);
+    assert_eq!(fs.contents(Path::new("/img/was_dir")), Some(b"hi".to_vec()));
+    assert!(fs.open_dir(Path::new("/img"), Path::new("etc/kept")).is_ok());
+    assert!(names_under(&fs, "/img/dev").is_empty() && names_under(&fs, "/img/fifo").is_empty());
+}
+
+#[test]
+fn hostile_whiteouts_are_refused_and_reach_nothing_outside() {
+    use tar::EntryType::Regular;
+    let fs = image_base();
+    fs.add_file(Path::new("/outside"), b"keep");
+    for name in ["etc/.wh..", "../.wh.outside", "/.wh.outside", "etc/.wh."] {
+        let err =
+            unpack_layer(&fs, Path::new("/img"), &mut &layer_of(&[(name, Regular, "")])[..]).expect_err(name);
+        assert!(matches!(err, CopyError::Refused { .. }), "{name}: {err}");
+    }
+    assert_eq!(fs.contents(Path::new("/outside")), Some(b"keep".to_vec()));
+    assert!(fs.contents(Path::new("/img/etc/kept")).is_some());
+}

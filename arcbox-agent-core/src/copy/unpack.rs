@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use tar::{Archive, EntryType};
 
+use super::layer::{Layer, LayerEntry};
 use super::{CopyError, CopyStats, Limited, UnpackOptions, shown};
 use crate::sys::{ConfinedDir, ConfinedError, ConfinedFs, EntryMeta, FileKind, split_final};
 
@@ -26,9 +27,36 @@ pub fn unpack<F: ConfinedFs>(
     options: &UnpackOptions,
     data: &mut dyn Read,
 ) -> Result<CopyStats, CopyError> {
+    let target = |_: &F| target(fs, root, dest, options);
+    run(fs, options, data, dest, target, None)
+}
+
+/// How an image layer is unpacked: over the tree the layers below made,
+/// owners kept, no byte limit (the image store vouches for the size).
+const LAYER_OPTIONS: UnpackOptions =
+    UnpackOptions { follow: false, preserve_owner: true, into_dir: true, max_bytes: u64::MAX };
+
+/// Unpacks the tar stream `data` of an OCI image layer over the tree at
+/// `root`, following the layer rules (whiteouts, opaque directories,
+/// replaced kinds, devices skipped: see `layer.rs`). `CopyStats::skipped`
+/// counts the devices and FIFOs left out.
+pub fn unpack_layer<F: ConfinedFs>(fs: &F, root: &Path, data: &mut dyn Read) -> Result<CopyStats, CopyError> {
+    let target = |fs: &F| Ok(Target::Into(fs.open_dir(root, Path::new("/"))?));
+    run(fs, &LAYER_OPTIONS, data, Path::new("/"), target, Some(Layer::new(fs, root)))
+}
+
+/// Unpacks `data` at the target `target` opens.
+fn run<'f, F: ConfinedFs>(
+    fs: &'f F,
+    options: &UnpackOptions,
+    data: &mut dyn Read,
+    dest: &Path,
+    target: impl FnOnce(&'f F) -> Result<Target<F::Dir>, CopyError>,
+    layer: Option<Layer<'f, F>>,
+) -> Result<CopyStats, CopyError> {
     let mut source = Limited::new(data, options.max_bytes);
-    let result = target(fs, root, dest, options).and_then(|target| {
-        let mut unpacker = Unpacker { target, options, stats: CopyStats::default(), dirs: Vec::new() };
+    let result = target(fs).and_then(|target| {
+        let mut unpacker = Unpacker { target, options, stats: CopyStats::default(), dirs: Vec::new(), layer };
         unpacker.entries(&mut source, dest)?;
         unpacker.finish_dirs()?;
         // The tar reader stops at the first end block; the second and any
@@ -96,15 +124,17 @@ enum Naming {
     Top(Vec<u8>),
 }
 
-struct Unpacker<'o, D> {
-    target: Target<D>,
+struct Unpacker<'o, 'f, F: ConfinedFs> {
+    target: Target<F::Dir>,
     options: &'o UnpackOptions,
     stats: CopyStats,
     /// Directories to finish (mode, mtime, owner), in archive order.
     dirs: Vec<(PathBuf, EntryMeta)>,
+    /// The layer rules, when the archive is an image layer.
+    layer: Option<Layer<'f, F>>,
 }
 
-impl<D: ConfinedDir> Unpacker<'_, D> {
+impl<F: ConfinedFs> Unpacker<'_, '_, F> {
     fn entries(&mut self, source: &mut dyn Read, dest: &Path) -> Result<(), CopyError> {
         let mut archive = Archive::new(source);
         let mut naming = None;
@@ -113,6 +143,10 @@ impl<D: ConfinedDir> Unpacker<'_, D> {
             let raw = entry.path_bytes().into_owned();
             let kind = entry.header().entry_type();
             if matches!(kind, EntryType::Char | EntryType::Block | EntryType::Fifo) {
+                if self.layer.is_some() {
+                    self.stats.skipped += 1;
+                    continue;
+                }
                 let reason = "device files and FIFOs are not unpacked";
                 return Err(CopyError::Refused { entry: shown(&raw), reason });
             }
@@ -122,6 +156,18 @@ impl<D: ConfinedDir> Unpacker<'_, D> {
             let dir = match &self.target {
                 Target::Into(dir) | Target::Named { dir, .. } => dir,
             };
+            if let Some(layer) = &mut self.layer {
+                match layer.whiteout(dir, &path)? {
+                    LayerEntry::Entry => layer.make_room(dir, &path, kind == EntryType::Directory)?,
+                    LayerEntry::Applied => continue,
+                    LayerEntry::Ignored => {
+                        self.stats.skipped += 1;
+                        continue;
+                    }
+                }
+                // Noted before it is made: a failure ends the unpack anyway.
+                layer.unpacked(&path);
+            }
             match kind {
                 EntryType::Directory => {
                     if path.as_os_str().is_empty() {

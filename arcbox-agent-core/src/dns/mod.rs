@@ -23,7 +23,7 @@ mod forward;
 pub mod registry;
 pub mod server;
 
-pub use registry::{Registry, RegistryEntry};
+pub use registry::{Registry, RegistryEntry, SANDBOX_OWNER_PREFIX};
 pub use server::{DnsHandle, DnsServer};
 
 /// The local zone: `web` is also `web.arcbox.local`.

@@ -26,6 +26,9 @@ pub struct RegistryEntry {
     pub addrs: Vec<IpAddr>,
 }
 
+/// The owner prefix of sandbox registrations (`sandbox/<id>`).
+pub const SANDBOX_OWNER_PREFIX: &str = "sandbox/";
+
 /// Names to addresses, by owner. Cheap to clone: clones share one table.
 #[derive(Clone, Debug)]
 pub struct Registry {
@@ -78,8 +81,10 @@ impl Registry {
         self.table.write().unwrap_or_else(PoisonError::into_inner).remove(owner)
     }
 
-    /// Replaces the whole table with `entries` (a reconcile after reconnecting
-    /// to the runtime: owners not listed are gone).
+    /// Replaces the container runtime's part of the table with `entries` (a
+    /// reconcile after reconnecting to the runtime: containers not listed
+    /// are gone). Owners of other sources, named `source/id` (sandboxes:
+    /// [`SANDBOX_OWNER_PREFIX`]), are kept: container ids have no `/`.
     pub fn replace_all<I, O>(&self, entries: I)
     where
         I: IntoIterator<Item = (O, Vec<String>, Vec<IpAddr>)>,
@@ -91,7 +96,17 @@ impl Registry {
             fresh.remove(&owner);
             fresh.insert(owner, self.normalize_names(names), addrs);
         }
-        *self.table.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        for (owner, kept) in table.owners.iter().filter(|(owner, _)| owner.contains('/')) {
+            if !fresh.owners.contains_key(owner) {
+                fresh.insert(
+                    owner.to_string(),
+                    kept.names.iter().map(ToString::to_string).collect(),
+                    kept.addrs.to_vec(),
+                );
+            }
+        }
+        *table = fresh;
     }
 
     /// Every registration, by owner.
@@ -268,6 +283,17 @@ mod tests {
         assert_eq!(r.lookup("gone"), None);
         assert_eq!(r.lookup("web"), Some(vec![ip("10.0.0.5")]));
         assert_eq!(r.list().iter().map(|e| e.owner.as_str()).collect::<Vec<_>>(), ["x"]);
+    }
+
+    #[test]
+    fn a_runtime_reconcile_keeps_the_sandboxes_names() {
+        let r = Registry::default();
+        r.set_owner("sandbox/box1", vec!["box1".into()], vec![ip("172.20.0.2")]);
+        r.set_owner("c1", vec!["web".into()], vec![ip("172.17.0.2")]);
+        r.replace_all([("c2", vec!["db".to_owned()], vec![ip("172.17.0.3")])]);
+        assert_eq!(r.lookup("box1"), Some(vec![ip("172.20.0.2")]));
+        assert_eq!(r.lookup("web"), None);
+        assert_eq!(r.lookup("db"), Some(vec![ip("172.17.0.3")]));
     }
 
     #[test]

@@ -3,17 +3,21 @@
 //! checks read them; its mounts, disk, links, modules and limits serve the
 //! init plan, the data disk and the ordered shutdown.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::{
     DhcpServerScript, Endpoint, FakeApis, FakeClock, FakeConfinedFs, FakeCounters, FakeDhcpServer, FakeDisk,
     FakeEndpoints, FakeExecSpawner, FakeFiles, FakeFreezer, FakeLimits, FakeModules, FakeMount, FakeNetwork,
-    FakePowerSwitch, FakeProcesses, FakeProgram, FakeSocketProbe, FakeSystemInfo,
+    FakePowerSwitch, FakeProcesses, FakeProgram, FakeSandboxBackend, FakeSocketProbe, FakeSystemInfo,
 };
-use crate::guest::GuestOs;
+use crate::config::SandboxSection;
+use crate::guest::{GuestOs, SandboxParts};
 use crate::init::InitOps;
 use crate::runtime::{K3sLayout, RuntimeLayout, RuntimeOps};
+use crate::sandbox::SandboxBackend;
 use crate::shutdown::ShutdownOps;
 use crate::sys::{ConfinedLimits, ExitStatus};
 
@@ -79,6 +83,29 @@ pub struct FakeGuest {
     pub counters: Arc<FakeCounters>,
     /// The filesystem freezer, over the guest's mount table ([`FakeFreezer::guest`]).
     pub freezer: Arc<FakeFreezer>,
+    /// The sandbox backend.
+    pub sandboxes: Arc<FakeSandboxBackend>,
+    /// Where the sandbox service keeps its records (a temporary directory
+    /// of the host, removed with the guest).
+    pub sandbox_records: ScratchDir,
+}
+
+/// A directory under the host's temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    fn new(what: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Self(std::env::temp_dir().join(format!("arcbox-fake-{what}-{}-{n}", std::process::id())))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Default for FakeGuest {
@@ -115,6 +142,8 @@ impl FakeGuest {
             exec: Arc::new(FakeExecSpawner::new()),
             counters: Arc::new(FakeCounters::default()),
             freezer: Arc::new(FakeFreezer::guest()),
+            sandboxes: FakeSandboxBackend::new(),
+            sandbox_records: ScratchDir::new("sandboxes"),
         }
     }
 
@@ -194,6 +223,11 @@ impl GuestOs for FakeGuest {
 
     fn freezer(&self) -> Arc<FakeFreezer> {
         Arc::clone(&self.freezer)
+    }
+
+    fn sandboxes(&self, _config: &SandboxSection) -> Result<SandboxParts, String> {
+        let backend: Arc<dyn SandboxBackend> = self.sandboxes.clone();
+        Ok(SandboxParts { backend, records: self.sandbox_records.0.clone() })
     }
 
     fn init_ops(&self) -> InitOps {

@@ -36,25 +36,27 @@ use crate::Agent;
 use crate::agent::AgentParts;
 use crate::authz::{Authz, PeerFiltered};
 use crate::boot::BootRecorder;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, SandboxSection};
 use crate::exec::ExecService;
 use crate::init::{InitOps, InitRunner, Phase, Step, StepReport, standard_plan};
 use crate::quiesce::{FreezeGate, Quiescer, RuntimeDaemons};
 use crate::rpc::ServerConfig;
 use crate::rpc::handlers::{
     register_dns, register_exec, register_files_guarded, register_kubernetes_guarded, register_quiesce,
-    register_stats,
+    register_sandbox, register_sandbox_unavailable, register_stats,
 };
 use crate::runtime::api::ApiCheck;
 use crate::runtime::docker_api::DockerClient;
 use crate::runtime::{
-    DataDiskStep, DockerEngine, K3s, K3sLayout, Lifecycle, ReadinessEvents, RuntimeLayout, RuntimeOps,
+    DataDiskStep, DiskNote, DockerEngine, K3s, K3sLayout, Lifecycle, ReadinessEvents, RuntimeLayout,
+    RuntimeOps,
 };
+use crate::sandbox::{SandboxBackend, SandboxNames, SandboxService, SandboxStorage};
 use crate::shutdown::{
     GuestPower, OrderedPower, ShutdownOps, ShutdownPolicy, ShutdownSequence, standard_daemons,
 };
 use crate::stats::StatsCollector;
-use crate::storage::{DataDisk, DataDiskConfig, data_device};
+use crate::storage::{DataDisk, DataDiskConfig, StorageError, data_device};
 use crate::sys::exec::ExecSpawner;
 use crate::sys::{
     Clock, ConfinedFs, DiskOps, FileOps, FsFreezer, MountOps, ProcessSpawner, SocketProbe, SystemCounters,
@@ -107,10 +109,24 @@ pub trait GuestOs: Send + Sync + 'static {
     fn counters(&self) -> Arc<Self::Counters>;
     /// The filesystem freezer.
     fn freezer(&self) -> Arc<Self::Freezer>;
+    /// The sandbox service's backend and record directory, or why this
+    /// guest has none (the sandbox requests are then answered 503).
+    fn sandboxes(&self, config: &SandboxSection) -> Result<SandboxParts, String> {
+        let _ = config;
+        Err("this platform has no sandbox backend".to_owned())
+    }
     /// The init plan's capabilities.
     fn init_ops(&self) -> InitOps;
     /// The ordered shutdown's capabilities.
     fn shutdown_ops(&self) -> ShutdownOps;
+}
+
+/// What the sandbox service runs on.
+pub struct SandboxParts {
+    /// The isolation backend.
+    pub backend: Arc<dyn SandboxBackend>,
+    /// Where the service keeps its records.
+    pub records: std::path::PathBuf,
 }
 
 /// What the guest knows about its own start.
@@ -165,6 +181,7 @@ pub struct Guest<O: GuestOs> {
     kubernetes: Arc<Lifecycle<GuestK3s<O>>>,
     power: Arc<GuestPower>,
     dns: Arc<GuestDns>,
+    sandbox: Option<Arc<SandboxService>>,
     network: GuestNetwork,
     authz: Arc<Authz>,
     files: Arc<dyn FileOps>,
@@ -196,12 +213,19 @@ impl<O: GuestOs> Guest<O> {
         let init_done = CancellationToken::new();
         let power = Arc::new(power(os, config, &settings, stop.clone()));
         let ops = os.runtime_ops();
-        let data_disk = (!config.runtime.data_disk_disabled).then(|| data_disk(os, config, &ops));
+        // One data disk step for the runtime and the sandboxes, one call at a time.
+        let data_disk =
+            (!config.runtime.data_disk_disabled).then(|| SharedDataDisk::new(data_disk(os, config, &ops)));
         let layout = RuntimeLayout::from_config(config);
         let engine = Arc::new(
-            DockerEngine::new(ops, layout.clone(), events.clone(), data_disk)
-                .with_start_gate(init_done.clone())
-                .with_supervision_until(power.stopping()),
+            DockerEngine::new(
+                ops,
+                layout.clone(),
+                events.clone(),
+                data_disk.clone().map(|d| d as Arc<dyn DataDiskStep>),
+            )
+            .with_start_gate(init_done.clone())
+            .with_supervision_until(power.stopping()),
         );
         let init_ops = os.init_ops();
         let network = GuestNetwork::from_config(Arc::clone(&init_ops.network), config, settings.init_mode);
@@ -219,6 +243,11 @@ impl<O: GuestOs> Guest<O> {
         let dns = GuestDns::from_config(config);
         register_dns(agent.router_mut(), Arc::clone(&dns));
         register_exec(agent.router_mut(), ExecService::new(os.exec()));
+        let sandbox = sandbox_service(os, config, &dns, data_disk);
+        match &sandbox {
+            Ok(service) => register_sandbox(agent.router_mut(), Arc::clone(service), stop.clone()),
+            Err(why) => register_sandbox_unavailable(agent.router_mut(), why),
+        }
         // Containers' names come from dockerd's API, asked only for ids it has not named yet.
         let names = Arc::new(DockerClient::new(layout.sockets.docker.clone()));
         let stats = Arc::new(StatsCollector::new(os.counters(), Some(names)));
@@ -233,6 +262,7 @@ impl<O: GuestOs> Guest<O> {
             kubernetes,
             power,
             dns,
+            sandbox: sandbox.ok(),
             network,
             authz,
             files: Arc::clone(&init_ops.files),
@@ -326,6 +356,14 @@ impl<O: GuestOs> Guest<O> {
         // at the end of an ordered shutdown does not come back to let it.
         self.network.start(self.files, self.power.stopping());
         hooks.initialized();
+        if let Some(sandbox) = self.sandbox {
+            // After the late phase: the records live on the data disk.
+            tokio::spawn(async move {
+                for problem in sandbox.recover().await {
+                    tracing::warn!(%problem, "sandbox recovery");
+                }
+            });
+        }
         init.boot.mark_init_complete();
         self.init_done.cancel();
         log_boot_report(&init.boot);
@@ -376,6 +414,62 @@ pub async fn kernel_phase(ops: InitOps, config: &AgentConfig) -> Vec<StepReport>
 fn record(boot: &BootRecorder, reports: &[StepReport]) {
     for report in reports {
         report.record(boot);
+    }
+}
+
+/// The sandbox service `[sandbox]` asks for, or why there is none.
+fn sandbox_service<O: GuestOs>(
+    os: &O,
+    config: &AgentConfig,
+    dns: &GuestDns,
+    data_disk: Option<Arc<SharedDataDisk>>,
+) -> Result<Arc<SandboxService>, String> {
+    if !config.sandbox.enabled {
+        return Err("the sandbox service is turned off (arcbox_agent.sandbox=off)".to_owned());
+    }
+    let parts =
+        os.sandboxes(&config.sandbox).inspect_err(|why| tracing::info!(%why, "no sandbox service"))?;
+    tracing::info!(backend = parts.backend.name(), "sandbox service");
+    let names: Arc<dyn SandboxNames> = Arc::new(dns.registry().clone());
+    let service = SandboxService::new(parts.backend, parts.records, Some(names));
+    Ok(match data_disk {
+        Some(disk) => service.with_storage(disk),
+        None => service,
+    })
+}
+
+/// The data disk step shared by the runtime and the sandbox service: one
+/// `ensure` at a time, so two first uses never both format a blank disk.
+struct SharedDataDisk {
+    step: Arc<dyn DataDiskStep>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl SharedDataDisk {
+    fn new(step: Arc<dyn DataDiskStep>) -> Arc<Self> {
+        Arc::new(Self { step, turn: tokio::sync::Mutex::new(()) })
+    }
+}
+
+#[async_trait::async_trait]
+impl DataDiskStep for SharedDataDisk {
+    async fn ensure(&self) -> Result<DiskNote, StorageError> {
+        let _turn = self.turn.lock().await;
+        self.step.ensure().await
+    }
+
+    async fn mount_existing(&self) -> Result<bool, StorageError> {
+        let _turn = self.turn.lock().await;
+        self.step.mount_existing().await
+    }
+}
+
+#[async_trait::async_trait]
+impl SandboxStorage for SharedDataDisk {
+    async fn prepare(&self, claim: bool) -> Result<(), String> {
+        let result =
+            if claim { self.ensure().await.map(|_| ()) } else { self.mount_existing().await.map(|_| ()) };
+        result.map_err(|err| format!("data disk: {err}"))
     }
 }
 

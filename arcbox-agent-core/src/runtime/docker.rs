@@ -60,7 +60,7 @@ impl Default for RuntimeSockets {
     fn default() -> Self {
         Self {
             containerd: vec![
-                PathBuf::from("/run/containerd/containerd.sock"),
+                PathBuf::from(crate::config::DEFAULT_CONTAINERD_SOCKET),
                 PathBuf::from("/var/run/containerd/containerd.sock"),
             ],
             docker: PathBuf::from(super::docker_api::DOCKER_SOCKET),
@@ -155,6 +155,9 @@ pub struct DiskNote {
 pub trait DataDiskStep: Send + Sync + 'static {
     /// Ensures the data disk.
     async fn ensure(&self) -> Result<DiskNote, StorageError>;
+    /// Mounts it only if it holds a filesystem of ours already (never
+    /// formats); whether it is mounted.
+    async fn mount_existing(&self) -> Result<bool, StorageError>;
 }
 
 #[async_trait::async_trait]
@@ -176,6 +179,10 @@ where
             (format!("{device} mounted (existing btrfs)"), true)
         };
         Ok(DiskNote { summary, changed })
+    }
+
+    async fn mount_existing(&self) -> Result<bool, StorageError> {
+        Ok(crate::storage::DataDisk::ensure_existing(self).await?.is_some())
     }
 }
 

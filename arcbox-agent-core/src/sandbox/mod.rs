@@ -6,14 +6,30 @@
 //! - [`backend`]: the [`SandboxBackend`] trait a real isolation backend
 //!   implements (Linux: OCI containers run by crun, in
 //!   `sys::linux::sandbox`), and [`ImageUnpacker`] for image rootfs.
+//! - [`service`]: [`SandboxService`]: ids, states, events, TTLs, DNS names,
+//!   Run/Exec accounting, snapshots; over a backend.
+//! - [`records`]: the JSON records that carry sandboxes and snapshots
+//!   across agent restarts.
+//! - The wire side is `rpc::handlers::sandbox`; the in-memory backend of
+//!   the simulator and tests is `fake::FakeSandboxBackend`.
 
 pub mod backend;
+pub mod records;
+pub mod service;
 pub mod spec;
 
 pub use backend::{
     ImageUnpacker, InitExit, Launched, Recovered, SandboxBackend, SandboxError, SnapshotTaken,
 };
+pub use records::{SandboxRecord, SnapshotRecord};
+pub use service::{
+    DEFAULT_STOP_GRACE, EventFilter, RestoreSpec, SandboxEvent, SandboxNames, SandboxProcess, SandboxService,
+    SandboxState, SandboxStorage, SandboxView,
+};
 pub use spec::{
     Limits, MountSpec, NetworkMode, ProcessSpec, RootfsSource, SandboxNetwork, SandboxSpec, SnapshotKind,
     TtySize, VmOnly, labels_match, valid_id,
 };
+
+#[cfg(test)]
+mod tests;

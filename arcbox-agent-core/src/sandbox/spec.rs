@@ -164,6 +164,24 @@ impl SnapshotKind {
     }
 }
 
+impl SandboxSpec {
+    /// Refuses the microVM-only fields, for backends that share the
+    /// guest's kernel (`backend` names it in the message).
+    pub fn refuse_vm_fields(&self, backend: &str) -> Result<(), super::SandboxError> {
+        let set = [
+            ("kernel", !self.vm.kernel.is_empty()),
+            ("boot_args", !self.vm.boot_args.is_empty()),
+            ("ssh_public_key", self.vm.ssh_public_key.as_deref().is_some_and(|key| !key.is_empty())),
+        ];
+        match set.iter().find(|(_, is_set)| *is_set) {
+            Some((field, _)) => Err(super::SandboxError::Invalid(format!(
+                "{field} is a microVM field; this agent's sandbox backend is {backend}, which shares the guest's kernel"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Whether `labels` holds every pair of `filter`.
 pub fn labels_match(labels: &BTreeMap<String, String>, filter: &BTreeMap<String, String>) -> bool {
     filter.iter().all(|(key, value)| labels.get(key) == Some(value))

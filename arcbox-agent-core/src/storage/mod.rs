@@ -79,6 +79,7 @@ impl Default for DataDiskConfig {
                 sub("@k3s", "/var/lib/rancher/k3s", &[]),
                 sub("@kubelet", "/var/lib/kubelet", &[]),
                 sub("@cni", "/var/lib/cni", &[]),
+                sub("@sandboxes", crate::config::SANDBOX_ROOT, &[]),
             ],
             allow_wipe: false,
             mkfs: PathBuf::from("mkfs.btrfs"),
@@ -162,6 +163,21 @@ impl<M: MountOps, F: FileOps, P: ProcessSpawner, D: DiskOps> DataDisk<M, F, P, D
             self.mount_subvolume(sub, &mut report)?;
         }
         Ok(report)
+    }
+
+    /// Mounts the data disk only if it is up already or holds a Btrfs
+    /// filesystem; a blank or foreign disk is left for [`Self::ensure`]
+    /// (`None`). For services that look for their data at boot without
+    /// claiming the disk.
+    pub async fn ensure_existing(&self) -> Result<Option<DataDiskReport>, StorageError> {
+        let up = self.mounts.is_mounted(&self.config.raw_mount)?;
+        if !up
+            && classify(&self.disk.read_head(&self.config.device, HEAD_BYTES)?)
+                != DiskContents::Known(Signature::Btrfs)
+        {
+            return Ok(None);
+        }
+        self.ensure().await.map(Some)
     }
 
     /// Formats the device if it is provably blank (or wiping is allowed);
@@ -286,6 +302,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lookup_at_boot_never_formats_and_mounts_only_our_filesystem() {
+        let rig = rig(vec![0u8; 8 << 20], false);
+        assert!(rig.data.ensure_existing().await.unwrap().is_none(), "a blank disk is left alone");
+        assert!(rig.spawner.spawned().is_empty(), "no mkfs");
+        assert!(rig.mounts.table().is_empty());
+        rig.data.ensure().await.unwrap();
+        let again = rig.data.ensure_existing().await.unwrap().expect("our disk, mounted");
+        assert!(!again.formatted);
+    }
+
+    #[tokio::test]
     async fn a_blank_disk_is_formatted_labelled_and_laid_out() {
         let rig = rig(vec![0u8; 8 << 20], false);
         let report = rig.data.ensure().await.unwrap();
@@ -293,8 +320,8 @@ mod tests {
         let mkfs = &rig.spawner.spawned()[0];
         assert_eq!(mkfs.program, PathBuf::from("mkfs.btrfs"));
         assert_eq!(mkfs.args, ["-L", "arcbox-data", "/dev/vdb"], "no -f on a blank disk");
-        assert_eq!(report.created, ["@docker", "@containerd", "@k3s", "@kubelet", "@cni"]);
-        assert_eq!(report.mounted.len(), 6);
+        assert_eq!(report.created, ["@docker", "@containerd", "@k3s", "@kubelet", "@cni", "@sandboxes"]);
+        assert_eq!(report.mounted.len(), 7);
         let table = rig.mounts.table();
         let docker = table.iter().find(|m| m.target == Path::new("/var/lib/docker")).unwrap();
         assert_eq!(docker.fstype, "btrfs");

@@ -10,6 +10,7 @@ mod copy;
 mod error;
 mod exec;
 mod quiesce;
+mod sandbox;
 mod session;
 pub mod stats;
 mod time;
@@ -25,6 +26,7 @@ pub use copy::DEFAULT_COPY_WINDOW;
 pub use error::ClientError;
 pub use exec::{DEFAULT_EXEC_WINDOW, ExecEvent, ExecSession, ExecStdin};
 pub use quiesce::FREEZE_CALL_TIMEOUT;
+pub use sandbox::{SandboxExec, SandboxExecInput, SandboxExecOutput, SandboxOutput};
 pub use session::{ClientSession, SessionReader, SessionWriter};
 pub use time::ClockPush;
 

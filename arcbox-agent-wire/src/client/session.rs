@@ -81,6 +81,12 @@ impl<S: AsyncWrite> SessionWriter<S> {
         Ok(())
     }
 
+    /// Sends one frame with a raw payload (the reference's raw stdin frames).
+    pub async fn send_raw(&mut self, msg_type: u32, payload: &[u8]) -> Result<(), ClientError> {
+        self.frames.send_raw(&mut self.half, msg_type, self.trace.as_bytes(), payload).await?;
+        Ok(())
+    }
+
     /// Closes the host's side of the connection: the agent sees the end of
     /// the session's input.
     pub async fn close(&mut self) -> Result<(), ClientError> {

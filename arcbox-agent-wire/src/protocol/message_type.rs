@@ -127,6 +127,9 @@ message_types! {
     ExecRunRequest = 0x0116,
     /// Extension: `ExecInput`, host to agent inside an exec session (not a request).
     ExecInput = 0x0117,
+    /// Extension: `sandbox.v1.TerminalSize`, host to agent inside a
+    /// SandboxExec session: resizes its terminal (not a request).
+    SandboxExecResize = 0x0118,
     /// Extension: `CopyInRequest`, a tar archive into the guest (a session).
     CopyInRequest = 0x0120,
     /// Extension: `CopyOutRequest`, a tar archive out of the guest (a session).
@@ -270,7 +273,10 @@ impl MessageType {
             && code < RESPONSE_BIT
             && !matches!(
                 self,
-                MessageType::SandboxExecInput | MessageType::ExecInput | MessageType::CopyInput
+                MessageType::SandboxExecInput
+                    | MessageType::SandboxExecResize
+                    | MessageType::ExecInput
+                    | MessageType::CopyInput
             )
     }
 

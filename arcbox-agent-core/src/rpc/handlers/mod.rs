@@ -11,6 +11,7 @@ mod ping;
 mod quiesce;
 mod readiness;
 mod runtime;
+mod sandbox;
 mod shutdown;
 mod stats;
 mod system_info;
@@ -27,6 +28,10 @@ pub use ping::{DEFAULT_CLOCK_STEP_THRESHOLD, PingHandler, WHOLE_SECONDS_PRECISIO
 pub use quiesce::{WhileThawed, register_quiesce};
 pub use readiness::{WatchReadinessHandler, event_message, kind_name};
 pub use runtime::{DEFAULT_ENSURE_WAIT, EnsureRuntimeHandler, RuntimeStatusHandler};
+pub use sandbox::{
+    SANDBOX_CHUNK_BYTES, TIMED_OUT_EXIT_CODE, create_spec, is_sandbox_request, register_sandbox,
+    register_sandbox_unavailable, sandbox_info,
+};
 pub use shutdown::{DEFAULT_SHUTDOWN_GRACE, ShutdownHandler};
 pub use stats::{
     DEFAULT_STATS_INTERVAL, MAX_STATS_INTERVAL, MIN_STATS_INTERVAL, register_stats, sample_message,

@@ -3,10 +3,12 @@
 
 mod clock;
 mod confined;
+mod containerd;
 mod disk;
 mod exec;
 mod files;
 mod freeze;
+mod images;
 mod limits;
 mod modules;
 mod mount;
@@ -21,10 +23,12 @@ mod watch;
 
 pub use clock::LinuxClock;
 pub use confined::{LinuxConfinedDir, LinuxConfinedFs};
+pub use containerd::{ChannelError, containerd_channel, in_namespace};
 pub use disk::LinuxDisk;
 pub use exec::{LinuxExecSpawner, LinuxPidSignals};
 pub use files::LinuxFiles;
 pub use freeze::{LinuxFreezer, parse_mounted};
+pub use images::{ContainerdImages, ImageError, UnpackedImage};
 pub use limits::LinuxLimits;
 pub use modules::LinuxModules;
 pub use mount::{LinuxMount, parse_mountinfo};
