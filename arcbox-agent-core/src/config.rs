@@ -490,8 +490,8 @@ pub struct SandboxSection {
     pub root: PathBuf,
     /// Where a sandbox's `rootfs` and mount sources may come from.
     pub allowed_roots: Vec<PathBuf>,
-    /// The `tap` sandboxes' subnet; its first address is the bridge's.
-    pub subnet: String,
+    /// The bridge's address and the `tap` sandboxes' subnet prefix (their gateway).
+    pub gateway: String,
     /// The bridge `tap` sandboxes are attached to.
     pub bridge: String,
     /// The OCI runtime (a name looked up in the runtime bin dir and PATH, or a path).
@@ -507,7 +507,7 @@ impl Default for SandboxSection {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
-            subnet: "172.20.0.0/16".to_owned(),
+            gateway: "172.20.0.1/16".to_owned(),
             bridge: "arcbox-sb0".to_owned(),
             runtime: PathBuf::from("crun"),
         }

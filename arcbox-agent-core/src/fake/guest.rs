@@ -13,7 +13,7 @@ use super::{
     FakeEndpoints, FakeExecSpawner, FakeFiles, FakeFreezer, FakeLimits, FakeModules, FakeMount, FakeNetwork,
     FakePowerSwitch, FakeProcesses, FakeProgram, FakeSandboxBackend, FakeSocketProbe, FakeSystemInfo,
 };
-use crate::config::SandboxSection;
+use crate::config::AgentConfig;
 use crate::guest::{GuestOs, SandboxParts};
 use crate::init::InitOps;
 use crate::runtime::{K3sLayout, RuntimeLayout, RuntimeOps};
@@ -225,7 +225,7 @@ impl GuestOs for FakeGuest {
         Arc::clone(&self.freezer)
     }
 
-    fn sandboxes(&self, _config: &SandboxSection) -> Result<SandboxParts, String> {
+    fn sandboxes(&self, _config: &AgentConfig) -> Result<SandboxParts, String> {
         let backend: Arc<dyn SandboxBackend> = self.sandboxes.clone();
         Ok(SandboxParts { backend, records: self.sandbox_records.0.clone() })
     }

@@ -36,7 +36,7 @@ use crate::Agent;
 use crate::agent::AgentParts;
 use crate::authz::{Authz, PeerFiltered};
 use crate::boot::BootRecorder;
-use crate::config::{AgentConfig, SandboxSection};
+use crate::config::AgentConfig;
 use crate::exec::ExecService;
 use crate::init::{InitOps, InitRunner, Phase, Step, StepReport, standard_plan};
 use crate::quiesce::{FreezeGate, Quiescer, RuntimeDaemons};
@@ -111,7 +111,7 @@ pub trait GuestOs: Send + Sync + 'static {
     fn freezer(&self) -> Arc<Self::Freezer>;
     /// The sandbox service's backend and record directory, or why this
     /// guest has none (the sandbox requests are then answered 503).
-    fn sandboxes(&self, config: &SandboxSection) -> Result<SandboxParts, String> {
+    fn sandboxes(&self, config: &AgentConfig) -> Result<SandboxParts, String> {
         let _ = config;
         Err("this platform has no sandbox backend".to_owned())
     }
@@ -427,8 +427,7 @@ fn sandbox_service<O: GuestOs>(
     if !config.sandbox.enabled {
         return Err("the sandbox service is turned off (arcbox_agent.sandbox=off)".to_owned());
     }
-    let parts =
-        os.sandboxes(&config.sandbox).inspect_err(|why| tracing::info!(%why, "no sandbox service"))?;
+    let parts = os.sandboxes(config).inspect_err(|why| tracing::info!(%why, "no sandbox service"))?;
     tracing::info!(backend = parts.backend.name(), "sandbox service");
     let names: Arc<dyn SandboxNames> = Arc::new(dns.registry().clone());
     let service = SandboxService::new(parts.backend, parts.records, Some(names));

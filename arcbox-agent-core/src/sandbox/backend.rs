@@ -126,7 +126,7 @@ pub trait SandboxBackend: Send + Sync + 'static {
 
 /// Unpacks an image of the guest's image store into a directory, for
 /// sandboxes made from `RootfsSource::Image`. Linux: containerd's content
-/// API (`sys::linux::sandbox::ContainerdImages`).
+/// API (`sys::linux::ContainerdImages`).
 #[async_trait::async_trait]
 pub trait ImageUnpacker: Send + Sync + 'static {
     /// Unpacks image `reference` (its layers in order, whiteouts applied)

@@ -136,10 +136,10 @@ async fn run(args: GuestArgs, pid1: bool, init_mode: bool) -> ExitCode {
         "arcbox-agent starting"
     );
     let stop = CancellationToken::new();
-    let reaper = start_reaper(pid1, init_mode, stop.clone());
+    let (reaper, adopts_orphans) = start_reaper(pid1, init_mode, stop.clone());
     let boot_id = settings.boot_id.clone();
     let docker_socket = crate::runtime::RuntimeLayout::from_config(&config).sockets.docker;
-    let os = LinuxGuestOs::new(reaper, &docker_socket);
+    let os = LinuxGuestOs::new(reaper, &docker_socket).with_orphans_adopted(adopts_orphans);
     let guest = Guest::assemble(&os, &config, settings, &kernel_steps, stop.clone());
     watch_signals(Arc::clone(guest.power()), init_mode, Duration::from_secs(config.shutdown.grace_secs));
     let hooks = LinuxHooks {
@@ -229,15 +229,25 @@ fn load_config(named: Option<PathBuf>, cmdline: &str) -> (AgentConfig, Vec<Confi
 }
 
 /// Starts the reaper task; in init mode and not PID 1, adopts orphans.
-fn start_reaper(pid1: bool, init_mode: bool, stop: CancellationToken) -> Arc<Reaper<LinuxChildReaping>> {
+/// Also says whether orphans come to this agent (PID 1 or a subreaper).
+fn start_reaper(
+    pid1: bool,
+    init_mode: bool,
+    stop: CancellationToken,
+) -> (Arc<Reaper<LinuxChildReaping>>, bool) {
     let reaper = Reaper::new(LinuxChildReaping);
-    if init_mode && let Err(err) = reaper.adopt_orphans(pid1) {
-        tracing::warn!(%err, "cannot become a child subreaper");
-    }
+    let adopts = init_mode
+        && match reaper.adopt_orphans(pid1) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(%err, "cannot become a child subreaper");
+                false
+            }
+        };
     // After the stop token the reaper keeps going for PID 1: orphans still die.
     let reaper_stop = if pid1 { CancellationToken::new() } else { stop };
     tokio::spawn(Arc::clone(&reaper).run(reaper_stop));
-    reaper
+    (reaper, adopts)
 }
 
 /// SIGTERM, SIGINT and SIGPWR start the shutdown (the ordered one in init mode).

@@ -1,22 +1,26 @@
 //! [`LinuxGuestOs`]: the real implementations of every capability the
 //! guest's services use, with child exits owned by one reaper.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::config::{AgentConfig, SandboxSection};
 use crate::exec::{DockerExecSpawner, RoutedExecSpawner};
-use crate::guest::GuestOs;
+use crate::guest::{GuestOs, SandboxParts};
 use crate::init::InitOps;
 use crate::reaper::Reaper;
 use crate::runtime::RuntimeOps;
 use crate::runtime::api::SocketApis;
 use crate::runtime::docker_api::DockerClient;
+use crate::sandbox::{DeferredBackend, ImageUnpacker, MakeBackend, SandboxBackend};
 use crate::shutdown::ShutdownOps;
 use crate::sys::ConfinedLimits;
+use crate::sys::ExitRegistry;
+use crate::sys::Ipv4Cidr;
 use crate::sys::linux::{
-    LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxCounters, LinuxDisk, LinuxExecSpawner, LinuxFiles,
-    LinuxFreezer, LinuxMount, LinuxPidSignals, LinuxPowerSwitch, LinuxProcessTable, LinuxSocketProbe,
-    LinuxSpawner, LinuxSystemInfo,
+    BridgeConfig, ContainerdImages, LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxCounters, LinuxDisk,
+    LinuxExecSpawner, LinuxFiles, LinuxFreezer, LinuxMount, LinuxPidSignals, LinuxPowerSwitch,
+    LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo, OciBackend, OciConfig,
 };
 
 /// Exec in the guest, or in a container of its dockerd when a request names one.
@@ -26,6 +30,10 @@ pub type GuestExecSpawner = RoutedExecSpawner<LinuxExecSpawner, DockerExecSpawne
 pub struct LinuxGuestOs {
     spawner: Arc<LinuxSpawner>,
     exec: Arc<GuestExecSpawner>,
+    reaper: Arc<Reaper<LinuxChildReaping>>,
+    /// Orphans come to this agent (PID 1 or a subreaper): sandbox inits,
+    /// which crun leaves behind, are its children.
+    adopts_orphans: bool,
     /// One instance: it remembers where cgroup2 is mounted once found.
     counters: Arc<LinuxCounters>,
 }
@@ -39,12 +47,48 @@ impl LinuxGuestOs {
         Self {
             spawner: Arc::new(LinuxSpawner::new(Arc::clone(&reaper) as _)),
             exec: Arc::new(RoutedExecSpawner::new(
-                Arc::new(LinuxExecSpawner::new(reaper)),
+                Arc::new(LinuxExecSpawner::new(Arc::clone(&reaper) as _)),
                 Arc::new(in_containers),
             )),
+            reaper,
+            adopts_orphans: false,
             counters: Arc::new(LinuxCounters::new()),
         }
     }
+
+    /// Says whether orphans come to this agent (see `sandboxes`).
+    pub fn with_orphans_adopted(mut self, adopts: bool) -> Self {
+        self.adopts_orphans = adopts;
+        self
+    }
+}
+
+/// The OCI backend's configuration from `[sandbox]`.
+pub fn oci_config(sandbox: &SandboxSection, bin_dir: &Path) -> Result<OciConfig, String> {
+    let gateway: Ipv4Cidr =
+        sandbox.gateway.parse().map_err(|e| format!("[sandbox] gateway {:?}: {e}", sandbox.gateway))?;
+    Ok(OciConfig {
+        crun: find_program(&sandbox.runtime, bin_dir),
+        root: sandbox.root.clone(),
+        allowed_roots: sandbox.allowed_roots.clone(),
+        bridge: BridgeConfig { name: sandbox.bridge.clone(), gateway },
+        ..OciConfig::default()
+    })
+}
+
+/// `program` as given when it is a path, else the first of the runtime
+/// bin dir and `PATH` that has it (as given when none has: the error then
+/// names it).
+fn find_program(program: &Path, bin_dir: &Path) -> PathBuf {
+    if program.components().count() > 1 {
+        return program.to_owned();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::iter::once(bin_dir.to_owned())
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| program.to_owned())
 }
 
 impl GuestOs for LinuxGuestOs {
@@ -98,6 +142,25 @@ impl GuestOs for LinuxGuestOs {
         Arc::clone(&self.counters)
     }
 
+    fn sandboxes(&self, config: &AgentConfig) -> Result<SandboxParts, String> {
+        if !self.adopts_orphans {
+            return Err("the agent is neither PID 1 nor a child subreaper, so sandbox inits would not be its children (run it as init, or `arcbox-agent init`)".to_owned());
+        }
+        let oci = oci_config(&config.sandbox, &config.runtime.bin_dir)?;
+        let records = oci.root.join("records");
+        let exits: Arc<dyn ExitRegistry> = Arc::clone(&self.reaper) as _;
+        let make: MakeBackend = Box::new(move || {
+            let (oci, exits) = (oci.clone(), Arc::clone(&exits));
+            Box::pin(async move {
+                let images: Arc<dyn ImageUnpacker> = Arc::new(ContainerdImages::default());
+                let backend = OciBackend::new(oci, exits, Some(images)).await?;
+                Ok(Arc::new(backend) as Arc<dyn SandboxBackend>)
+            })
+        });
+        let backend = DeferredBackend::new("OCI containers (crun)", make);
+        Ok(SandboxParts { backend: Arc::new(backend), records })
+    }
+
     fn freezer(&self) -> Arc<LinuxFreezer> {
         Arc::new(LinuxFreezer)
     }
@@ -113,5 +176,25 @@ impl GuestOs for LinuxGuestOs {
             mount: Arc::new(LinuxMount),
             power: Arc::new(LinuxPowerSwitch),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sandbox_section_becomes_the_oci_config() {
+        let mut section = SandboxSection::default();
+        let bin = tempfile::tempdir().unwrap();
+        std::fs::write(bin.path().join("crun"), b"").unwrap();
+        let oci = oci_config(&section, bin.path()).unwrap();
+        assert_eq!(oci.crun, bin.path().join("crun"), "the runtime bin dir comes first");
+        assert_eq!(oci.bridge.gateway.to_string(), "172.20.0.1/16");
+        assert_eq!(oci.root, PathBuf::from(crate::config::SANDBOX_ROOT));
+        section.runtime = PathBuf::from("/opt/crun");
+        assert_eq!(oci_config(&section, bin.path()).unwrap().crun, PathBuf::from("/opt/crun"));
+        section.gateway = "172.20.0.1/40".into();
+        assert!(oci_config(&section, bin.path()).unwrap_err().contains("gateway"));
     }
 }
