@@ -56,7 +56,7 @@ BOOT_MODULES="virtio_mmio virtio_pci vmw_vsock_virtio_transport virtio_blk virti
 IMAGE_MODULES="$BOOT_MODULES virtiofs fuse btrfs overlay ext4 bridge veth br_netfilter nf_nat
   nf_conntrack xt_conntrack xt_MASQUERADE xt_addrtype iptable_nat iptable_filter
   ip_tables x_tables nft_compat nf_tables tun dummy loop"
-ROOTFS_PACKAGES="docker.io,containerd,runc,btrfs-progs,iptables,kmod,iproute2,procps"
+ROOTFS_PACKAGES="docker.io,containerd,runc,crun,catatonit,btrfs-progs,iptables,kmod,iproute2,procps"
 
 log() { printf 'vm.sh: %s\n' "$*" >&2; }
 die() {

@@ -27,6 +27,9 @@ mod quiesce;
 #[path = "vm_runtime/exec.rs"]
 mod exec;
 
+#[path = "vm_runtime/sandbox.rs"]
+mod sandbox;
+
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -353,6 +356,7 @@ async fn ensure_runtime_formats_a_blank_disk_and_the_docker_cli_runs_containers_
 
     container_names_resolve_through_the_guest_dns(&docker, &mut agent).await;
     exec::docker_exec_semantics_in_a_running_container(&mut agent, &docker).await;
+    sandbox::sandbox_lifecycle_through_agentctl(&mut agent, &vm).await;
 
     let console = vm.console();
     assert!(console.contains("proxy connection closed"), "no proxy debug lines:\n{}", vm.console_tail(40));
