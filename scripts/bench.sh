@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the criterion benches (frame codec, Ping round trip) with bounded
 # times and prints a compact summary: the hardware, then per stack the
-# CPU cost per call on a current-thread runtime and the throughput of 16
-# concurrent connections, each as a ratio to the raw echo of the same run.
+# CPU cost per call on a current-thread runtime, the throughput of 16
+# concurrent connections and of 64 pipelined requests on one connection,
+# each as a ratio to the raw echo of the same run; with several runs, each
+# run's ratios and their spread (min/median/max).
 #
 # Usage: scripts/bench.sh [rpc|codec|all]       (default: all)
 # Environment:
@@ -65,15 +67,30 @@ if [[ "$what" != rpc ]]; then
 fi
 
 if [[ "$what" != codec ]]; then
+    stacks="raw_echo arcbox ttrpc tonic"
+    groups="cost_current_thread conn16_current_thread conn16_multi_thread2 pipelined64_current_thread"
     for run in $(seq 1 "$runs"); do
         bench rpc_roundtrip
         grep -m1 'Ping exchange' "$results/rpc_roundtrip.log" >"$results/shape" || true
-        for group in cost_current_thread conn16_current_thread conn16_multi_thread2; do
-            for stack in raw_echo arcbox ttrpc; do
+        for group in $groups; do
+            for stack in $stacks; do
                 f="$criterion_dir/rpc_roundtrip_$group/$stack/new/estimates.json"
                 echo "$group $stack $(estimate "$f" mean) $(estimate "$f" median)" >>"$results/rpc.$run"
             done
         done
+        # this run's ratios to its own raw echo: cost (lower is better), then
+        # throughputs (higher is better)
+        awk -v run="$run" -v stacks="$stacks" '
+            { m[$1, $2] = $3 }
+            END {
+                n = split(stacks, s, " ")
+                for (i = 1; i <= n; i++)
+                    printf "%s %s %.4f %.4f %.4f %.4f\n", run, s[i],
+                        m["cost_current_thread", s[i]] / m["cost_current_thread", "raw_echo"],
+                        m["conn16_current_thread", "raw_echo"] / m["conn16_current_thread", s[i]],
+                        m["conn16_multi_thread2", "raw_echo"] / m["conn16_multi_thread2", s[i]],
+                        m["pipelined64_current_thread", "raw_echo"] / m["pipelined64_current_thread", s[i]]
+            }' "$results/rpc.$run" >>"$results/ratios"
     done
     # median over runs of each (group, stack, statistic)
     cat "$results"/rpc.* | awk '
@@ -89,18 +106,40 @@ if [[ "$what" != codec ]]; then
     echo "== Ping round trip over a Unix socket ($(sed 's/^Ping exchange: //' "$results/shape"); median of $runs run(s))"
     echo "cost = client + server on one current-thread runtime, sequential calls (CPU per call)"
     echo "16 conn = 16 connections calling concurrently, calls/s (ct: current-thread runtime, mt2: 2 workers)"
-    printf '%-9s %11s %11s %7s   %12s %7s   %12s %7s\n' \
-        stack "cost mean" "cost p50" "vs raw" "16conn ct/s" "vs raw" "16conn mt2/s" "vs raw"
+    echo "pipe64 = one connection, 64 requests sent before reading, calls/s (current-thread runtime)"
+    printf '%-9s %11s %11s %7s   %12s %7s   %12s %7s   %12s %7s\n' \
+        stack "cost mean" "cost p50" "vs raw" "16conn ct/s" "vs raw" "16conn mt2/s" "vs raw" "pipe64 ct/s" "vs raw"
     raw_cost=$(value cost_current_thread raw_echo 3)
     raw_ct=$(value conn16_current_thread raw_echo 3)
     raw_mt=$(value conn16_multi_thread2 raw_echo 3)
-    for stack in raw_echo arcbox ttrpc; do
+    raw_pipe=$(value pipelined64_current_thread raw_echo 3)
+    for stack in $stacks; do
         awk -v s="$stack" -v cm="$(value cost_current_thread "$stack" 3)" -v cp="$(value cost_current_thread "$stack" 4)" \
             -v ct="$(value conn16_current_thread "$stack" 3)" -v mt="$(value conn16_multi_thread2 "$stack" 3)" \
-            -v rc="$raw_cost" -v rct="$raw_ct" -v rmt="$raw_mt" 'BEGIN {
-            printf "%-9s %8.2f us %8.2f us %6.2fx   %12.0f %6.2fx   %12.0f %6.2fx\n",
-                s, cm / 1000, cp / 1000, cm / rc, 1e9 / ct, rct / ct, 1e9 / mt, rmt / mt }'
+            -v pp="$(value pipelined64_current_thread "$stack" 3)" \
+            -v rc="$raw_cost" -v rct="$raw_ct" -v rmt="$raw_mt" -v rpp="$raw_pipe" 'BEGIN {
+            printf "%-9s %8.2f us %8.2f us %6.2fx   %12.0f %6.2fx   %12.0f %6.2fx   %12.0f %6.2fx\n",
+                s, cm / 1000, cp / 1000, cm / rc, 1e9 / ct, rct / ct, 1e9 / mt, rmt / mt, 1e9 / pp, rpp / pp }'
     done
     echo "(cost p50 = criterion's median over samples of the mean time per call; vs raw: cost ratio, lower"
     echo " is better; throughput ratio = calls/s over the raw echo's, higher is better)"
+    echo
+    echo "== ratios to the raw echo, run by run (cost: lower is better; the others: higher is better)"
+    printf '%-4s %-9s %8s %10s %11s %8s\n' run stack cost "16conn ct" "16conn mt2" pipe64
+    awk '{ printf "%-4s %-9s %7.2fx %9.2fx %10.2fx %7.2fx\n", $1, $2, $3, $4, $5, $6 }' "$results/ratios"
+    echo "spread over $runs run(s), min / median / max:"
+    awk -v stacks="$stacks" '
+        { n[$2]++; for (c = 3; c <= 6; c++) v[$2, c, n[$2]] = $c }
+        function spread(st, c,   i, j, t, k, a) {
+            k = n[st]
+            for (i = 1; i <= k; i++) a[i] = v[st, c, i]
+            for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+            return sprintf("%.2f/%.2f/%.2f", a[1], (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2, a[k])
+        }
+        END {
+            m = split(stacks, s, " ")
+            for (i = 2; i <= m; i++)
+                printf "%-9s cost %s   16conn ct %s   16conn mt2 %s   pipe64 %s\n", s[i],
+                    spread(s[i], 3), spread(s[i], 4), spread(s[i], 5), spread(s[i], 6)
+        }' "$results/ratios"
 fi

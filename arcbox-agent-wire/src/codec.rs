@@ -122,7 +122,9 @@ impl FrameWriter {
         Self { buf: BytesMut::with_capacity(capacity) }
     }
 
-    /// Appends a frame carrying a protobuf message, encoded straight into the buffer.
+    /// Appends a frame carrying a protobuf message, encoded straight into
+    /// the buffer. A failure appends nothing: the header is checked before
+    /// any byte is written, and a growing buffer always has room for the message.
     pub fn push_message<M: prost::Message>(
         &mut self,
         msg_type: u32,
@@ -173,7 +175,8 @@ impl FrameWriter {
         written
     }
 
-    /// Encodes and writes one protobuf frame (an encoding failure is `InvalidInput`).
+    /// Encodes one protobuf frame and writes it after whatever is already
+    /// buffered, in one write (an encoding failure is `InvalidInput`).
     pub async fn send_message<W, M>(
         &mut self,
         stream: &mut W,
@@ -185,12 +188,11 @@ impl FrameWriter {
         W: AsyncWrite + Unpin + ?Sized,
         M: prost::Message,
     {
-        self.clear();
         self.push_message(msg_type, trace_id, message).map_err(invalid_input)?;
         self.write_to(stream).await
     }
 
-    /// Encodes and writes one frame with a raw payload.
+    /// Encodes one frame with a raw payload and writes it after whatever is buffered.
     pub async fn send_raw<W>(
         &mut self,
         stream: &mut W,
@@ -201,12 +203,11 @@ impl FrameWriter {
     where
         W: AsyncWrite + Unpin + ?Sized,
     {
-        self.clear();
         self.push_raw(msg_type, trace_id, payload).map_err(invalid_input)?;
         self.write_to(stream).await
     }
 
-    /// Encodes and writes one Error frame.
+    /// Encodes one Error frame and writes it after whatever is buffered.
     pub async fn send_error<W>(
         &mut self,
         stream: &mut W,
@@ -216,7 +217,6 @@ impl FrameWriter {
     where
         W: AsyncWrite + Unpin + ?Sized,
     {
-        self.clear();
         self.push_error(trace_id, error).map_err(invalid_input)?;
         self.write_to(stream).await
     }

@@ -1,23 +1,36 @@
-//! The three stacks `rpc_roundtrip` compares, each served on a Unix socket
+//! The four stacks `rpc_roundtrip` compares, each served on a Unix socket
 //! in a temp dir and called with the same Ping request:
 //!
 //! - [`Stack::Raw`]: a raw tokio Unix-socket echo. The client writes the
 //!   exact bytes of a Ping request frame and reads back as many bytes as a
-//!   Ping response frame has; the server reads the request's size and
-//!   writes the response's bytes. No framing, no parsing, no protobuf: the
-//!   floor of a round trip through the kernel and the tokio reactor.
+//!   Ping response frame has; the server reads what is there and writes one
+//!   response's bytes per whole request, in one write. No framing, no
+//!   parsing, no protobuf: the floor of a round trip through the kernel and
+//!   the tokio reactor.
 //! - [`Stack::Arcbox`]: `AgentClient::ping` against the simulator's agent
 //!   (`arcbox_agent_sim::SimAgent` served by `Server::serve`): framing,
-//!   router, Ping handler (clock check included), trace ids, deadlines.
+//!   router, policy check, Ping handler (clock check included), trace ids,
+//!   deadlines.
 //! - [`Stack::Ttrpc`]: ttrpc-rust's async client and server (the Kata
 //!   agent's framing), service `arcbox.agent.Agent`, method `Ping`, with a
 //!   hand-written `MethodHandler`. Its payloads are the same prost messages
-//!   (`AgentPingRequest` / `AgentPingResponse`) so that both RPC stacks
+//!   (`AgentPingRequest` / `AgentPingResponse`) so that the RPC stacks
 //!   pay the same protobuf cost and only framing and dispatch differ;
 //!   ttrpc's own envelope (Request/Response) is its rust-protobuf code.
+//! - [`Stack::Tonic`]: tonic's gRPC (HTTP/2) client and server over a Unix
+//!   socket, the same service and method, with the service written out as
+//!   tonic's code generator writes it, the same prost messages and a
+//!   `grpc-timeout` per call.
+//!
+//! Pipelined, each stack sends [`PIPELINE_DEPTH`] requests on one
+//! connection before reading: arcbox and the raw echo write them in one
+//! write and read the answers back in order (arcbox through the wire
+//! crate's `FrameWriter`/`FrameReader`, checking each trace id); ttrpc and
+//! tonic, which multiplex, issue them as concurrent calls on one connection.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arcbox_agent_core::protocol::proto::agent::{AgentPingRequest, AgentPingResponse};
@@ -26,7 +39,10 @@ use arcbox_agent_core::protocol::{MessageType, encode_header, response_code};
 use arcbox_agent_sim::Scenario;
 use arcbox_agent_suite::{SimServer, sim_server};
 use arcbox_agent_wire::client::{AgentClient, ConnectOptions};
+use arcbox_agent_wire::codec::{FrameReader, FrameWriter};
+use arcbox_agent_wire::protocol::DEFAULT_MAX_FRAME_BYTES;
 use bytes::BytesMut;
+use futures_util::future::join_all;
 use prost::Message as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
@@ -36,8 +52,14 @@ use ttrpc::proto::{RequestInit as _, ResponseInit as _};
 const TTRPC_SERVICE: &str = "arcbox.agent.Agent";
 const TTRPC_METHOD: &str = "Ping";
 
-/// Per-call deadline, the same for both RPC clients.
+/// The gRPC path of the Ping method.
+const TONIC_PATH: &str = "/arcbox.agent.Agent/Ping";
+
+/// Per-call deadline, the same for every RPC client.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests a pipelined round sends before reading.
+pub const PIPELINE_DEPTH: usize = 64;
 
 /// Which stack a client talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,16 +67,18 @@ pub enum Stack {
     Raw,
     Arcbox,
     Ttrpc,
+    Tonic,
 }
 
 impl Stack {
-    pub const ALL: [Stack; 3] = [Stack::Raw, Stack::Arcbox, Stack::Ttrpc];
+    pub const ALL: [Stack; 4] = [Stack::Raw, Stack::Arcbox, Stack::Ttrpc, Stack::Tonic];
 
     pub fn name(self) -> &'static str {
         match self {
             Stack::Raw => "raw_echo",
             Stack::Arcbox => "arcbox",
             Stack::Ttrpc => "ttrpc",
+            Stack::Tonic => "tonic",
         }
     }
 }
@@ -71,21 +95,50 @@ pub struct PingShape {
     pub answer: AgentPingResponse,
 }
 
-/// The three servers, running on the runtime that started them.
+/// The four servers, running on the runtime that started them.
 pub struct Servers {
     _dir: tempfile::TempDir,
     arcbox: SimServer,
     raw_path: PathBuf,
     ttrpc_addr: String,
     _ttrpc: ttrpc::asynchronous::Server,
+    tonic_path: PathBuf,
+    tonic_stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub shape: PingShape,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        if let Some(stop) = self.tonic_stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// A connected client of one stack.
 pub enum Client {
-    Raw { stream: UnixStream, request: Vec<u8>, response: Vec<u8> },
-    Arcbox(Box<AgentClient<UnixStream>>),
+    Raw {
+        stream: UnixStream,
+        request: Vec<u8>,
+        response: Vec<u8>,
+        /// A pipelined round's requests and room for its answers.
+        requests: Vec<u8>,
+        answers: Vec<u8>,
+    },
+    Arcbox(Box<ArcboxClient>),
     Ttrpc(ttrpc::asynchronous::Client),
+    Tonic(tonic::client::Grpc<tonic::transport::Channel>),
+}
+
+/// The arcbox client, and what its pipelined rounds reuse: a second
+/// connection driven through the wire crate's codec (the typed client
+/// makes one call at a time, as the protocol pairs answers by order).
+pub struct ArcboxClient {
+    client: AgentClient<UnixStream>,
+    pipe: UnixStream,
+    reader: FrameReader,
+    writer: FrameWriter,
+    traces: Vec<Vec<u8>>,
 }
 
 /// The Ping request every RPC client sends: the host's time, as a VMM
@@ -100,28 +153,82 @@ impl Client {
     /// silently measures errors measures nothing.
     pub async fn call(&mut self) {
         match self {
-            Client::Raw { stream, request, response } => {
+            Client::Raw { stream, request, response, .. } => {
                 stream.write_all(request).await.expect("raw write");
                 stream.read_exact(response).await.expect("raw read");
             }
-            Client::Arcbox(client) => {
-                let answer = client.ping(Some(SystemTime::now())).await.expect("arcbox ping");
+            Client::Arcbox(arcbox) => {
+                let answer = arcbox.client.ping(Some(SystemTime::now())).await.expect("arcbox ping");
                 debug_assert_eq!(answer.message, "pong");
             }
+            Client::Ttrpc(client) => ttrpc_ping(client).await,
+            Client::Tonic(client) => tonic_ping(client.clone()).await,
+        }
+    }
+
+    /// [`PIPELINE_DEPTH`] Ping requests on one connection before any
+    /// answer is read.
+    pub async fn call_pipelined(&mut self) {
+        match self {
+            Client::Raw { stream, requests, answers, .. } => {
+                stream.write_all(requests).await.expect("raw write");
+                stream.read_exact(answers).await.expect("raw read");
+            }
+            Client::Arcbox(arcbox) => arcbox.pipelined().await,
             Client::Ttrpc(client) => {
-                let mut req = ttrpc::Request::init_request(
-                    TTRPC_SERVICE.to_owned(),
-                    TTRPC_METHOD.to_owned(),
-                    CALL_TIMEOUT.as_nanos() as i64,
-                    Vec::new(),
-                );
-                req.set_payload(ping_request().encode_to_vec());
-                let res = client.request(req).await.expect("ttrpc ping");
-                let answer = AgentPingResponse::decode(res.payload.as_slice()).expect("ttrpc answer");
-                debug_assert_eq!(answer.message, "pong");
+                let client = &*client;
+                join_all((0..PIPELINE_DEPTH).map(|_| ttrpc_ping(client))).await;
+            }
+            Client::Tonic(client) => {
+                join_all((0..PIPELINE_DEPTH).map(|_| tonic_ping(client.clone()))).await;
             }
         }
     }
+}
+
+impl ArcboxClient {
+    /// Writes [`PIPELINE_DEPTH`] Ping frames in one write, then reads and
+    /// decodes the answers, checking that each echoes its request's trace id.
+    async fn pipelined(&mut self) {
+        let payload = ping_request();
+        for trace in &self.traces {
+            self.writer.push_message(MessageType::PingRequest.code(), trace, &payload).expect("encode");
+        }
+        self.writer.write_to(&mut self.pipe).await.expect("arcbox write");
+        let expected = response_code(MessageType::PingRequest.code());
+        for trace in &self.traces {
+            let frame = self.reader.read_frame(&mut self.pipe).await.expect("arcbox read");
+            assert!(frame.msg_type == expected && frame.trace_id == trace[..], "arcbox answer {frame:?}");
+            let answer = AgentPingResponse::decode(frame.payload).expect("arcbox answer");
+            debug_assert_eq!(answer.message, "pong");
+        }
+    }
+}
+
+async fn ttrpc_ping(client: &ttrpc::asynchronous::Client) {
+    let mut req = ttrpc::Request::init_request(
+        TTRPC_SERVICE.to_owned(),
+        TTRPC_METHOD.to_owned(),
+        CALL_TIMEOUT.as_nanos() as i64,
+        Vec::new(),
+    );
+    req.set_payload(ping_request().encode_to_vec());
+    let res = client.request(req).await.expect("ttrpc ping");
+    let answer = AgentPingResponse::decode(res.payload.as_slice()).expect("ttrpc answer");
+    debug_assert_eq!(answer.message, "pong");
+}
+
+/// One gRPC Ping, as tonic's generated client makes it (`ready`, then
+/// `unary` with the prost codec). Takes a clone of the client, as
+/// concurrent calls on one channel do.
+async fn tonic_ping(mut client: tonic::client::Grpc<tonic::transport::Channel>) {
+    client.ready().await.expect("tonic ready");
+    let mut request = tonic::Request::new(ping_request());
+    request.set_timeout(CALL_TIMEOUT);
+    let codec = tonic_prost::ProstCodec::<AgentPingRequest, AgentPingResponse>::default();
+    let path = http::uri::PathAndQuery::from_static(TONIC_PATH);
+    let answer = client.unary(request, path, codec).await.expect("tonic ping").into_inner();
+    debug_assert_eq!(answer.message, "pong");
 }
 
 impl Servers {
@@ -145,7 +252,33 @@ impl Servers {
             .register_service(HashMap::from([(TTRPC_SERVICE.to_owned(), service)]));
         ttrpc.start().await.expect("start ttrpc");
 
-        Self { _dir: dir, arcbox, raw_path, ttrpc_addr, _ttrpc: ttrpc, shape }
+        let tonic_path = dir.path().join("tonic.sock");
+        let listener = UnixListener::bind(&tonic_path).expect("bind tonic");
+        let incoming = futures_util::stream::unfold(listener, |listener| async move {
+            Some((listener.accept().await.map(|(stream, _)| stream), listener))
+        });
+        let (tonic_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = TonicAgent { answer: Arc::new(shape.answer.clone()) };
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("serve tonic");
+        });
+
+        Self {
+            _dir: dir,
+            arcbox,
+            raw_path,
+            ttrpc_addr,
+            _ttrpc: ttrpc,
+            tonic_path,
+            tonic_stop: Some(tonic_stop),
+            shape,
+        }
     }
 
     /// A new connection to `stack`, checked with one call.
@@ -155,16 +288,39 @@ impl Servers {
                 stream: UnixStream::connect(&self.raw_path).await.expect("connect raw"),
                 request: self.shape.request.clone(),
                 response: vec![0; self.shape.response.len()],
+                requests: self.shape.request.repeat(PIPELINE_DEPTH),
+                answers: vec![0; PIPELINE_DEPTH * self.shape.response.len()],
             },
-            Stack::Arcbox => Client::Arcbox(Box::new(AgentClient::from_stream(
-                unix_stream(&self.arcbox).await,
-                ConnectOptions { call_timeout: CALL_TIMEOUT, ..ConnectOptions::default() },
-            ))),
+            Stack::Arcbox => Client::Arcbox(Box::new(ArcboxClient {
+                client: AgentClient::from_stream(
+                    unix_stream(&self.arcbox).await,
+                    ConnectOptions { call_timeout: CALL_TIMEOUT, ..ConnectOptions::default() },
+                ),
+                pipe: unix_stream(&self.arcbox).await,
+                reader: FrameReader::new(DEFAULT_MAX_FRAME_BYTES),
+                writer: FrameWriter::with_capacity(PIPELINE_DEPTH * self.shape.request.len()),
+                // The client's shape: 8 hex digits, a dash, a number.
+                traces: (0..PIPELINE_DEPTH).map(|n| format!("0badcafe-{}", 1000 + n).into_bytes()).collect(),
+            })),
             Stack::Ttrpc => Client::Ttrpc(
                 ttrpc::asynchronous::Client::connect(&self.ttrpc_addr).await.expect("connect ttrpc"),
             ),
+            Stack::Tonic => {
+                let path = self.tonic_path.clone();
+                let connector = tower::service_fn(move |_: http::Uri| {
+                    let path = path.clone();
+                    async move { UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+                });
+                // The URI is required by the API and unused by the connector.
+                let channel = tonic::transport::Endpoint::from_static("http://agent.invalid")
+                    .connect_with_connector(connector)
+                    .await
+                    .expect("connect tonic");
+                Client::Tonic(tonic::client::Grpc::new(channel))
+            }
         };
         client.call().await;
+        client.call_pipelined().await;
         client
     }
 }
@@ -201,14 +357,25 @@ async fn ping_shape(server: &SimServer) -> PingShape {
     PingShape { request: request.to_vec(), response: response.to_vec(), answer }
 }
 
+/// The floor: reads whatever is there and answers every whole request in
+/// it with the response's bytes, in one write (one read and one write per
+/// request when they come one at a time, as the RPC servers do).
 async fn raw_echo_server(listener: UnixListener, request_len: usize, response: Vec<u8>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
         let response = response.clone();
         tokio::spawn(async move {
-            let mut request = vec![0; request_len];
-            while stream.read_exact(&mut request).await.is_ok() {
-                if stream.write_all(&response).await.is_err() {
+            let (mut buf, mut have, mut out) = (vec![0; 8 * 1024], 0, Vec::new());
+            while let Ok(n @ 1..) = stream.read(&mut buf[have..]).await {
+                have += n;
+                let whole = have / request_len;
+                out.clear();
+                for _ in 0..whole {
+                    out.extend_from_slice(&response);
+                }
+                buf.copy_within(whole * request_len..have, 0);
+                have -= whole * request_len;
+                if stream.write_all(&out).await.is_err() {
                     break;
                 }
             }
@@ -244,5 +411,72 @@ impl ttrpc::asynchronous::MethodHandler for TtrpcPing {
         let mut res = ttrpc::Response::init_status(ttrpc::get_status(ttrpc::Code::OK, String::new()));
         res.set_payload(answer.encode_to_vec());
         Ok(res)
+    }
+}
+
+/// The gRPC service `arcbox.agent.Agent` with its one method `Ping`: what
+/// tonic's code generator writes for it, written out (as the ttrpc handler
+/// is), answering the same `AgentPingResponse` from owned fields.
+#[derive(Clone)]
+struct TonicAgent {
+    answer: Arc<AgentPingResponse>,
+}
+
+impl tonic::server::NamedService for TonicAgent {
+    const NAME: &'static str = TTRPC_SERVICE;
+}
+
+type TonicFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+struct TonicPing(Arc<AgentPingResponse>);
+
+impl tonic::server::UnaryService<AgentPingRequest> for TonicPing {
+    type Response = AgentPingResponse;
+    type Future = TonicFuture<Result<tonic::Response<AgentPingResponse>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<AgentPingRequest>) -> Self::Future {
+        let answer = Arc::clone(&self.0);
+        Box::pin(async move {
+            let request = request.into_inner();
+            Ok(tonic::Response::new(AgentPingResponse {
+                message: "pong".to_owned(),
+                version: answer.version.clone(),
+                protocol_version: answer.protocol_version,
+                capabilities: answer.capabilities.clone(),
+                boot_id: answer.boot_id.clone(),
+                clock: if request.timestamp_secs > 0 { "unchanged".to_owned() } else { String::new() },
+            }))
+        })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for TonicAgent
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = TonicFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != TONIC_PATH {
+            return Box::pin(async {
+                let mut response = http::Response::new(tonic::body::Body::default());
+                let headers = response.headers_mut();
+                headers.insert(tonic::Status::GRPC_STATUS, (tonic::Code::Unimplemented as i32).into());
+                headers.insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
+                Ok(response)
+            });
+        }
+        let method = TonicPing(Arc::clone(&self.answer));
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<AgentPingResponse, AgentPingRequest>::default();
+            Ok(tonic::server::Grpc::new(codec).unary(method, req).await)
+        })
     }
 }

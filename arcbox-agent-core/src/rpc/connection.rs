@@ -54,7 +54,10 @@ pub async fn serve_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    // One cancellation future for the connection's life, not one per read.
+    // A node of its own in the cancellation tree, and one future on it for
+    // the connection's life: waiting on the server's token itself would
+    // make the connections of every worker take one lock at each read.
+    let shutdown = &shutdown.child_token();
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
     let mut reader = FrameReader::new(config.max_frame_bytes);
@@ -62,16 +65,31 @@ where
     loop {
         let frame = match reader.next_buffered() {
             Ok(Some(frame)) => frame,
-            Ok(None) => match read_more(&mut stream, &mut reader, config, cancelled.as_mut()).await {
-                ReadOutcome::Data => continue,
-                ReadOutcome::End(end) => return end,
-            },
+            Ok(None) => {
+                // Every request read so far is answered: the answers go
+                // out in one write before waiting for more.
+                if let Err(end) = write_answers(&mut stream, &mut writer, peer).await {
+                    return end;
+                }
+                // Checked here too, as a read that finds bytes at once
+                // never polls the shutdown future.
+                if shutdown.is_cancelled() {
+                    return ConnectionEnd::Shutdown;
+                }
+                match read_more(&mut stream, &mut reader, config, cancelled.as_mut()).await {
+                    ReadOutcome::Data => continue,
+                    ReadOutcome::End(end) => return end,
+                }
+            }
             Err(err) => return reject_frame(&mut stream, &mut writer, peer, &err).await,
         };
         let msg_type = frame.msg_type;
         let route = router.admit(msg_type, peer);
         if let Route::Session(handler) = route {
             stats.requests_served.fetch_add(1, Ordering::Relaxed);
+            if let Err(end) = write_answers(&mut stream, &mut writer, peer).await {
+                return end;
+            }
             let parts = SessionParts { reader: &mut reader, writer: &mut writer, peer, config, shutdown };
             return serve_session(&mut stream, parts, handler, frame).await;
         }
@@ -80,6 +98,33 @@ where
             return ConnectionEnd::Io(err.kind());
         }
         stats.requests_served.fetch_add(1, Ordering::Relaxed);
+        // A long run of back-to-back requests is answered in pieces of
+        // about this size, so the buffer stays bounded.
+        if writer.buffered().len() >= ANSWER_BATCH_BYTES
+            && let Err(end) = write_answers(&mut stream, &mut writer, peer).await
+        {
+            return end;
+        }
+    }
+}
+
+/// Buffered answers are written once they reach this size, even while
+/// more requests are buffered.
+const ANSWER_BATCH_BYTES: usize = 64 * 1024;
+
+/// Writes the answers buffered in `writer` in one write, and flushes the
+/// stream (streaming handlers may have written past the buffer).
+async fn write_answers<S>(stream: &mut S, writer: &mut FrameWriter, peer: &str) -> Result<(), ConnectionEnd>
+where
+    S: AsyncWrite + Unpin,
+{
+    let written = if writer.buffered().is_empty() { Ok(()) } else { writer.write_to(stream).await };
+    match written.and(stream.flush().await) {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            tracing::debug!(peer, error = %err, "connection closed while responding");
+            Err(ConnectionEnd::Io(err.kind()))
+        }
     }
 }
 
@@ -111,10 +156,14 @@ where
             reader.fill(stream).await
         }
     };
+    // The read first: bytes that are already there are read without
+    // polling the shutdown future (which takes a lock); the caller checks
+    // the token between reads, so a peer that never pauses cannot delay
+    // a shutdown past its next read.
     let result = tokio::select! {
         biased;
-        () = shutdown => return ReadOutcome::End(ConnectionEnd::Shutdown),
         result = read => result,
+        () = shutdown => return ReadOutcome::End(ConnectionEnd::Shutdown),
     };
     match result {
         Ok(0) if mid_frame => ReadOutcome::End(ConnectionEnd::Truncated),
@@ -149,7 +198,9 @@ where
     ConnectionEnd::BadFrame(code)
 }
 
-/// Runs the handler for one frame, turning errors and panics into Error frames.
+/// Runs the handler for one frame, turning errors and panics into Error
+/// frames. A unary answer (or Error frame) is left in `writer` for the
+/// connection loop to write; streaming handlers write as they go.
 async fn dispatch<S>(
     stream: &mut S,
     writer: &mut FrameWriter,
@@ -160,23 +211,27 @@ async fn dispatch<S>(
 where
     S: AsyncWrite + Unpin + Send,
 {
-    let trace_id = frame.trace_str();
-    let span = tracing::debug_span!("rpc", msg_type = frame.msg_type, trace = trace_id);
+    let Frame { msg_type, trace_id, payload } = frame;
+    let trace_id = std::str::from_utf8(&trace_id).unwrap_or("");
+    let span = tracing::debug_span!("rpc", msg_type, trace = trace_id);
     let _entered = span.enter();
-    let ctx = RequestContext { msg_type: frame.msg_type, trace_id, peer };
+    let ctx = RequestContext { msg_type, trace_id, peer };
     // Echo the trace id exactly as text, as the reference does ("" if invalid).
     let mut out = Responder::new(stream, writer, trace_id.as_bytes());
     let failure = match route {
         Route::Reject(err) => Some(err),
         Route::Handler(handler) => {
-            let served =
-                AssertUnwindSafe(handler.call(ctx, frame.payload.clone(), &mut out)).catch_unwind().await;
+            let served = AssertUnwindSafe(handler.call(ctx, payload, &mut out)).catch_unwind().await;
             handler_failure(served, peer, trace_id)?
         }
         Route::Session(_) => Some(RpcError::internal("a session request reached the request path")),
     };
-    answer_failure(&mut out, failure, peer).await?;
-    out.flush().await
+    // Queued like a unary answer: the connection writes it with the others.
+    if let Some(err) = failure {
+        tracing::debug!(peer, code = err.code, error = %err.message, "request failed");
+        out.queue_error(&err)?;
+    }
+    Ok(())
 }
 
 /// Turns a handler's outcome (or panic) into the error to answer with;

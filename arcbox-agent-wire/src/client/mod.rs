@@ -6,9 +6,11 @@
 //! drops the connection (a late answer would pair with the next request),
 //! and the next call reconnects when the client was made by [`AgentClient::connect`].
 
+mod connection;
 mod copy;
 mod error;
 mod exec;
+mod ping;
 mod quiesce;
 mod sandbox;
 mod session;
@@ -17,7 +19,6 @@ mod time;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -30,7 +31,7 @@ pub use sandbox::{SandboxExec, SandboxExecInput, SandboxExecOutput, SandboxOutpu
 pub use session::{ClientSession, SessionReader, SessionWriter};
 pub use time::ClockPush;
 
-use crate::codec::{EncodeError, FrameReader, FrameWriter, ReadError};
+use crate::codec::{EncodeError, FrameWriter, ReadError};
 use crate::protocol::proto::agent::{
     AgentPingRequest, AgentPingResponse, BootReport, BootReportRequest, DnsListRequest, DnsListResponse,
     DnsSetUpstreamsRequest, DnsSetUpstreamsResponse, Empty, FileListRequest, FileListResponse,
@@ -51,6 +52,7 @@ use crate::protocol::proto::agent::{
 use crate::protocol::values::{ensure_status, runtime_state};
 use crate::protocol::{DEFAULT_MAX_FRAME_BYTES, ErrorPayload, Frame, MessageType, response_code, unix_time};
 use crate::transport::{Address, AnyStream, connect};
+use connection::{Connection, TraceId, WRITE_BUFFER_BYTES, trace_prefix};
 
 /// Timeouts and limits of a client.
 #[derive(Debug, Clone)]
@@ -76,32 +78,13 @@ impl Default for ConnectOptions {
 /// Re-establishes the stream after a failed call.
 type Reconnect<S> = Box<dyn Fn() -> Pin<Box<dyn Future<Output = std::io::Result<S>> + Send>> + Send + Sync>;
 
-/// Largest request a client usually sends; the buffer grows for larger ones.
-const WRITE_BUFFER_BYTES: usize = 1024;
-
-struct Connection<S> {
-    stream: S,
-    reader: FrameReader,
-    writer: FrameWriter,
-}
-
 /// A client for one agent.
 pub struct AgentClient<S = AnyStream> {
     reconnect: Option<Reconnect<S>>,
     options: ConnectOptions,
     conn: Option<Connection<S>>,
-    trace_prefix: String,
-    next_trace: AtomicU64,
-}
-
-impl<S> Connection<S> {
-    fn new(stream: S, max_frame_bytes: usize) -> Self {
-        Self {
-            stream,
-            reader: FrameReader::new(max_frame_bytes),
-            writer: FrameWriter::with_capacity(WRITE_BUFFER_BYTES),
-        }
-    }
+    trace_prefix: [u8; 8],
+    next_trace: u64,
 }
 
 impl AgentClient<AnyStream> {
@@ -127,7 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
             conn: Some(Connection::new(stream, options.max_frame_bytes)),
             options,
             trace_prefix: trace_prefix(),
-            next_trace: AtomicU64::new(1),
+            next_trace: 1,
         }
     }
 
@@ -140,7 +123,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
     pub async fn ping(&mut self, host_time: Option<SystemTime>) -> Result<AgentPingResponse, ClientError> {
         let (timestamp_secs, timestamp_nanos) = host_time.map(unix_time::to_parts).unwrap_or((0, 0));
         let request = AgentPingRequest { message: String::new(), timestamp_secs, timestamp_nanos };
-        self.call(MessageType::PingRequest, &request).await
+        let deadline = self.options.call_timeout;
+        self.call_decoding(MessageType::PingRequest, &request, deadline, ping::decode_ping).await
     }
 
     /// Reads the guest's system information.
@@ -403,13 +387,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
+        self.call_decoding(msg_type, request, deadline, Resp::decode).await
+    }
+
+    /// A unary call whose answer `decode` reads.
+    async fn call_decoding<Req, Resp>(
+        &mut self,
+        msg_type: MessageType,
+        request: &Req,
+        deadline: Duration,
+        decode: impl FnOnce(bytes::Bytes) -> Result<Resp, prost::DecodeError>,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: prost::Message,
+    {
         let trace = self.new_trace_id();
         let expected = response_code(msg_type.code());
         let frame = self
-            .exchange(deadline, |w| w.push_message(msg_type.code(), trace.as_bytes(), request), &trace)
+            .exchange(deadline, |w| w.push_message(msg_type.code(), trace.as_bytes(), request), trace)
             .await?;
         expect_type(&frame, expected)?;
-        Resp::decode(frame.payload).map_err(ClientError::Decode)
+        decode(frame.payload).map_err(ClientError::Decode)
     }
 
     /// Sends a raw frame and returns the raw answer (Error frames included,
@@ -417,7 +415,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
     pub async fn call_raw(&mut self, msg_type: u32, payload: &[u8]) -> Result<Frame, ClientError> {
         let trace = self.new_trace_id();
         let deadline = self.options.call_timeout;
-        self.exchange(deadline, |w| w.push_raw(msg_type, trace.as_bytes(), payload), &trace).await
+        self.exchange(deadline, |w| w.push_raw(msg_type, trace.as_bytes(), payload), trace).await
     }
 
     /// Sends one request and reads frames of a streaming answer, calling
@@ -436,14 +434,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
     {
         let trace = self.new_trace_id();
         let mut first = self
-            .exchange(deadline, |w| w.push_message(msg_type.code(), trace.as_bytes(), request), &trace)
+            .exchange(deadline, |w| w.push_message(msg_type.code(), trace.as_bytes(), request), trace)
             .await?;
         loop {
             check_error(&first)?;
             if !on_frame(first)? {
                 return Ok(());
             }
-            first = self.read_next(deadline, &trace).await?;
+            first = self.read_next(deadline, trace).await?;
         }
     }
 
@@ -531,7 +529,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
             conn.stream,
             conn.reader,
             FrameWriter::with_capacity(WRITE_BUFFER_BYTES),
-            trace,
+            trace.to_text(),
         ))
     }
 
@@ -545,9 +543,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         Ok(())
     }
 
-    fn new_trace_id(&self) -> String {
-        let n = self.next_trace.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.trace_prefix)
+    fn new_trace_id(&mut self) -> TraceId {
+        let n = self.next_trace;
+        self.next_trace = n.wrapping_add(1);
+        TraceId::new(&self.trace_prefix, n)
     }
 
     /// Writes the request built by `encode` and reads one frame back.
@@ -555,25 +554,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         &mut self,
         deadline: Duration,
         encode: impl FnOnce(&mut FrameWriter) -> Result<(), EncodeError>,
-        trace: &str,
+        trace: TraceId,
     ) -> Result<Frame, ClientError> {
         self.connect_if_needed().await?;
-        let conn = self.conn.as_mut().ok_or(ClientError::Disconnected)?;
-        conn.writer.clear();
-        encode(&mut conn.writer).map_err(ClientError::Encode)?;
-        let result = tokio::time::timeout(deadline, async {
-            conn.writer.write_to(&mut conn.stream).await?;
-            Ok(conn.reader.read_frame(&mut conn.stream).await?)
-        })
-        .await;
+        let Connection { stream, reader, writer, deadline: timer } =
+            self.conn.as_mut().ok_or(ClientError::Disconnected)?;
+        writer.clear();
+        encode(writer).map_err(ClientError::Encode)?;
+        let result = timer
+            .run(deadline, async {
+                writer.write_to(stream).await?;
+                Ok(reader.read_frame(stream).await?)
+            })
+            .await;
         self.settle(result, deadline, trace)
     }
 
-    async fn read_next(&mut self, deadline: Duration, trace: &str) -> Result<Frame, ClientError> {
-        let conn = self.conn.as_mut().ok_or(ClientError::Disconnected)?;
-        let result =
-            tokio::time::timeout(deadline, async { Ok(conn.reader.read_frame(&mut conn.stream).await?) })
-                .await;
+    async fn read_next(&mut self, deadline: Duration, trace: TraceId) -> Result<Frame, ClientError> {
+        let Connection { stream, reader, deadline: timer, .. } =
+            self.conn.as_mut().ok_or(ClientError::Disconnected)?;
+        let result = timer.run(deadline, async { Ok(reader.read_frame(stream).await?) }).await;
         self.settle(result, deadline, trace)
     }
 
@@ -581,18 +581,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
     /// checks that the answer echoes our trace id.
     fn settle(
         &mut self,
-        result: Result<Result<Frame, ClientError>, tokio::time::error::Elapsed>,
+        result: Option<Result<Frame, ClientError>>,
         deadline: Duration,
-        trace: &str,
+        trace: TraceId,
     ) -> Result<Frame, ClientError> {
         let outcome = match result {
-            Err(_) => Err(ClientError::Timeout(deadline)),
-            Ok(Err(err)) => Err(err),
-            Ok(Ok(frame)) if frame.trace_str() != trace => Err(ClientError::TraceMismatch {
-                sent: trace.to_owned(),
-                received: frame.trace_str().to_owned(),
+            None => Err(ClientError::Timeout(deadline)),
+            Some(Err(err)) => Err(err),
+            // Bytes against bytes: the echo is checked without UTF-8 validation.
+            Some(Ok(frame)) if frame.trace_id != trace.as_bytes() => Err(ClientError::TraceMismatch {
+                sent: trace.to_text(),
+                received: String::from_utf8_lossy(&frame.trace_id).into_owned(),
             }),
-            Ok(Ok(frame)) => Ok(frame),
+            Some(Ok(frame)) => Ok(frame),
         };
         if outcome.is_err() {
             self.conn = None;
@@ -631,12 +632,4 @@ fn expect_type(frame: &Frame, expected: u32) -> Result<(), ClientError> {
         return Err(ClientError::UnexpectedType { expected, received: frame.msg_type });
     }
     Ok(())
-}
-
-/// A per-client random prefix so trace ids from many clients do not collide.
-fn trace_prefix() -> String {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    format!("{:08x}", h.finish() as u32)
 }

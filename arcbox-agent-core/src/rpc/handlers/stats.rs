@@ -292,6 +292,8 @@ mod tests {
             Err(HandlerError::Rpc(e)) => out.send_error(&e).await.unwrap(),
             Err(HandlerError::Io(e)) => panic!("{e}"),
         }
+        // A unary answer waits in the buffer for the connection to write it.
+        frames.write_to(&mut writer).await.unwrap();
         let mut wire = BytesMut::from(&writer[..]);
         std::iter::from_fn(|| crate::protocol::try_decode(&mut wire, 1 << 24).unwrap()).collect()
     }
