@@ -168,11 +168,25 @@ impl FrameWriter {
         self.buf.clear();
     }
 
-    /// Writes everything buffered in one `write_all`, then empties the buffer.
+    /// Writes everything buffered (one write when the stream takes it all).
     pub async fn write_to<W: AsyncWrite + Unpin + ?Sized>(&mut self, stream: &mut W) -> io::Result<()> {
-        let written = stream.write_all(&self.buf).await;
-        self.buf.clear();
-        written
+        // The buffer advances as bytes go out: a write cancelled half way
+        // leaves exactly the unwritten rest, which the next write sends
+        // first, so the stream never repeats or loses a byte.
+        while !self.buf.is_empty() {
+            match stream.write(&self.buf).await {
+                Ok(0) => {
+                    self.buf.clear();
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => bytes::Buf::advance(&mut self.buf, n),
+                Err(err) => {
+                    self.buf.clear();
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Encodes one protobuf frame and writes it after whatever is already
@@ -227,6 +241,33 @@ mod tests {
     use super::*;
     use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
     use crate::protocol::proto::agent::AgentPingRequest;
+
+    #[tokio::test]
+    async fn a_send_cancelled_half_way_is_finished_by_the_next_and_never_repeated() {
+        use tokio::io::AsyncReadExt as _;
+        // A pipe that takes 100 bytes, so a 300-byte frame stops half way.
+        let (mut near, mut far) = tokio::io::duplex(100);
+        let mut writer = FrameWriter::with_capacity(1024);
+        let big = vec![7u8; 300];
+        let cancelled = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            writer.send_raw(&mut near, 1, b"a", &big),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the pipe is full: the send waits and is cancelled");
+        let reading = tokio::spawn(async move {
+            let mut all = Vec::new();
+            far.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        writer.send_raw(&mut near, 2, b"b", b"second").await.unwrap();
+        drop(near);
+        let all = reading.await.unwrap();
+        let mut expected = BytesMut::new();
+        crate::protocol::encode_parts(1, b"a", &big, &mut expected).unwrap();
+        crate::protocol::encode_parts(2, b"b", b"second", &mut expected).unwrap();
+        assert_eq!(all, expected.to_vec(), "the first frame once, whole, then the second");
+    }
 
     #[tokio::test]
     async fn frames_written_back_to_back_are_read_one_by_one() {
