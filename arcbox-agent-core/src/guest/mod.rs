@@ -50,6 +50,7 @@ use crate::runtime::docker_api::DockerClient;
 use crate::runtime::{
     DataDiskStep, DockerEngine, K3s, K3sLayout, Lifecycle, ReadinessEvents, RuntimeLayout, RuntimeOps,
 };
+use crate::share::{SHARE_PROBE_INTERVAL, SHARE_PROBE_TIMEOUT, ShareMonitor, check_layout};
 use crate::shutdown::{
     GuestPower, OrderedPower, ShutdownOps, ShutdownPolicy, ShutdownSequence, standard_daemons,
 };
@@ -175,6 +176,8 @@ pub struct Guest<O: GuestOs> {
     init_mode: bool,
     init_done: CancellationToken,
     stop: CancellationToken,
+    /// The host share's monitor and what it looks with (init mode only).
+    host_share: Option<(ShareMonitor, InitOps)>,
 }
 
 impl<O: GuestOs> Guest<O> {
@@ -198,11 +201,14 @@ impl<O: GuestOs> Guest<O> {
         let ops = os.runtime_ops();
         let data_disk = (!config.runtime.data_disk_disabled).then(|| data_disk(os, config, &ops));
         let layout = RuntimeLayout::from_config(config);
-        let engine = Arc::new(
-            DockerEngine::new(ops, layout.clone(), events.clone(), data_disk)
-                .with_start_gate(init_done.clone())
-                .with_supervision_until(power.stopping()),
-        );
+        let host_share = settings.init_mode.then(|| host_share(config)).flatten();
+        let mut engine = DockerEngine::new(ops, layout.clone(), events.clone(), data_disk)
+            .with_start_gate(init_done.clone())
+            .with_supervision_until(power.stopping());
+        if let Some(share) = &host_share {
+            engine = engine.with_host_share(share.clone());
+        }
+        let engine = Arc::new(engine);
         let init_ops = os.init_ops();
         let network = GuestNetwork::from_config(Arc::clone(&init_ops.network), config, settings.init_mode);
         let mut parts =
@@ -243,6 +249,7 @@ impl<O: GuestOs> Guest<O> {
             init_mode: settings.init_mode,
             init_done,
             stop,
+            host_share: host_share.map(|share| (share, os.init_ops())),
         }
     }
 
@@ -320,6 +327,14 @@ impl<O: GuestOs> Guest<O> {
         if self.init_mode {
             init.run_phase(Phase::Late).await;
         }
+        if let Some((share, ops)) = &self.host_share {
+            let path = share.path().to_path_buf();
+            let ops = ops.clone();
+            let probe = move || check_layout(ops.files.as_ref(), ops.mount.as_ref(), &path);
+            if let Err(err) = share.watch(probe, SHARE_PROBE_INTERVAL) {
+                tracing::warn!(%err, "cannot watch the host share; status will not report on it");
+            }
+        }
         // After the late phase: the NIC's driver is loaded, and DHCP never
         // holds up the listener or the runtime (it runs in the background).
         // It stops, releasing its lease, when a shutdown begins: the power-off
@@ -377,6 +392,13 @@ fn record(boot: &BootRecorder, reports: &[StepReport]) {
     for report in reports {
         report.record(boot);
     }
+}
+
+/// The monitor of the host share, when the configuration mounts one.
+fn host_share(config: &AgentConfig) -> Option<ShareMonitor> {
+    let share = config.init.shares.iter().find(|s| s.tag == crate::config::HOST_SHARE_TAG)?;
+    let path = config.init.root.join(share.path.strip_prefix("/").unwrap_or(&share.path));
+    Some(ShareMonitor::new(path, SHARE_PROBE_TIMEOUT))
 }
 
 /// The policy of `[auth]`, with its problems and its refusals logged once.
