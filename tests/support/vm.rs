@@ -398,8 +398,16 @@ fn wait_until(deadline: Instant, mut done: impl FnMut() -> io::Result<bool>) -> 
 }
 
 impl Vm {
-    /// Boots a VM and waits for the agent's READY dial.
-    pub fn start(options: VmOptions) -> io::Result<Self> {
+    /// Boots a VM and waits for the agent's READY dial. With
+    /// `ARCBOX_VM_BOOT=embedded` a default boot (the trampoline with a
+    /// per-run share) is embedded instead: the suites on a host without
+    /// virtio-fs.
+    pub fn start(mut options: VmOptions) -> io::Result<Self> {
+        if options.boot == Boot::Trampoline(None)
+            && std::env::var("ARCBOX_VM_BOOT").as_deref() == Ok("embedded")
+        {
+            options.boot = Boot::Embedded;
+        }
         let assets = assets(options.image == Image::Rootfs);
         let guard = tempfile::Builder::new().prefix("arcbox-vm.").tempdir()?;
         let mut vm = Self {
