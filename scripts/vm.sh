@@ -602,15 +602,20 @@ cleanup() {
 	exit "$rc"
 }
 
-# start_virtiofsd TAG DIR: serves DIR on $RUN_DIR/fs-TAG.sock and adds the
-# vhost-user-fs device with that tag to FS_DEVICES (QEMU starts after it).
+# start_virtiofsd TAG DIR [CACHE]: serves DIR on $RUN_DIR/fs-TAG.sock and
+# adds the vhost-user-fs device with that tag to FS_DEVICES (QEMU starts
+# after it). CACHE (default auto, which the host may change under the guest)
+# is `always` for the per-run share: with `auto` every exec of runc and the
+# shim from runtime/bin reads the whole binary through virtiofsd again (its
+# page cache is dropped at each open), which made each `docker run` ~5x
+# slower under TCG.
 # No --tag: QEMU 7.1-8.0 crash on the CONFIG feature it enables; the tag is
 # QEMU's. --sandbox chroot: the namespace sandbox needs unshare rights a
 # container may not have; chroot keeps the guest inside DIR all the same.
 start_virtiofsd() {
-	local tag=$1 dir=$2 sock=$RUN_DIR/fs-$1.sock pid
+	local tag=$1 dir=$2 cache=${3:-auto} sock=$RUN_DIR/fs-$1.sock pid
 	[ -d "$dir" ] || die "share $tag: no folder $dir"
-	"$(virtiofsd_path)" --socket-path="$sock" --shared-dir="$dir" --sandbox=chroot \
+	"$(virtiofsd_path)" --socket-path="$sock" --shared-dir="$dir" --sandbox=chroot --cache="$cache" \
 		>"$RUN_DIR/virtiofsd-$tag.log" 2>&1 &
 	pid=$!
 	VIRTIOFSD_PIDS+=("$pid")
@@ -750,13 +755,15 @@ cmd_run() {
 	else
 		# The default share is a per-run folder (kept with ARCBOX_VM_KEEP=1)
 		# laid out like the reference's host share.
+		local cache=auto
 		if [ -z "$share" ]; then
 			share=$RUN_DIR/share
 			local runtime=""
 			[ "$rootfs" = 0 ] || runtime=$OUT_DIR/runtime-bin
 			make_share "$share" "$runtime"
+			cache=always
 		fi
-		start_virtiofsd arcbox "$share"
+		start_virtiofsd arcbox "$share" "$cache"
 		mode_args="arcbox_vm.share"
 		log "share arcbox: $share (daemon logs in $share/log)"
 	fi

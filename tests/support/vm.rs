@@ -464,31 +464,32 @@ impl Vm {
         disks.extend(self.options.disks.iter().cloned());
         let mem = format!("{}M", self.options.memory_mib);
         let mut cmdline: Vec<String> = self.assets.cmdline.split_whitespace().map(str::to_owned).collect();
+        // (tag, folder, whether the host changes it while the guest runs)
         let mut shares = Vec::new();
         match &self.options.boot {
             Boot::Trampoline(given) => {
                 let share = match given {
-                    Some(dir) => dir.clone(),
-                    None => self.lay_out_share()?,
+                    Some(dir) => (dir.clone(), true),
+                    None => (self.lay_out_share()?, false),
                 };
                 // The rootfs image's trampoline boots the share's agent when told.
                 cmdline.push("arcbox_vm.share".to_owned());
-                shares.push(("arcbox", share));
+                shares.push(("arcbox", share.0, share.1));
             }
             Boot::Embedded => cmdline.push("arcbox_agent.host_share=off".to_owned()),
-            Boot::EmbeddedWithShare(dir) => shares.push(("arcbox", dir.clone())),
+            Boot::EmbeddedWithShare(dir) => shares.push(("arcbox", dir.clone(), true)),
             Boot::EmbeddedMissingShare => {}
         }
-        if let Some((_, dir)) = shares.first() {
+        if let Some((_, dir, _)) = shares.first() {
             self.share = Some(dir.clone());
         }
         if let Some(users) = &self.options.users {
-            shares.push(("users", users.clone()));
+            shares.push(("users", users.clone(), true));
         }
         cmdline.extend(self.options.extra_cmdline.iter().cloned());
         let mut fs_devices = Vec::new();
-        for (tag, dir) in shares {
-            fs_devices.extend(self.start_virtiofsd(tag, &dir)?);
+        for (tag, dir, host_changes_it) in shares {
+            fs_devices.extend(self.start_virtiofsd(tag, &dir, host_changes_it)?);
         }
 
         let mut qemu = Command::new(&self.assets.qemu);
@@ -586,13 +587,21 @@ impl Vm {
     /// Starts virtiofsd serving `dir` for the share `tag`; returns QEMU's
     /// arguments for its device. No `--tag` (QEMU 7.1-8.0 crash on the
     /// config feature it turns on); `--sandbox chroot`, as scripts/vm.sh.
-    fn start_virtiofsd(&mut self, tag: &'static str, dir: &Path) -> io::Result<Vec<String>> {
+    /// `--cache=always` unless the host changes the folder while the guest
+    /// runs (see scripts/vm.sh's `start_virtiofsd`).
+    fn start_virtiofsd(
+        &mut self,
+        tag: &'static str,
+        dir: &Path,
+        host_changes_it: bool,
+    ) -> io::Result<Vec<String>> {
         let socket = self.dir.join(format!("fs-{tag}.sock"));
         let child = spawn_tied(
             Command::new(&self.assets.virtiofsd)
                 .arg(format!("--socket-path={}", socket.display()))
                 .arg(format!("--shared-dir={}", dir.display()))
                 .arg("--sandbox=chroot")
+                .arg(if host_changes_it { "--cache=auto" } else { "--cache=always" })
                 .stdout(log_file(&self.dir.join(format!("virtiofsd-{tag}.log")))?)
                 .stderr(log_file(&self.dir.join(format!("virtiofsd-{tag}.err")))?),
         )?;
