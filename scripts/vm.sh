@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
 # Boot arcbox-agent in a real micro-VM: QEMU (TCG, microvm machine), a Debian
-# cloud kernel, a busybox initramfs that execs the agent as PID 1, and guest
-# vsock exposed on a host Unix socket by vhost-device-vsock ("hybrid vsock").
+# cloud kernel, a busybox initramfs trampoline that mounts the host share
+# (virtio-fs, tag `arcbox`, served by virtiofsd) and execs the agent from it
+# as PID 1, as the reference boots, and guest vsock exposed on a host Unix
+# socket by vhost-device-vsock ("hybrid vsock"). `--embedded` boots the agent
+# from inside the initramfs instead, for hosts without virtio-fs.
 #
 # Usage: scripts/vm.sh <command> [options]
 #   deps              install qemu, busybox, lz4, cpio, socat, a Debian cloud
-#                     kernel and vhost-device-vsock (idempotent, cached)
+#                     kernel, vhost-device-vsock and virtiofsd (idempotent,
+#                     cached)
 #   build-agent       build the static agent binary, print its path
-#   build-initramfs   pack the initramfs (agent as PID 1), print its path
+#   build-initramfs   pack both initramfs images (agent inside; trampoline
+#                     that boots the agent from the share), print their paths
 #   rootfs            build the Debian rootfs image (docker.io, containerd, ...)
 #   prepare [--rootfs]  deps + build-agent + build-initramfs (+ rootfs); prints
 #                     key=value lines for tests/support/vm.rs
 #   run [--smp N] [--mem SIZE] [--rootfs] [--runtime] [--data-disk PATH]
-#       [--nic] [--append ARGS]
+#       [--nic] [--append ARGS] [--share DIR | --embedded] [--users DIR]
 #                     boot, wait for READY, print the hvsock: address, stay up
 #                     until Ctrl-C (or until the guest powers off). --runtime:
 #                     the Debian rootfs plus a data disk (blank sparse 8 GiB,
-#                     or PATH, created if absent and kept), 2 vCPUs, 2 GiB
+#                     or PATH, created if absent and kept), 2 vCPUs, 2 GiB.
+#                     The `arcbox` share is DIR (default: a per-run folder
+#                     laid out like the reference's: bin/arcbox-agent,
+#                     runtime/bin/, log/); --embedded: no share, the agent
+#                     from the image; --users DIR: the optional `users` share
 #   e2e [ARGS...]     cargo test --test vm_e2e --test vm_runtime -- --ignored
 #                     --test-threads=1 (one VM at a time)
 #   bench             boot-to-ready figures (median of 5 boots, min, max)
@@ -46,17 +55,24 @@ VHOST_VERSION=0.3.0
 # which the Docker API proxy needs (`docker run` without -i, `docker run -i`
 # with stdin). See docs/VM-HARNESS.md.
 VHOST_PATCH=$REPO_ROOT/scripts/vhost-device-vsock-half-close.patch
+# virtiofsd, the virtio-fs project's daemon (Rust; Debian bookworm packages
+# none but QEMU 7.2's deprecated C one), built from the crate registry.
+VIRTIOFSD_VERSION=1.14.0
 GUEST_CID=3
 RPC_PORT=1024
 READY_PORT=1025
 # Modules the trampoline loads (dependencies are added from modules.dep, and
 # the load order is computed from it). Everything else the agent may want is
 # copied into the image too (see IMAGE_MODULES).
-BOOT_MODULES="virtio_mmio virtio_pci vmw_vsock_virtio_transport virtio_blk virtio_net"
-IMAGE_MODULES="$BOOT_MODULES virtiofs fuse btrfs overlay ext4 bridge veth br_netfilter nf_nat
+BOOT_MODULES="virtio_mmio virtio_pci vmw_vsock_virtio_transport virtio_blk virtio_net virtiofs"
+IMAGE_MODULES="$BOOT_MODULES fuse btrfs overlay ext4 bridge veth br_netfilter nf_nat
   nf_conntrack xt_conntrack xt_MASQUERADE xt_addrtype iptable_nat iptable_filter
   ip_tables x_tables nft_compat nf_tables tun dummy loop"
 ROOTFS_PACKAGES="docker.io,containerd,runc,crun,catatonit,btrfs-progs,iptables,kmod,iproute2,procps"
+# What the runtime needs in the share's runtime/bin (the reference's list,
+# plus docker-init and docker-proxy), copied from the Debian rootfs packages.
+RUNTIME_BINARIES="usr/sbin/dockerd usr/sbin/docker-proxy usr/bin/docker-init usr/bin/containerd
+  usr/bin/containerd-shim-runc-v2 usr/sbin/runc"
 
 log() { printf 'vm.sh: %s\n' "$*" >&2; }
 die() {
@@ -195,6 +211,24 @@ deps_vhost() {
 	[ -x "$dir/bin/vhost-device-vsock" ] || die "vhost-device-vsock did not install"
 }
 
+virtiofsd_path() {
+	printf '%s/virtiofsd-%s/bin/virtiofsd\n' "$CACHE" "$VIRTIOFSD_VERSION"
+}
+
+# virtiofsd links libseccomp and libcap-ng; ~3-4 min to compile on 2 cores.
+deps_virtiofsd() {
+	local bin
+	bin=$(virtiofsd_path)
+	[ -x "$bin" ] && return 0
+	deps_apt libseccomp-dev libcap-ng-dev
+	log "cargo install virtiofsd $VIRTIOFSD_VERSION (a few minutes)"
+	local start=$SECONDS
+	timeout 2400 cargo install --quiet --locked virtiofsd --version "$VIRTIOFSD_VERSION" \
+		--root "${bin%/bin/virtiofsd}" >&2 || die "cargo install virtiofsd failed"
+	[ -x "$bin" ] || die "virtiofsd did not install"
+	log "virtiofsd $VIRTIOFSD_VERSION built in $((SECONDS - start)) s"
+}
+
 cmd_deps() {
 	mkdir -p "$CACHE"
 	# One installer at a time (parallel test binaries, CI reruns).
@@ -205,6 +239,7 @@ cmd_deps() {
 	have docker || deps_apt docker.io
 	deps_kernel
 	deps_vhost
+	deps_virtiofsd
 	exec 9>&-
 }
 
@@ -282,14 +317,20 @@ install_agent() {
 	fi
 }
 
-# Write the /init trampoline. $1 = mode (initramfs|rootfs), $2 = KREL,
-# stdin = module paths in load order.
+# Write the /init trampoline. $1 = mode (initramfs: exec the agent inside;
+# share: mount the `arcbox` share and exec the agent from it, as the
+# reference's /sbin/init does; rootfs: switch_root into /dev/vda, to the
+# share's agent when the command line says arcbox_vm.share), $2 = KREL,
+# stdin = module paths in load order. A busybox script: busybox is in the
+# image anyway (insmod, mount, switch_root), and the script's own cost is a
+# few ms of the boot (docs/VM-HARNESS.md has the figures).
 write_init() {
 	local mode=$1 krel=$2 m
 	cat <<'EOF'
 #!/bin/sh
 # arcbox-vm trampoline (generated by scripts/vm.sh): mount the kernel
-# filesystems, load the virtio/vsock modules, then exec the agent as PID 1.
+# filesystems, load the virtio/vsock/virtio-fs modules, then exec the agent
+# as PID 1.
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -302,8 +343,21 @@ EOF
 			"$krel" "$m" "${m##*/}"
 	done
 	echo 'fi'
-	if [ "$mode" = rootfs ]; then
+	# mount_share ROOT: the host share at ROOT/arcbox, or power off saying why.
+	cat <<'EOF'
+mount_share() {
+	mkdir -p "$1/arcbox"
+	mount -t virtiofs arcbox "$1/arcbox" ||
+		{ echo "trampoline: cannot mount the arcbox share (no virtio-fs device tagged arcbox?)"; poweroff -f; }
+	[ -x "$1/arcbox/bin/arcbox-agent" ] ||
+		{ echo "trampoline: the arcbox share has no bin/arcbox-agent"; poweroff -f; }
+}
+EOF
+	case $mode in
+	rootfs)
 		cat <<'EOF'
+share=0
+grep -qw arcbox_vm.share /proc/cmdline && share=1
 root=/dev/vda
 i=0
 while [ ! -b "$root" ] && [ "$i" -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
@@ -313,17 +367,27 @@ mkdir -p /newroot
 mount -t ext4 -o rw "$root" /newroot 2>/dev/null ||
 	mount -t ext4 -o rw "$(findfs LABEL=arcbox-root)" /newroot ||
 	{ echo "trampoline: cannot mount the root disk"; poweroff -f; }
+agent=/sbin/arcbox-agent
+if [ "$share" = 1 ]; then
+	mount_share /newroot
+	agent=/arcbox/bin/arcbox-agent
+fi
 for d in dev proc sys; do mkdir -p "/newroot/$d"; mount --move "/$d" "/newroot/$d"; done
-exec switch_root /newroot /sbin/arcbox-agent
+exec switch_root /newroot "$agent"
 EOF
-	else
-		echo 'exec /sbin/arcbox-agent'
-	fi
-	echo 'echo "trampoline: exec /sbin/arcbox-agent failed"; poweroff -f'
+		;;
+	share)
+		echo 'mount_share ""'
+		echo 'exec /arcbox/bin/arcbox-agent'
+		;;
+	*) echo 'exec /sbin/arcbox-agent' ;;
+	esac
+	echo 'echo "trampoline: exec of the agent failed"; poweroff -f'
 }
 
-# Pack an initramfs. $1 = mode (initramfs: agent inside; rootfs: trampoline
-# that switch_roots into /dev/vda, which holds the agent), $2 = output path.
+# Pack an initramfs. $1 = mode (initramfs: agent inside; share: trampoline
+# that boots the agent from the host share; rootfs: trampoline that
+# switch_roots into /dev/vda), $2 = output path, $3 = the agent (initramfs).
 pack_initramfs() {
 	local mode=$1 out=$2 agent=${3:-}
 	load_kernel_env
@@ -344,14 +408,14 @@ pack_initramfs() {
 	fi
 	local boot_mods image_mods
 	boot_mods=$(module_closure "$moddir" "$BOOT_MODULES")
-	if [ "$mode" = initramfs ]; then
+	if [ "$mode" = rootfs ]; then
+		image_mods=$boot_mods
+	else
 		# The agent loads modules itself later (finit_module + modules.dep),
 		# so the image carries more than the trampoline loads.
 		image_mods=$(module_closure "$moddir" "$IMAGE_MODULES")
-		install_agent "$agent" "$stage/sbin/arcbox-agent"
-	else
-		image_mods=$boot_mods
 	fi
+	[ "$mode" != initramfs ] || install_agent "$agent" "$stage/sbin/arcbox-agent"
 	local m
 	for m in $image_mods; do
 		mkdir -p "$stage/lib/modules/$KREL/${m%/*}"
@@ -368,12 +432,32 @@ pack_initramfs() {
 	STAGE_DIR=""
 }
 
+# Both initramfs images (printed in this order), and the stripped agent
+# the share's bin/ gets.
 cmd_build_initramfs() {
 	local agent
 	agent=$(cmd_build_agent)
 	pack_initramfs initramfs "$OUT_DIR/initramfs.cpio.gz" "$agent"
-	log "initramfs: $OUT_DIR/initramfs.cpio.gz ($(du -h "$OUT_DIR/initramfs.cpio.gz" | cut -f1))"
-	printf '%s\n' "$OUT_DIR/initramfs.cpio.gz"
+	pack_initramfs share "$OUT_DIR/initramfs-share.cpio.gz"
+	mkdir -p "$OUT_DIR/share-bin"
+	install_agent "$agent" "$OUT_DIR/share-bin/arcbox-agent.tmp"
+	mv "$OUT_DIR/share-bin/arcbox-agent.tmp" "$OUT_DIR/share-bin/arcbox-agent"
+	log "initramfs: $OUT_DIR/initramfs.cpio.gz ($(du -h "$OUT_DIR/initramfs.cpio.gz" | cut -f1)), trampoline $OUT_DIR/initramfs-share.cpio.gz ($(du -h "$OUT_DIR/initramfs-share.cpio.gz" | cut -f1))"
+	printf '%s\n%s\n' "$OUT_DIR/initramfs.cpio.gz" "$OUT_DIR/initramfs-share.cpio.gz"
+}
+
+# make_share DIR [RUNTIME_BIN]: lay DIR out like the reference's host share:
+# bin/arcbox-agent, runtime/bin/ (the runtime's binaries, when given), log/.
+# Hard links when on the same filesystem, copies otherwise.
+make_share() {
+	local dir=$1 runtime=${2:-} f
+	mkdir -p "$dir/bin" "$dir/runtime/bin" "$dir/log"
+	ln -f "$OUT_DIR/share-bin/arcbox-agent" "$dir/bin/arcbox-agent" 2>/dev/null ||
+		cp "$OUT_DIR/share-bin/arcbox-agent" "$dir/bin/arcbox-agent"
+	[ -n "$runtime" ] || return 0
+	for f in "$runtime"/*; do
+		ln -f "$f" "$dir/runtime/bin/" 2>/dev/null || cp "$f" "$dir/runtime/bin/"
+	done
 }
 
 # --- rootfs image --------------------------------------------------------
@@ -424,6 +508,13 @@ cmd_rootfs() {
 	truncate -s "${size_mb}M" "$img"
 	mkfs.ext4 -q -F -L arcbox-root -d "$tree" "$img" "${size_mb}M"
 	pack_initramfs rootfs "$OUT_DIR/initramfs-rootfs.cpio.gz"
+	# The share's runtime/bin, from the same packages. The image keeps its
+	# own copies, so the embedded mode (no share) still runs the runtime.
+	local b
+	rm -rf "$OUT_DIR/runtime-bin" && mkdir -p "$OUT_DIR/runtime-bin"
+	for b in $RUNTIME_BINARIES; do
+		cp -L "$tree/$b" "$OUT_DIR/runtime-bin/" || die "no $b in the rootfs tree"
+	done
 	printf '%s\n' "$img"
 }
 
@@ -434,14 +525,17 @@ cmd_prepare() {
 	[ "${1:-}" = --rootfs ] && rootfs=1
 	cmd_deps
 	load_kernel_env
-	local initramfs
-	initramfs=$(cmd_build_initramfs)
+	local images
+	images=$(cmd_build_initramfs)
 	echo "qemu=$(command -v qemu-system-x86_64)"
 	echo "vhost=$(vhost_dir)/bin/vhost-device-vsock"
+	echo "virtiofsd=$(virtiofsd_path)"
+	echo "share_initramfs=$(sed -n 2p <<<"$images")"
+	echo "share_agent=$OUT_DIR/share-bin/arcbox-agent"
 	echo "kernel=$VMLINUX"
 	echo "kernel_release=$KREL"
 	echo "kernel_package_version=$KVERSION"
-	echo "initramfs=$initramfs"
+	echo "initramfs=$(sed -n 1p <<<"$images")"
 	echo "tsc_khz=$(tsc_khz)"
 	echo "cmdline=$(base_cmdline)"
 	if [ "$rootfs" = 1 ]; then
@@ -449,6 +543,7 @@ cmd_prepare() {
 		img=$(cmd_rootfs)
 		echo "rootfs=$img"
 		echo "rootfs_initramfs=$OUT_DIR/initramfs-rootfs.cpio.gz"
+		echo "runtime_bin=$OUT_DIR/runtime-bin"
 	fi
 }
 
@@ -467,6 +562,9 @@ STAGE_DIR=""
 QEMU_PID=""
 VHOST_PID=""
 READY_PID=""
+# virtiofsd per share, and the QEMU arguments of their devices.
+VIRTIOFSD_PIDS=()
+FS_DEVICES=()
 
 stop_pid() {
 	local pid=$1
@@ -492,7 +590,9 @@ cleanup() {
 	stop_pid "$READY_PID"
 	stop_pid "$QEMU_PID"
 	stop_pid "$VHOST_PID"
-	QEMU_PID="" VHOST_PID="" READY_PID=""
+	local p
+	for p in "${VIRTIOFSD_PIDS[@]}"; do stop_pid "$p"; done
+	QEMU_PID="" VHOST_PID="" READY_PID="" VIRTIOFSD_PIDS=()
 	[ -z "$STAGE_DIR" ] || rm -rf "$STAGE_DIR"
 	if [ -n "$RUN_DIR" ] && [ -z "${ARCBOX_VM_KEEP:-}" ]; then
 		rm -rf "$RUN_DIR"
@@ -500,6 +600,33 @@ cleanup() {
 		log "kept $RUN_DIR"
 	fi
 	exit "$rc"
+}
+
+# start_virtiofsd TAG DIR [CACHE]: serves DIR on $RUN_DIR/fs-TAG.sock and
+# adds the vhost-user-fs device with that tag to FS_DEVICES (QEMU starts
+# after it). CACHE (default auto, which the host may change under the guest)
+# is `always` for the per-run share: with `auto` every exec of runc and the
+# shim from runtime/bin reads the whole binary through virtiofsd again (its
+# page cache is dropped at each open), which made each `docker run` ~5x
+# slower under TCG.
+# No --tag: QEMU 7.1-8.0 crash on the CONFIG feature it enables; the tag is
+# QEMU's. --sandbox chroot: the namespace sandbox needs unshare rights a
+# container may not have; chroot keeps the guest inside DIR all the same.
+start_virtiofsd() {
+	local tag=$1 dir=$2 cache=${3:-auto} sock=$RUN_DIR/fs-$1.sock pid
+	[ -d "$dir" ] || die "share $tag: no folder $dir"
+	"$(virtiofsd_path)" --socket-path="$sock" --shared-dir="$dir" --sandbox=chroot --cache="$cache" \
+		>"$RUN_DIR/virtiofsd-$tag.log" 2>&1 &
+	pid=$!
+	VIRTIOFSD_PIDS+=("$pid")
+	for _ in $(seq 100); do
+		[ -S "$sock" ] && break
+		kill -0 "$pid" 2>/dev/null || die "virtiofsd ($tag) exited: $(cat "$RUN_DIR/virtiofsd-$tag.log")"
+		sleep 0.05
+	done
+	[ -S "$sock" ] || die "virtiofsd ($tag) did not create its socket"
+	FS_DEVICES+=(-chardev "socket,id=fs-$tag,path=$sock"
+		-device "vhost-user-fs-device,chardev=fs-$tag,tag=$tag")
 }
 
 # boot_vm SMP MEM KERNEL INITRD APPEND [DISK...]: start the backend and QEMU in
@@ -552,7 +679,7 @@ boot_vm() {
 		-serial "file:$RUN_DIR/console.log" \
 		-chardev "socket,id=vsk,path=$RUN_DIR/vhost.sock" \
 		-device vhost-user-vsock-device,chardev=vsk \
-		"${disks[@]}" "${nic[@]}" >"$RUN_DIR/qemu.log" 2>&1 &
+		"${FS_DEVICES[@]}" "${disks[@]}" "${nic[@]}" >"$RUN_DIR/qemu.log" 2>&1 &
 	QEMU_PID=$!
 	local deadline=$((start + timeout_s * 1000000000))
 	while :; do
@@ -582,17 +709,19 @@ boot_vm() {
 # tsc=reliable: with 2+ vCPUs the kernel finds the TSCs "unsynchronized" and
 # falls back to jiffies (4 ms steps in every boot figure); TCG's rdtsc reads
 # the host's synchronized TSC, so trusting it is right.
-# arcbox_agent.host_share=off: this QEMU has no virtiofsd (Debian bookworm
-# does not package it), so the reference's required `arcbox` share is off.
+# The `arcbox` share's mode (booted from, absent) is added per boot.
 base_cmdline() {
-	printf 'console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz=%s tsc=reliable cryptomgr.notests arcbox_agent.host_share=off arcbox_agent.ready_port=%s' \
+	printf 'console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz=%s tsc=reliable cryptomgr.notests arcbox_agent.ready_port=%s' \
 		"$(tsc_khz)" "$READY_PORT"
 }
 
 cmd_run() {
-	local smp=2 mem="" rootfs=0 runtime=0 data_disk="" append=""
+	local smp=2 mem="" rootfs=0 runtime=0 data_disk="" append="" share="" embedded=0 users=""
 	while [ $# -gt 0 ]; do
 		case $1 in
+		--share) share=$2 && shift 2 ;;
+		--embedded) embedded=1 && shift ;;
+		--users) users=$2 && shift 2 ;;
 		--smp) smp=$2 && shift 2 ;;
 		--mem) mem=$2 && shift 2 ;;
 		--rootfs) rootfs=1 && shift ;;
@@ -604,19 +733,41 @@ cmd_run() {
 		esac
 	done
 	[ -z "$data_disk" ] || [ "$rootfs" = 1 ] || die "run: --data-disk needs --rootfs or --runtime"
+	[ -z "$share" ] || [ "$embedded" = 0 ] || die "run: --share and --embedded exclude each other"
 	# dockerd and containerd want room: the runtime VM gets 2 GiB.
 	if [ -z "$mem" ] && [ "$runtime" = 1 ]; then mem=2G; fi
 	mem=${mem:-512M}
 	cmd_deps
 	load_kernel_env
-	local initrd disks=()
+	local initrd disks=() images mode_args
+	images=$(cmd_build_initramfs)
 	if [ "$rootfs" = 1 ]; then
 		cmd_rootfs >/dev/null
 		initrd=$OUT_DIR/initramfs-rootfs.cpio.gz
+	elif [ "$embedded" = 1 ]; then
+		initrd=$(sed -n 1p <<<"$images")
 	else
-		initrd=$(cmd_build_initramfs)
+		initrd=$(sed -n 2p <<<"$images")
 	fi
 	RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/arcbox-vm.XXXXXX")
+	if [ "$embedded" = 1 ]; then
+		mode_args="arcbox_agent.host_share=off"
+	else
+		# The default share is a per-run folder (kept with ARCBOX_VM_KEEP=1)
+		# laid out like the reference's host share.
+		local cache=auto
+		if [ -z "$share" ]; then
+			share=$RUN_DIR/share
+			local runtime=""
+			[ "$rootfs" = 0 ] || runtime=$OUT_DIR/runtime-bin
+			make_share "$share" "$runtime"
+			cache=always
+		fi
+		start_virtiofsd arcbox "$share" "$cache"
+		mode_args="arcbox_vm.share"
+		log "share arcbox: $share (daemon logs in $share/log)"
+	fi
+	[ -z "$users" ] || start_virtiofsd users "$users"
 	if [ "$rootfs" = 1 ]; then
 		# The cached image stays pristine under a snapshot overlay. The data
 		# disk is blank and sparse unless given (then it is kept, so a second
@@ -632,7 +783,7 @@ cmd_run() {
 		fi
 		disks=("$OUT_DIR/rootfs.ext4:snapshot" "$data_disk")
 	fi
-	boot_vm "$smp" "$mem" "$VMLINUX" "$initrd" "$(base_cmdline) $append" "${disks[@]}" ||
+	boot_vm "$smp" "$mem" "$VMLINUX" "$initrd" "$(base_cmdline) $mode_args $append" "${disks[@]}" ||
 		die "boot failed (console: $RUN_DIR/console.log)"
 	log "ready in $((READY_NS / 1000000)) ms: $READY_LINE"
 	log "console: $RUN_DIR/console.log; Ctrl-C stops the VM"

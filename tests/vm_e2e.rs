@@ -20,6 +20,8 @@ mod authz;
 mod copy;
 #[path = "vm_e2e/exec.rs"]
 mod exec;
+#[path = "vm_e2e/share.rs"]
+mod share;
 #[path = "vm_e2e/time.rs"]
 mod time;
 
@@ -222,7 +224,7 @@ async fn the_agents_dhcp_client_leases_the_nic_its_address_and_dns_from_qemu() {
 async fn the_agent_loads_the_vsock_modules_itself_when_the_trampoline_does_not() {
     // The trampoline skips its insmods; the agent must load virtio and
     // vsock with finit_module from the image's modules.dep before binding.
-    let vm = boot(VmOptions::default().cmdline("arcbox_vm.no_modules"));
+    let vm = boot(VmOptions::default().boot(vm::Boot::EmbeddedMissingShare).cmdline("arcbox_vm.no_modules"));
     let mut agent = client(&vm).await;
     agent.ping(None).await.expect("ping");
     let report = agent.boot_report().await.expect("boot report");
@@ -232,6 +234,7 @@ async fn the_agent_loads_the_vsock_modules_itself_when_the_trampoline_does_not()
         .find(|s| s.name.contains("vsock"))
         .unwrap_or_else(|| panic!("no vsock module step in {:?}", report.steps));
     assert_eq!(step.outcome, "ok", "{step:?}");
+    share::a_missing_share_is_a_clear_critical_failure(&mut agent).await;
 }
 
 #[tokio::test]
@@ -461,6 +464,21 @@ async fn the_boot_report_lists_every_init_step_and_the_listener_came_first() {
         "agent start -> listener ready {} us, -> init complete {} us",
         report.listener_ready_us, report.init_complete_us
     );
+    share::the_agent_booted_from_the_share_through_the_trampoline(&vm, &mut agent).await;
+}
+
+/// Its own boot: a share the trampoline could not boot from, which the
+/// host then breaks further (see `vm_e2e/share.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "boots a micro-VM; run with scripts/vm.sh e2e"]
+async fn a_broken_host_share_is_reported_and_the_agent_keeps_serving() {
+    let (share_dir, users) = (tempfile::tempdir().expect("share"), tempfile::tempdir().expect("users"));
+    let mut vm =
+        tokio::task::block_in_place(|| boot(share::broken_share_options(share_dir.path(), users.path())));
+    let mut agent = client(&vm).await;
+    share::a_broken_share_is_reported_and_the_agent_keeps_serving(&mut vm, &mut agent).await;
+    assert_still_serving(&vm).await;
+    tokio::task::block_in_place(|| drop(vm));
 }
 
 #[tokio::test]
@@ -494,7 +512,8 @@ async fn debian_rootfs_image_serves_over_vsock_with_the_runtime_binaries() {
     for service in ["containerd", "dockerd"] {
         assert!(services.contains(&service), "runtime status lacks {service}: {status:?}");
     }
-    // The runtime binaries are in the image the agent booted from.
+    share::the_share_carries_the_runtime_binaries(&vm);
+    // The image keeps its own copies, for the embedded mode.
     let image = vm.assets().rootfs.as_ref().expect("rootfs image");
     for binary in ["/usr/sbin/dockerd", "/usr/bin/containerd", "/usr/sbin/runc", "/usr/sbin/mkfs.btrfs"] {
         let out = std::process::Command::new("debugfs")
@@ -507,7 +526,9 @@ async fn debian_rootfs_image_serves_over_vsock_with_the_runtime_binaries() {
     }
 }
 
-/// Boot-to-ready figures: median of 5 boots with min and max. Run by
+/// Boot-to-ready figures: median of 5 boots with min and max, through the
+/// trampoline (the agent from the share) and with the agent embedded in
+/// the initramfs, boots of the two kinds taking turns. Run by
 /// `scripts/vm.sh bench`; a no-op unless `ARCBOX_VM_BENCH=1`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark; run with scripts/vm.sh bench"]
@@ -517,47 +538,14 @@ async fn bench_boot_to_ready() {
         return;
     }
     let boots: usize = std::env::var("ARCBOX_VM_BENCH_BOOTS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let mut ready = Vec::new();
-    let mut first_ping = Vec::new();
-    let mut listener_ready = Vec::new();
-    let mut init_complete = Vec::new();
-    let mut kernel_to_agent = Vec::new();
-    let mut rss = None;
+    let mut modes = [
+        BootFigures::new("trampoline (agent from the share)", VmOptions::default()),
+        BootFigures::new("embedded (agent in the initramfs)", VmOptions::default().embedded()),
+    ];
     for i in 0..boots {
-        let vm = tokio::task::block_in_place(|| boot(VmOptions::default()));
-        let mut agent = client(&vm).await;
-        agent.ping(None).await.expect("ping");
-        let pinged = vm.started().elapsed();
-        ready.push(vm.ready_after());
-        first_ping.push(pinged);
-        // Init goes on after the listener is up: wait for it to finish.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut report = agent.boot_report().await;
-        while matches!(&report, Ok(r) if r.init_complete_us == 0) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            report = agent.boot_report().await;
+        for mode in &mut modes {
+            mode.boot_once(i).await;
         }
-        match report {
-            Ok(report) if report.init_complete_us == 0 => eprintln!("boot {i}: init not complete after 30 s"),
-            Ok(report) => {
-                listener_ready.push(Duration::from_micros(report.listener_ready_us));
-                init_complete.push(Duration::from_micros(report.init_complete_us));
-                kernel_to_agent.push(Duration::from_secs_f64(report.kernel_uptime_at_start_secs.max(0.0)));
-            }
-            Err(e) => eprintln!("boot {i}: no boot report ({e})"),
-        }
-        eprintln!("boot {i}: READY {:?}, first ping answered {pinged:?}", vm.ready_after());
-        if i == 0 {
-            let idle = agent.system_info().await.expect("system info").agent_rss_bytes;
-            let started = Instant::now();
-            for _ in 0..1000 {
-                agent.ping(None).await.expect("ping");
-            }
-            let rate = 1000.0 / started.elapsed().as_secs_f64();
-            let busy = agent.system_info().await.expect("system info").agent_rss_bytes;
-            rss = Some((idle, busy, rate));
-        }
-        tokio::task::block_in_place(|| drop(vm));
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -571,31 +559,103 @@ async fn bench_boot_to_ready() {
         "host load average after the run: {}",
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
-    let show = |name: &str, samples: &mut Vec<Duration>| {
-        if samples.is_empty() {
-            println!("{name:<40} n/a");
-            return;
+    for mode in &mut modes {
+        mode.print();
+    }
+}
+
+/// One boot mode's samples for `bench_boot_to_ready`.
+struct BootFigures {
+    label: &'static str,
+    options: VmOptions,
+    ready: Vec<Duration>,
+    first_ping: Vec<Duration>,
+    listener_ready: Vec<Duration>,
+    init_complete: Vec<Duration>,
+    kernel_to_agent: Vec<Duration>,
+    rss: Option<(u64, u64, f64)>,
+}
+
+impl BootFigures {
+    fn new(label: &'static str, options: VmOptions) -> Self {
+        Self {
+            label,
+            options,
+            ready: Vec::new(),
+            first_ping: Vec::new(),
+            listener_ready: Vec::new(),
+            init_complete: Vec::new(),
+            kernel_to_agent: Vec::new(),
+            rss: None,
         }
-        let (median, min, max) = vm::summarize(samples);
-        println!(
-            "{name:<40} median {:>8.1} ms  min {:>8.1} ms  max {:>8.1} ms  (n={})",
-            median.as_secs_f64() * 1e3,
-            min.as_secs_f64() * 1e3,
-            max.as_secs_f64() * 1e3,
-            samples.len()
-        );
-    };
-    show("QEMU start -> READY dial", &mut ready);
-    show("QEMU start -> first Ping answered", &mut first_ping);
-    show("kernel start -> agent start (uptime)", &mut kernel_to_agent);
-    show("agent start -> listener ready", &mut listener_ready);
-    show("agent start -> init complete", &mut init_complete);
-    if let Some((idle, busy, rate)) = rss {
-        println!(
-            "agent RSS: idle {:.1} MiB, after 1000 Pings {:.1} MiB ({rate:.0} sequential Pings/s)",
-            idle as f64 / f64::from(1 << 20),
-            busy as f64 / f64::from(1 << 20)
-        );
+    }
+
+    async fn boot_once(&mut self, i: usize) {
+        let vm = tokio::task::block_in_place(|| boot(self.options.clone()));
+        let mut agent = client(&vm).await;
+        agent.ping(None).await.expect("ping");
+        let pinged = vm.started().elapsed();
+        self.ready.push(vm.ready_after());
+        self.first_ping.push(pinged);
+        // Init goes on after the listener is up: wait for it to finish.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut report = agent.boot_report().await;
+        while matches!(&report, Ok(r) if r.init_complete_us == 0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            report = agent.boot_report().await;
+        }
+        match report {
+            Ok(report) if report.init_complete_us == 0 => eprintln!("boot {i}: init not complete after 30 s"),
+            Ok(report) => {
+                self.listener_ready.push(Duration::from_micros(report.listener_ready_us));
+                self.init_complete.push(Duration::from_micros(report.init_complete_us));
+                self.kernel_to_agent
+                    .push(Duration::from_secs_f64(report.kernel_uptime_at_start_secs.max(0.0)));
+            }
+            Err(e) => eprintln!("boot {i}: no boot report ({e})"),
+        }
+        eprintln!("{} boot {i}: READY {:?}, first ping answered {pinged:?}", self.label, vm.ready_after());
+        if i == 0 {
+            let idle = agent.system_info().await.expect("system info").agent_rss_bytes;
+            let started = Instant::now();
+            for _ in 0..1000 {
+                agent.ping(None).await.expect("ping");
+            }
+            let rate = 1000.0 / started.elapsed().as_secs_f64();
+            let busy = agent.system_info().await.expect("system info").agent_rss_bytes;
+            self.rss = Some((idle, busy, rate));
+        }
+        tokio::task::block_in_place(|| drop(vm));
+    }
+
+    fn print(&mut self) {
+        println!("--- {} ---", self.label);
+        let show = |name: &str, samples: &mut Vec<Duration>| {
+            if samples.is_empty() {
+                println!("{name:<40} n/a");
+                return;
+            }
+            let (median, min, max) = vm::summarize(samples);
+            println!(
+                "{name:<40} median {:>8.1} ms  min {:>8.1} ms  max {:>8.1} ms  (n={})",
+                median.as_secs_f64() * 1e3,
+                min.as_secs_f64() * 1e3,
+                max.as_secs_f64() * 1e3,
+                samples.len()
+            );
+        };
+        show("QEMU start -> READY dial", &mut self.ready);
+        show("QEMU start -> first Ping answered", &mut self.first_ping);
+        show("kernel start -> agent start (uptime)", &mut self.kernel_to_agent);
+        show("agent start -> listener ready", &mut self.listener_ready);
+        show("agent start -> init complete", &mut self.init_complete);
+        if let Some((idle, busy, rate)) = self.rss {
+            println!(
+                "agent RSS: idle {:.1} MiB, after 1000 Pings {:.1} MiB ({rate:.0} sequential Pings/s)",
+                idle as f64 / f64::from(1 << 20),
+                busy as f64 / f64::from(1 << 20)
+            );
+        }
     }
 }
 

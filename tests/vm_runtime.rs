@@ -29,6 +29,8 @@ mod exec;
 
 #[path = "vm_runtime/sandbox.rs"]
 mod sandbox;
+#[path = "vm_runtime/share.rs"]
+mod share;
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -318,6 +320,7 @@ async fn ensure_runtime_formats_a_blank_disk_and_the_docker_cli_runs_containers_
     assert!(!before.docker_ready, "{before:?}");
 
     let (took, status) = ensure_ready(&mut agent).await;
+    share::the_daemons_run_from_the_share_and_log_to_the_host(&vm, &mut agent, &status).await;
     // Readiness is gated on dockerd's /_ping: the CLI works at the first try.
     let docker = DockerProxy::start(&vm);
     let version = docker.server_version().await;
@@ -505,6 +508,7 @@ async fn a_second_boot_on_the_same_data_disk_mounts_it_and_keeps_the_image() {
         "FIGURE shutdown_to_qemu_exit_ms={} (containerd and dockerd running)",
         asked.elapsed().as_millis()
     );
+    share::the_daemon_logs_outlive_the_vm(&vm);
     stop(vm);
     // The host sees a Btrfs superblock (magic at 64 KiB + 64) on the disk.
     let mut head = vec![0u8; 0x10048];

@@ -28,6 +28,8 @@ pub const DEFAULT_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
 pub const DOCKER_BRIDGE_GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
 /// The host share the reference boots from (tag `arcbox`).
 pub const HOST_SHARE_DIR: &str = "/arcbox";
+/// The host share's VirtioFS tag.
+pub const HOST_SHARE_TAG: &str = "arcbox";
 /// Preferred directory of the runtime binaries (on the host share), then `PATH`.
 pub const DEFAULT_RUNTIME_BIN_DIR: &str = "/arcbox/runtime/bin";
 /// containerd's API socket: where the agent starts containerd, and where
@@ -191,7 +193,7 @@ impl Default for InitConfig {
             ip_forward: true,
             shares: vec![
                 ShareConfig {
-                    tag: "arcbox".into(),
+                    tag: HOST_SHARE_TAG.into(),
                     path: HOST_SHARE_DIR.into(),
                     options: "dax=always".into(),
                     required: true,
@@ -663,11 +665,11 @@ impl AgentConfig {
                 };
                 match value {
                     "required" | "optional" => {
-                        for share in self.init.shares.iter_mut().filter(|s| s.tag == "arcbox") {
+                        for share in self.init.shares.iter_mut().filter(|s| s.tag == HOST_SHARE_TAG) {
                             share.required = value == "required";
                         }
                     }
-                    "off" => self.init.shares.retain(|s| s.tag != "arcbox"),
+                    "off" => self.init.shares.retain(|s| s.tag != HOST_SHARE_TAG),
                     _ => return Err(bad()),
                 }
             }

@@ -37,6 +37,7 @@
 //! - [`init`]: the init plan (named, idempotent steps) and its runner.
 //! - [`modules`]: kernel modules in modules.dep order.
 //! - [`reaper`]: the one owner of child exits.
+//! - [`share`]: the host share (`/arcbox`): its layout and a monitor that never blocks on it.
 //! - [`shutdown`]: the ordered shutdown and the power controls that run it.
 //! - [`stats`]: samples of the guest's and its containers' counters (the Stats requests).
 //! - [`sys`]: OS traits; `sys::linux` implements them on Linux.
@@ -65,6 +66,7 @@ pub mod reaper;
 pub mod rpc;
 pub mod runtime;
 pub mod sandbox;
+pub mod share;
 pub mod shutdown;
 pub mod stats;
 pub mod storage;

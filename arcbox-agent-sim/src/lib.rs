@@ -117,5 +117,7 @@ fn prepare(fake: &FakeGuest) {
     files.set_read_only("/");
     // The fake filesystem never fails to make a directory.
     let _ = files.create_dir_all(std::path::Path::new(DEFAULT_LOG_DIR));
+    // The host share as the reference lays it out: the agent it booted from.
+    files.put("/arcbox/bin/arcbox-agent", "#!fake agent\n");
     fake.processes.install("mkfs.btrfs", FakeProgram::exits(ExitStatus::Code(0)).after(MKFS_TIME));
 }

@@ -1,12 +1,16 @@
 //! Boots arcbox-agent in a real micro-VM for end-to-end tests.
 //!
-//! The assets (QEMU, a Debian cloud kernel, vhost-device-vsock, the static
-//! agent and its initramfs) come from `scripts/vm.sh prepare`, so the shell
-//! script stays the one implementation of installing and packing. This
-//! module only starts the two processes of one VM in a private temp dir:
+//! The assets (QEMU, a Debian cloud kernel, vhost-device-vsock, virtiofsd,
+//! the static agent and the initramfs images) come from `scripts/vm.sh
+//! prepare`, so the shell script stays the one implementation of installing
+//! and packing. This module only starts the processes of one VM in a
+//! private temp dir:
 //!
 //! * `vhost-device-vsock`, the vhost-user backend that exposes guest vsock
 //!   on a host Unix socket ("hybrid vsock": `CONNECT <port>\n` / `OK <n>\n`);
+//! * `virtiofsd` for the host share (tag `arcbox`, a per-run folder laid out
+//!   like the reference's: `bin/arcbox-agent`, `runtime/bin/`, `log/`),
+//!   which the trampoline mounts and boots the agent from ([`Boot`]);
 //! * `qemu-system-x86_64` (microvm machine, TCG; the software KVM of these
 //!   machines cannot run stock kernels).
 //!
@@ -51,6 +55,12 @@ pub struct Assets {
     pub qemu: PathBuf,
     /// vhost-device-vsock binary.
     pub vhost: PathBuf,
+    /// virtiofsd binary (the host share).
+    pub virtiofsd: PathBuf,
+    /// Initramfs whose trampoline mounts the share and execs the agent from it.
+    pub share_initramfs: PathBuf,
+    /// The stripped static agent a share's `bin/arcbox-agent` gets.
+    pub share_agent: PathBuf,
     /// Uncompressed ELF kernel (PVH boot).
     pub kernel: PathBuf,
     /// `uname -r` of that kernel, e.g. `6.1.0-28-cloud-amd64`.
@@ -67,6 +77,8 @@ pub struct Assets {
     pub rootfs: Option<PathBuf>,
     /// Initramfs that mounts `/dev/vda` and switch_roots into it.
     pub rootfs_initramfs: Option<PathBuf>,
+    /// The runtime's binaries from the Debian packages (a share's `runtime/bin`).
+    pub runtime_bin: Option<PathBuf>,
 }
 
 /// Root of the workspace (the root package's manifest dir).
@@ -90,6 +102,9 @@ fn run_prepare(rootfs: bool) -> Assets {
     Assets {
         qemu: need("qemu").into(),
         vhost: need("vhost").into(),
+        virtiofsd: need("virtiofsd").into(),
+        share_initramfs: need("share_initramfs").into(),
+        share_agent: need("share_agent").into(),
         kernel: need("kernel").into(),
         kernel_release: need("kernel_release"),
         kernel_package_version: need("kernel_package_version"),
@@ -98,6 +113,7 @@ fn run_prepare(rootfs: bool) -> Assets {
         cmdline: need("cmdline"),
         rootfs: get("rootfs").map(PathBuf::from),
         rootfs_initramfs: get("rootfs_initramfs").map(PathBuf::from),
+        runtime_bin: get("runtime_bin").map(PathBuf::from),
     }
 }
 
@@ -121,6 +137,25 @@ pub enum Image {
     /// Debian rootfs on `/dev/vda` (ext4, booted read-write over a
     /// throwaway snapshot) plus a blank data disk on `/dev/vdb`.
     Rootfs,
+}
+
+/// Where the agent boots from, and the host share (VirtioFS tag `arcbox`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// The reference's way: the trampoline mounts the share and execs
+    /// `/arcbox/bin/arcbox-agent` as PID 1. `None`: a per-run share laid
+    /// out like the reference's (the runtime's binaries in `runtime/bin`
+    /// for the rootfs image); `Some(dir)`: that folder as it is.
+    Trampoline(Option<PathBuf>),
+    /// The agent inside the image, no share device, and the agent told so
+    /// (`arcbox_agent.host_share=off`): hosts without virtio-fs.
+    Embedded,
+    /// The agent inside the image, mounting this folder as its share
+    /// itself (a share the trampoline could not boot from).
+    EmbeddedWithShare(PathBuf),
+    /// The agent inside the image, no share device, and the agent's
+    /// default (the share required): a share that is missing.
+    EmbeddedMissingShare,
 }
 
 /// How to boot a VM.
@@ -148,6 +183,10 @@ pub struct VmOptions {
     pub ready_timeout: Duration,
     /// Files added to the initramfs image (guest path, contents).
     pub files: Vec<(String, Vec<u8>)>,
+    /// Where the agent boots from and the host share.
+    pub boot: Boot,
+    /// The optional `users` share (mounted at /Users when present).
+    pub users: Option<PathBuf>,
 }
 
 /// QEMU user networking, as the guest sees it.
@@ -174,6 +213,8 @@ impl Default for VmOptions {
             nic: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             files: Vec::new(),
+            boot: Boot::Trampoline(None),
+            users: None,
         }
     }
 }
@@ -240,6 +281,24 @@ impl VmOptions {
         self
     }
 
+    /// Boots the agent from the image, with no share (hosts without virtio-fs).
+    pub fn embedded(mut self) -> Self {
+        self.boot = Boot::Embedded;
+        self
+    }
+
+    /// Sets where the agent boots from and the share.
+    pub fn boot(mut self, boot: Boot) -> Self {
+        self.boot = boot;
+        self
+    }
+
+    /// Adds the optional `users` share, served from `dir`.
+    pub fn users(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.users = Some(dir.into());
+        self
+    }
+
     /// Adds a file at `path` (absolute, in the guest) to the initramfs
     /// image, e.g. a config file: this boot's initrd is the shared image
     /// with a small archive of these files appended.
@@ -287,13 +346,17 @@ fn pad4(out: &mut Vec<u8>) {
     out.resize(out.len().next_multiple_of(4), 0);
 }
 
-/// One running micro-VM. Dropping it kills QEMU and the vsock backend.
+/// One running micro-VM. Dropping it kills QEMU and the backends.
 #[derive(Debug)]
 pub struct Vm {
     dir: PathBuf,
     dir_guard: Option<tempfile::TempDir>,
     qemu: Option<Child>,
     vhost: Option<Child>,
+    /// virtiofsd per share tag.
+    virtiofsd: Vec<(&'static str, Child)>,
+    /// The host folder behind the `arcbox` share.
+    share: Option<PathBuf>,
     qemu_exit: Option<ExitStatus>,
     started: Instant,
     ready_after: Duration,
@@ -335,8 +398,16 @@ fn wait_until(deadline: Instant, mut done: impl FnMut() -> io::Result<bool>) -> 
 }
 
 impl Vm {
-    /// Boots a VM and waits for the agent's READY dial.
-    pub fn start(options: VmOptions) -> io::Result<Self> {
+    /// Boots a VM and waits for the agent's READY dial. With
+    /// `ARCBOX_VM_BOOT=embedded` a default boot (the trampoline with a
+    /// per-run share) is embedded instead: the suites on a host without
+    /// virtio-fs.
+    pub fn start(mut options: VmOptions) -> io::Result<Self> {
+        if options.boot == Boot::Trampoline(None)
+            && std::env::var("ARCBOX_VM_BOOT").as_deref() == Ok("embedded")
+        {
+            options.boot = Boot::Embedded;
+        }
         let assets = assets(options.image == Image::Rootfs);
         let guard = tempfile::Builder::new().prefix("arcbox-vm.").tempdir()?;
         let mut vm = Self {
@@ -344,6 +415,8 @@ impl Vm {
             dir_guard: Some(guard),
             qemu: None,
             vhost: None,
+            virtiofsd: Vec::new(),
+            share: None,
             qemu_exit: None,
             started: Instant::now(),
             ready_after: Duration::ZERO,
@@ -391,7 +464,33 @@ impl Vm {
         disks.extend(self.options.disks.iter().cloned());
         let mem = format!("{}M", self.options.memory_mib);
         let mut cmdline: Vec<String> = self.assets.cmdline.split_whitespace().map(str::to_owned).collect();
+        // (tag, folder, whether the host changes it while the guest runs)
+        let mut shares = Vec::new();
+        match &self.options.boot {
+            Boot::Trampoline(given) => {
+                let share = match given {
+                    Some(dir) => (dir.clone(), true),
+                    None => (self.lay_out_share()?, false),
+                };
+                // The rootfs image's trampoline boots the share's agent when told.
+                cmdline.push("arcbox_vm.share".to_owned());
+                shares.push(("arcbox", share.0, share.1));
+            }
+            Boot::Embedded => cmdline.push("arcbox_agent.host_share=off".to_owned()),
+            Boot::EmbeddedWithShare(dir) => shares.push(("arcbox", dir.clone(), true)),
+            Boot::EmbeddedMissingShare => {}
+        }
+        if let Some((_, dir, _)) = shares.first() {
+            self.share = Some(dir.clone());
+        }
+        if let Some(users) = &self.options.users {
+            shares.push(("users", users.clone(), true));
+        }
         cmdline.extend(self.options.extra_cmdline.iter().cloned());
+        let mut fs_devices = Vec::new();
+        for (tag, dir, host_changes_it) in shares {
+            fs_devices.extend(self.start_virtiofsd(tag, &dir, host_changes_it)?);
+        }
 
         let mut qemu = Command::new(&self.assets.qemu);
         qemu.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
@@ -408,7 +507,8 @@ impl Vm {
             .arg(format!("file:{}", self.console_path().display()))
             .arg("-chardev")
             .arg(format!("socket,id=vsk,path={}", backend_sock.display()))
-            .args(["-device", "vhost-user-vsock-device,chardev=vsk"]);
+            .args(["-device", "vhost-user-vsock-device,chardev=vsk"])
+            .args(fs_devices);
         for (i, disk) in disks.iter().enumerate() {
             // The rootfs image is booted over a throwaway snapshot so the
             // cached image stays pristine; test disks are written through.
@@ -464,14 +564,78 @@ impl Vm {
         Ok(())
     }
 
+    /// A per-run share laid out like the reference's host share:
+    /// `bin/arcbox-agent`, `runtime/bin/` (the runtime's binaries for the
+    /// rootfs image), `log/`. Hard links where the filesystem allows.
+    fn lay_out_share(&self) -> io::Result<PathBuf> {
+        let share = self.dir.join("share");
+        for sub in ["bin", "runtime/bin", "log"] {
+            fs::create_dir_all(share.join(sub))?;
+        }
+        link_or_copy(&self.assets.share_agent, &share.join("bin/arcbox-agent"))?;
+        if self.options.image == Image::Rootfs {
+            let runtime =
+                self.assets.runtime_bin.as_ref().ok_or_else(|| io::Error::other("no runtime_bin"))?;
+            for entry in fs::read_dir(runtime)? {
+                let entry = entry?;
+                link_or_copy(&entry.path(), &share.join("runtime/bin").join(entry.file_name()))?;
+            }
+        }
+        Ok(share)
+    }
+
+    /// Starts virtiofsd serving `dir` for the share `tag`; returns QEMU's
+    /// arguments for its device. No `--tag` (QEMU 7.1-8.0 crash on the
+    /// config feature it turns on); `--sandbox chroot`, as scripts/vm.sh.
+    /// `--cache=always` unless the host changes the folder while the guest
+    /// runs (see scripts/vm.sh's `start_virtiofsd`).
+    fn start_virtiofsd(
+        &mut self,
+        tag: &'static str,
+        dir: &Path,
+        host_changes_it: bool,
+    ) -> io::Result<Vec<String>> {
+        let socket = self.dir.join(format!("fs-{tag}.sock"));
+        let child = spawn_tied(
+            Command::new(&self.assets.virtiofsd)
+                .arg(format!("--socket-path={}", socket.display()))
+                .arg(format!("--shared-dir={}", dir.display()))
+                .arg("--sandbox=chroot")
+                .arg(if host_changes_it { "--cache=auto" } else { "--cache=always" })
+                .stdout(log_file(&self.dir.join(format!("virtiofsd-{tag}.log")))?)
+                .stderr(log_file(&self.dir.join(format!("virtiofsd-{tag}.err")))?),
+        )?;
+        self.virtiofsd.push((tag, child));
+        let appeared = wait_until(Instant::now() + BACKEND_SOCKET_TIMEOUT, || {
+            let child = &mut self.virtiofsd.last_mut().expect("just pushed").1;
+            if let Some(status) = child.try_wait()? {
+                let err =
+                    fs::read_to_string(self.dir.join(format!("virtiofsd-{tag}.err"))).unwrap_or_default();
+                return Err(io::Error::other(format!("virtiofsd ({tag}) exited: {status}: {err}")));
+            }
+            Ok(socket.exists())
+        })?;
+        if !appeared {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("virtiofsd ({tag}) made no socket")));
+        }
+        Ok(vec![
+            "-chardev".to_owned(),
+            format!("socket,id=fs-{tag},path={}", socket.display()),
+            "-device".to_owned(),
+            format!("vhost-user-fs-device,chardev=fs-{tag},tag={tag}"),
+        ])
+    }
+
     /// The image's initramfs and disks.
     fn image_parts(&self) -> io::Result<(PathBuf, Vec<PathBuf>)> {
+        let initramfs = match self.options.boot {
+            Boot::Trampoline(_) => &self.assets.share_initramfs,
+            _ => &self.assets.initramfs,
+        };
         match self.options.image {
-            Image::Initramfs if self.options.files.is_empty() => {
-                Ok((self.assets.initramfs.clone(), Vec::new()))
-            }
+            Image::Initramfs if self.options.files.is_empty() => Ok((initramfs.clone(), Vec::new())),
             Image::Initramfs => {
-                let mut image = fs::read(&self.assets.initramfs)?;
+                let mut image = fs::read(initramfs)?;
                 pad4(&mut image);
                 image.extend(newc_archive(&self.options.files));
                 let path = self.dir.join("initrd-with-files.img");
@@ -517,6 +681,32 @@ impl Vm {
     /// The VM's private temp dir (console log, sockets).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The host folder behind the `arcbox` share, when there is one.
+    pub fn share_dir(&self) -> Option<&Path> {
+        self.share.as_deref()
+    }
+
+    /// A daemon's log as the host sees it in the share (`log/<name>.log`).
+    pub fn daemon_log(&self, name: &str) -> String {
+        self.share
+            .as_ref()
+            .and_then(|s| fs::read(s.join("log").join(format!("{name}.log"))).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Kills the virtiofsd of share `tag` (SIGKILL), as a crash would.
+    pub fn kill_virtiofsd(&mut self, tag: &str) -> io::Result<()> {
+        let (_, child) = self
+            .virtiofsd
+            .iter_mut()
+            .find(|(t, _)| *t == tag)
+            .ok_or_else(|| io::Error::other(format!("no virtiofsd for {tag}")))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
     }
 
     /// Host Unix socket that carries guest vsock (hybrid vsock).
@@ -615,6 +805,9 @@ impl Drop for Vm {
         if let Some(mut vhost) = self.vhost.take() {
             kill_child(&mut vhost);
         }
+        for (_, mut child) in self.virtiofsd.drain(..) {
+            kill_child(&mut child);
+        }
         if std::thread::panicking() {
             eprintln!(
                 "--- VM console ({}) ---\n{}\n--- end of console ---",
@@ -629,6 +822,11 @@ impl Drop for Vm {
             }
         }
     }
+}
+
+/// A hard link of `from` at `to`, or a copy where linking is not possible.
+fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+    fs::hard_link(from, to).or_else(|_| fs::copy(from, to).map(drop))
 }
 
 /// Hybrid-vsock handshake: `CONNECT <port>\n`, answer `OK <n>\n`. Reads the

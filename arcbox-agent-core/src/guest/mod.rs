@@ -52,6 +52,7 @@ use crate::runtime::{
     RuntimeOps,
 };
 use crate::sandbox::{SandboxBackend, SandboxNames, SandboxService, SandboxStorage};
+use crate::share::{SHARE_PROBE_INTERVAL, SHARE_PROBE_TIMEOUT, ShareMonitor, check_layout};
 use crate::shutdown::{
     GuestPower, OrderedPower, ShutdownOps, ShutdownPolicy, ShutdownSequence, standard_daemons,
 };
@@ -192,6 +193,8 @@ pub struct Guest<O: GuestOs> {
     init_mode: bool,
     init_done: CancellationToken,
     stop: CancellationToken,
+    /// The host share's monitor and what it looks with (init mode only).
+    host_share: Option<(ShareMonitor, InitOps)>,
 }
 
 impl<O: GuestOs> Guest<O> {
@@ -217,16 +220,19 @@ impl<O: GuestOs> Guest<O> {
         let data_disk =
             (!config.runtime.data_disk_disabled).then(|| SharedDataDisk::new(data_disk(os, config, &ops)));
         let layout = RuntimeLayout::from_config(config);
-        let engine = Arc::new(
-            DockerEngine::new(
-                ops,
-                layout.clone(),
-                events.clone(),
-                data_disk.clone().map(|d| d as Arc<dyn DataDiskStep>),
-            )
-            .with_start_gate(init_done.clone())
-            .with_supervision_until(power.stopping()),
-        );
+        let host_share = settings.init_mode.then(|| host_share(config)).flatten();
+        let mut engine = DockerEngine::new(
+            ops,
+            layout.clone(),
+            events.clone(),
+            data_disk.clone().map(|d| d as Arc<dyn DataDiskStep>),
+        )
+        .with_start_gate(init_done.clone())
+        .with_supervision_until(power.stopping());
+        if let Some(share) = &host_share {
+            engine = engine.with_host_share(share.clone());
+        }
+        let engine = Arc::new(engine);
         let init_ops = os.init_ops();
         let network = GuestNetwork::from_config(Arc::clone(&init_ops.network), config, settings.init_mode);
         let mut parts =
@@ -273,6 +279,7 @@ impl<O: GuestOs> Guest<O> {
             init_mode: settings.init_mode,
             init_done,
             stop,
+            host_share: host_share.map(|share| (share, os.init_ops())),
         }
     }
 
@@ -349,6 +356,14 @@ impl<O: GuestOs> Guest<O> {
         hooks.serving().await;
         if self.init_mode {
             init.run_phase(Phase::Late).await;
+        }
+        if let Some((share, ops)) = &self.host_share {
+            let path = share.path().to_path_buf();
+            let ops = ops.clone();
+            let probe = move || check_layout(ops.files.as_ref(), ops.mount.as_ref(), &path);
+            if let Err(err) = share.watch(probe, SHARE_PROBE_INTERVAL) {
+                tracing::warn!(%err, "cannot watch the host share; status will not report on it");
+            }
         }
         // After the late phase: the NIC's driver is loaded, and DHCP never
         // holds up the listener or the runtime (it runs in the background).
@@ -470,6 +485,13 @@ impl SandboxStorage for SharedDataDisk {
             if claim { self.ensure().await.map(|_| ()) } else { self.mount_existing().await.map(|_| ()) };
         result.map_err(|err| format!("data disk: {err}"))
     }
+}
+
+/// The monitor of the host share, when the configuration mounts one.
+fn host_share(config: &AgentConfig) -> Option<ShareMonitor> {
+    let share = config.init.shares.iter().find(|s| s.tag == crate::config::HOST_SHARE_TAG)?;
+    let path = config.init.root.join(share.path.strip_prefix("/").unwrap_or(&share.path));
+    Some(ShareMonitor::new(path, SHARE_PROBE_TIMEOUT))
 }
 
 /// The policy of `[auth]`, with its problems and its refusals logged once.

@@ -102,6 +102,8 @@ pub enum Action {
     LinkUp(Link),
     /// A VirtioFS share.
     Share(ShareConfig),
+    /// The host share's layout (bin/, runtime/bin/, log/), see [`crate::share`].
+    ShareLayout(PathBuf),
 }
 
 /// One named step of the plan.
@@ -146,8 +148,11 @@ pub enum InitError {
     /// Kernel modules could not be resolved or loaded.
     #[error(transparent)]
     Modules(#[from] ModuleError),
+    /// The host share is not what the reference lays out.
+    #[error(transparent)]
+    ShareLayout(#[from] crate::share::ShareError),
     /// A required VirtioFS share could not be mounted.
-    #[error("required share {tag} at {path}: {source}")]
+    #[error("required share {tag} at {path}: {}", share_failure(tag, source))]
     Share {
         /// The tag.
         tag: String,
@@ -320,6 +325,10 @@ impl InitRunner {
             Action::Modules(names) => self.modules(names),
             Action::LinkUp(link) => self.link_up(*link).await,
             Action::Share(share) => self.share(share),
+            Action::ShareLayout(path) => {
+                crate::share::check_layout(self.ops.files.as_ref(), self.ops.mount.as_ref(), &self.at(path))?;
+                Ok(Done::Changed)
+            }
         }
     }
 
@@ -423,22 +432,56 @@ impl InitRunner {
         })
     }
 
+    /// Mounts a VirtioFS share. One a trampoline mounted already (the
+    /// reference boots the agent from `/arcbox`) is there, so `ok`. A
+    /// device without a DAX window refuses `dax=always` with EINVAL (QEMU's
+    /// vhost-user-fs has none): the share is then mounted without DAX.
     fn share(&self, share: &ShareConfig) -> Result<Done, InitError> {
-        let spec = MountSpec {
+        let mut spec = MountSpec {
             source: share.tag.clone(),
             target: share.path.clone(),
             fstype: "virtiofs".into(),
             flags: Default::default(),
             data: share.options.clone(),
         };
-        match self.mount(&spec) {
-            Ok(done) => Ok(done),
+        let mut result = self.mount(&spec);
+        if is_einval(&result) && spec.data.contains("dax") {
+            spec.data = without_dax(&spec.data);
+            result = self.mount(&spec);
+            if result.is_ok() {
+                tracing::info!(tag = share.tag, "share mounted without DAX: the device has no DAX window");
+            }
+        }
+        match result {
+            Ok(_) => Ok(Done::Changed),
             Err(InitError::Sys(source)) if share.required => {
                 Err(InitError::Share { tag: share.tag.clone(), path: share.path.clone(), source })
             }
-            Err(err) if !share.required => Ok(Done::Skipped(format!("optional share absent: {err}"))),
+            Err(InitError::Sys(source)) => {
+                Ok(Done::Skipped(format!("optional share absent: {}", share_failure(&share.tag, &source))))
+            }
             Err(err) => Err(err),
         }
+    }
+}
+
+fn is_einval(result: &Result<Done, InitError>) -> bool {
+    matches!(result, Err(InitError::Sys(SysError::Io { source, .. })) if source.raw_os_error() == Some(libc::EINVAL))
+}
+
+/// Mount data less its `dax` options.
+fn without_dax(data: &str) -> String {
+    data.split(',').filter(|o| !o.is_empty() && !o.starts_with("dax")).collect::<Vec<_>>().join(",")
+}
+
+/// A share's mount failure in words: virtiofs answers EINVAL for a tag
+/// no device carries, which alone says little.
+fn share_failure(tag: &str, source: &SysError) -> String {
+    match source {
+        SysError::Io { source: err, .. } if err.raw_os_error() == Some(libc::EINVAL) => {
+            format!("no virtio-fs device tagged {tag} ({source})")
+        }
+        other => other.to_string(),
     }
 }
 

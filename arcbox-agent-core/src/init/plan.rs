@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, HOST_SHARE_TAG};
 use crate::init::{Action, Link, Phase, Step};
 use crate::sys::{MountFlags, MountSpec};
 
@@ -195,6 +195,15 @@ pub fn standard_plan(config: &AgentConfig) -> Vec<Step> {
     plan.push(step("link up primary NIC", Late, false, Action::LinkUp(Link::Primary)));
     for share in &init.shares {
         plan.push(step(format!("share {}", share.tag), Late, share.required, Action::Share(share.clone())));
+    }
+    // The host share's layout: the runtime's binaries and the logs come from it.
+    if let Some(host) = init.shares.iter().find(|s| s.tag == HOST_SHARE_TAG) {
+        plan.push(step(
+            format!("share {HOST_SHARE_TAG}: layout"),
+            Late,
+            host.required,
+            Action::ShareLayout(host.path.clone()),
+        ));
     }
     if config.modules.enabled && !config.modules.late.is_empty() {
         plan.push(step("modules: storage", Late, false, Action::Modules(config.modules.late.clone())));

@@ -40,6 +40,7 @@ impl System {
         files.put("/proc/sys/net/ipv4/ip_forward", "0\n");
         files.put("/lib/modules/6.1.0-test/modules.dep", DEP);
         files.put("/cacerts/ca-certificates.crt", "CERT");
+        lay_out_host_share(&files);
         files.set_read_only("/");
         Self {
             mount: Arc::new(FakeMount::new()),
@@ -66,6 +67,13 @@ impl System {
     fn runner(&self) -> InitRunner {
         self.runner_with(self.mount.clone())
     }
+}
+
+/// The host share's contents as the reference lays them out.
+fn lay_out_host_share(files: &FakeFiles) {
+    files.put("/arcbox/bin/arcbox-agent", "agent");
+    files.create_dir_all(Path::new("/arcbox/runtime/bin")).unwrap();
+    files.create_dir_all(Path::new("/arcbox/log")).unwrap();
 }
 
 async fn run_all(runner: &InitRunner, plan: &[Step]) -> Vec<StepReport> {
@@ -115,7 +123,10 @@ async fn a_first_run_does_the_work_and_a_second_run_changes_nothing() {
     let writes = sys.files.writes();
     let second = run_all(&sys.runner(), &plan).await;
     for report in &second {
-        assert!(matches!(report.outcome, StepOutcome::Skipped(_)), "{report:?}");
+        // A share that is mounted is there (the trampoline mounts the
+        // host share before the agent runs): `ok` without a change.
+        let share_in_place = report.name.starts_with("share ") && report.outcome == StepOutcome::Ok;
+        assert!(share_in_place || matches!(report.outcome, StepOutcome::Skipped(_)), "{report:?}");
     }
     assert_eq!(sys.mount.table(), table);
     assert_eq!(sys.files.writes(), writes);
@@ -244,4 +255,63 @@ fn the_primary_nic_skips_virtual_interfaces() {
     let names = ["veth1", "lo", "eth1", "docker0", "br-x", "eth0", "dummy0"];
     assert_eq!(primary_interface(names).as_deref(), Some("eth0"));
     assert_eq!(primary_interface(["lo"]), None);
+}
+
+#[tokio::test]
+async fn a_share_the_trampoline_mounted_is_ok_and_its_layout_checked() {
+    let sys = System::new();
+    sys.mount.preload("/arcbox", "virtiofs", "arcbox");
+    let plan = standard_plan(&AgentConfig::default());
+    let reports = sys.runner().run_phase(&plan, Phase::Late).await;
+    assert_eq!(outcome(&reports, "share arcbox"), &StepOutcome::Ok);
+    assert_eq!(outcome(&reports, "share arcbox: layout"), &StepOutcome::Ok);
+    let arcbox = sys.mount.table().iter().filter(|m| m.target == Path::new("/arcbox")).count();
+    assert_eq!(arcbox, 1, "mounted a second time: {:?}", sys.mount.table());
+    let layout = plan.iter().find(|s| s.name == "share arcbox: layout").unwrap();
+    assert!(layout.critical && layout.phase == Phase::Late);
+}
+
+#[tokio::test]
+async fn a_share_without_a_device_is_named_as_such() {
+    let sys = System::new();
+    // virtiofs answers EINVAL for a tag no device carries.
+    sys.mount.fail_at("/arcbox", libc::EINVAL);
+    sys.mount.fail_at("/Users", libc::EINVAL);
+    let plan = standard_plan(&AgentConfig::default());
+    let reports = sys.runner().run_phase(&plan, Phase::Late).await;
+    let StepOutcome::Failed(why) = outcome(&reports, "share arcbox") else { panic!("{reports:?}") };
+    assert!(why.starts_with("required share arcbox at /arcbox: no virtio-fs device tagged arcbox"), "{why}");
+    let StepOutcome::Skipped(why) = outcome(&reports, "share users") else { panic!("{reports:?}") };
+    assert!(why.contains("no virtio-fs device tagged users"), "{why}");
+    let StepOutcome::Failed(why) = outcome(&reports, "share arcbox: layout") else { panic!("{reports:?}") };
+    assert!(why.contains("host share /arcbox is not mounted"), "{why}");
+}
+
+#[tokio::test]
+async fn a_device_without_a_dax_window_gets_the_share_mounted_without_dax() {
+    let sys = System::new();
+    let mut mock = MockMountOps::new();
+    mock.expect_is_mounted().returning(|target| Ok(target == Path::new("/arcbox")));
+    mock.expect_mount().returning(|spec| {
+        if spec.fstype == "virtiofs" && spec.data.contains("dax") {
+            Err(SysError::io("mount", &spec.target, std::io::Error::from_raw_os_error(libc::EINVAL)))
+        } else {
+            Ok(MountOutcome::Mounted)
+        }
+    });
+    let plan = standard_plan(&AgentConfig::default());
+    let reports = sys.runner_with(Arc::new(mock)).run_phase(&plan, Phase::Late).await;
+    assert_eq!(outcome(&reports, "share arcbox"), &StepOutcome::Ok);
+    assert_eq!(without_dax("dax=always,foo"), "foo");
+}
+
+#[tokio::test]
+async fn an_empty_share_fails_its_layout_step_with_what_it_should_hold() {
+    let sys = System::new();
+    sys.files.remove_all(Path::new("/arcbox")).unwrap();
+    let plan = standard_plan(&AgentConfig::default());
+    let reports = sys.runner().run_phase(&plan, Phase::Late).await;
+    assert_eq!(outcome(&reports, "share arcbox"), &StepOutcome::Ok);
+    let StepOutcome::Failed(why) = outcome(&reports, "share arcbox: layout") else { panic!("{reports:?}") };
+    assert_eq!(why, "host share /arcbox is empty: expected bin/arcbox-agent, runtime/bin/ and log/");
 }

@@ -24,6 +24,7 @@ use crate::config::{
     AgentConfig, DEFAULT_LOG_DIR, DEFAULT_LOG_FILES, DEFAULT_LOG_MAX_BYTES, DEFAULT_RUNTIME_BIN_DIR,
     DOCKER_API_VSOCK_PORT, FALLBACK_LOG_DIR,
 };
+use crate::share::{ShareError, ShareMonitor};
 use crate::storage::StorageError;
 use crate::sys::{FileOps, LogFile, ProcessSpawner, ProcessSpec, SocketProbe};
 
@@ -206,6 +207,8 @@ pub struct DockerEngine<S, P, F, A> {
     start_gate: Option<CancellationToken>,
     /// Cancelled when the guest shuts down: supervisors stop restarting.
     supervision: CancellationToken,
+    /// The host share the binaries and logs live on, when there is one.
+    host_share: Option<ShareMonitor>,
 }
 
 impl<S: ProcessSpawner, P: SocketProbe, F: FileOps, A: ApiCheck> DockerEngine<S, P, F, A> {
@@ -224,7 +227,15 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps, A: ApiCheck> DockerEngine<S,
             daemons: Mutex::new(Daemons::default()),
             start_gate: None,
             supervision: CancellationToken::new(),
+            host_share: None,
         }
+    }
+
+    /// Reports the host share's state in status, and refuses to start
+    /// while it does not answer (every look for a binary would hang).
+    pub fn with_host_share(mut self, share: ShareMonitor) -> Self {
+        self.host_share = Some(share);
+        self
     }
 
     /// Makes starts wait until `gate` is cancelled (the guest's init is done).
@@ -416,6 +427,11 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps, A: ApiCheck> DockerEngine<S,
         if self.daemons().dockerd.is_none() && api::answers(self.ops.apis.as_ref(), &docker).await {
             return Ok(Ready { endpoint, summary: "docker API already answering".to_owned() });
         }
+        if let Some(Err(err @ ShareError::Unresponsive { .. })) =
+            self.host_share.as_ref().map(ShareMonitor::status)
+        {
+            return Err(StartError::HostShare(err));
+        }
         // Check every binary first, so one message names all that are missing.
         self.find_binaries(&RUNTIME_BINARIES)?;
         self.ensure_containerd().await?;
@@ -489,10 +505,11 @@ impl<S: ProcessSpawner, P: SocketProbe, F: FileOps, A: ApiCheck> Backend for Doc
                 self.external_service("dockerd", &readiness).await
             }
         };
+        let share = self.host_share.as_ref().and_then(|s| s.status().err()).map(|e| e.to_string());
         RuntimeReport {
             endpoint: self.layout.sockets.endpoint.clone(),
             services: vec![self.containerd_report().await, docker],
-            notes: disk.map(|d| format!("data disk: {}", d.summary)).into_iter().collect(),
+            notes: disk.map(|d| format!("data disk: {}", d.summary)).into_iter().chain(share).collect(),
         }
     }
 

@@ -113,6 +113,10 @@ pub enum StartError {
         #[source]
         source: SupervisionError,
     },
+    /// The host share the binaries come from has stopped answering:
+    /// starting would block on it for good.
+    #[error(transparent)]
+    HostShare(crate::share::ShareError),
     /// The start itself panicked (a bug); the agent carries on.
     #[error("runtime start panicked")]
     Panicked,

@@ -9,6 +9,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
 /// An append-only file that rotates itself by size.
@@ -103,6 +105,67 @@ impl Write for SharedLog {
     }
 }
 
+/// Lines a [`BackgroundLog`] holds before it drops new ones.
+pub const BACKGROUND_LOG_LINES: usize = 4096;
+
+/// A writer that never blocks its callers: buffers go to a thread of its
+/// own that writes them out, and when that thread falls behind (the file
+/// is on a host share whose virtiofsd died, where a write blocks for good)
+/// new buffers are dropped and counted, so logging from an RPC handler can
+/// never hang the agent. The count is written out once the file takes
+/// lines again.
+#[derive(Debug, Clone)]
+pub struct BackgroundLog {
+    lines: SyncSender<Vec<u8>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl BackgroundLog {
+    /// Starts the writer thread over `sink`, holding up to `capacity` buffers.
+    pub fn start(mut sink: impl Write + Send + 'static, capacity: usize) -> io::Result<Self> {
+        let (lines, queue) = mpsc::sync_channel::<Vec<u8>>(capacity.max(1));
+        std::thread::Builder::new().name("log-writer".into()).spawn(move || {
+            for line in queue {
+                // A failed write is dropped: there is nowhere else to report it.
+                let _ = sink.write_all(&line).and_then(|()| sink.flush());
+            }
+        })?;
+        Ok(Self { lines, dropped: Arc::default() })
+    }
+
+    /// Buffers dropped so far because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Write for BackgroundLog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.lines.try_send(buf.to_vec()) {
+            Ok(()) => {
+                let lost = self.dropped.swap(0, Ordering::Relaxed);
+                if lost > 0 {
+                    let note =
+                        format!("arcbox-agent: {lost} log lines dropped: the log file did not keep up\n");
+                    if self.lines.try_send(note.into_bytes()).is_err() {
+                        self.dropped.fetch_add(lost, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            // The writer thread is gone (it panicked): nothing to write to.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +208,51 @@ mod tests {
         shared.write_all(b"hello\n").unwrap();
         shared.flush().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\n");
+    }
+
+    /// A sink whose writes block until released, as on a dead share.
+    struct Stuck(Arc<(Mutex<bool>, std::sync::Condvar)>, Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let (open, cv) = &*self.0;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            self.1.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_background_log_never_blocks_on_a_stuck_file_and_says_what_it_dropped() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let mut log = BackgroundLog::start(Stuck(Arc::clone(&gate), Arc::clone(&written)), 2).unwrap();
+        let started = std::time::Instant::now();
+        for i in 0..100 {
+            log.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "a write waited for the stuck file");
+        // One line is in the stuck write, two are queued; the rest were dropped.
+        assert!(log.dropped() >= 97, "dropped {}", log.dropped());
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while log.write_all(b"after\n").is_ok() && log.dropped() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        while !String::from_utf8_lossy(&written.lock().unwrap()).contains("lines dropped")
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let text = String::from_utf8_lossy(&written.lock().unwrap()).into_owned();
+        assert!(text.starts_with("line 0\n"), "{text}");
+        assert!(text.contains("log lines dropped: the log file did not keep up"), "{text}");
     }
 }

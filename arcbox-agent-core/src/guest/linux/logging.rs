@@ -8,19 +8,21 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use crate::config::LogConfig;
-use crate::sys::log_file::{RotatingFile, SharedLog};
+use crate::sys::log_file::{BACKGROUND_LOG_LINES, BackgroundLog, RotatingFile};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// The log file, attached once its directory exists.
+/// The log file, attached once its directory exists. Written from a
+/// thread of its own ([`BackgroundLog`]): the file is on the host share,
+/// and a share that stops answering must not stop the agent's logging.
 #[derive(Clone, Default)]
-pub struct LateFile(Arc<OnceLock<SharedLog>>);
+pub struct LateFile(Arc<OnceLock<BackgroundLog>>);
 
 /// A writer to the late file, or to nowhere before it is attached.
 pub enum LateWriter {
     /// Attached.
-    File(SharedLog),
+    File(BackgroundLog),
     /// Not yet.
     Nowhere,
 }
@@ -56,8 +58,10 @@ impl LateFile {
         }
         let file = RotatingFile::open(&config.file, config.max_bytes, config.files)
             .map_err(|e| format!("{}: {e}", config.file.display()))?;
+        let writer = BackgroundLog::start(file, BACKGROUND_LOG_LINES)
+            .map_err(|e| format!("{}: no writer thread: {e}", config.file.display()))?;
         // A second attach keeps the first file.
-        let _ = self.0.set(SharedLog::new(file));
+        let _ = self.0.set(writer);
         Ok(())
     }
 }
