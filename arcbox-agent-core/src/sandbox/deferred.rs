@@ -111,21 +111,7 @@ mod tests {
 
     use super::*;
     use crate::fake::FakeSandboxBackend;
-    use crate::sandbox::spec::{Limits, NetworkMode, RootfsSource, VmOnly};
-
-    fn spec(id: &str) -> SandboxSpec {
-        SandboxSpec {
-            id: id.into(),
-            labels: Default::default(),
-            rootfs: RootfsSource::Directory("/r".into()),
-            limits: Limits::default(),
-            init: None,
-            mounts: Vec::new(),
-            network: NetworkMode::None,
-            ttl: None,
-            vm: VmOnly::default(),
-        }
-    }
+    use crate::sandbox::spec::test_spec as spec;
 
     #[tokio::test]
     async fn the_backend_is_made_once_on_first_use_and_a_failed_making_is_retried() {

@@ -178,21 +178,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::sandbox::spec::{Limits, NetworkMode, RootfsSource, VmOnly};
-
-    pub(crate) fn spec(id: &str) -> SandboxSpec {
-        SandboxSpec {
-            id: id.into(),
-            labels: BTreeMap::new(),
-            rootfs: RootfsSource::Directory("/srv/rootfs".into()),
-            limits: Limits::default(),
-            init: None,
-            mounts: Vec::new(),
-            network: NetworkMode::None,
-            ttl: None,
-            vm: VmOnly::default(),
-        }
-    }
+    use crate::sandbox::spec::test_spec;
 
     #[test]
     fn rfc3339_matches_known_instants() {
@@ -206,7 +192,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RecordStore::new(dir.path());
         let record = SandboxRecord {
-            spec: spec("a"),
+            spec: test_spec("a"),
             network: SandboxNetwork::default(),
             created_at: 1,
             ready_at: 2,

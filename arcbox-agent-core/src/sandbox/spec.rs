@@ -197,6 +197,22 @@ pub fn valid_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// A sandbox of the root filesystem `/srv/rootfs` with nothing else set, for tests.
+#[cfg(test)]
+pub(crate) fn test_spec(id: &str) -> SandboxSpec {
+    SandboxSpec {
+        id: id.into(),
+        labels: BTreeMap::new(),
+        rootfs: RootfsSource::Directory("/srv/rootfs".into()),
+        limits: Limits::default(),
+        init: None,
+        mounts: Vec::new(),
+        network: NetworkMode::None,
+        ttl: None,
+        vm: VmOnly::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

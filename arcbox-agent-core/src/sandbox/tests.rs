@@ -15,15 +15,10 @@ use crate::fake::FakeSandboxBackend;
 
 fn spec(id: &str) -> SandboxSpec {
     SandboxSpec {
-        id: id.into(),
         labels: [("team".to_owned(), "a".to_owned())].into(),
-        rootfs: RootfsSource::Directory("/srv/rootfs".into()),
         limits: Limits { vcpus: 1, memory_mib: 256 },
-        init: None,
-        mounts: Vec::new(),
         network: NetworkMode::Tap,
-        ttl: None,
-        vm: VmOnly::default(),
+        ..super::spec::test_spec(id)
     }
 }
 

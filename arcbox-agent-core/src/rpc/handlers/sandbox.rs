@@ -209,167 +209,100 @@ fn snapshot_summary(record: &SnapshotRecord) -> pb::SnapshotSummary {
     }
 }
 
-struct Create(Svc);
+/// A unary handler over the service, once it has recovered:
+/// `unary!(Name, Request, Response, |service, request| body)`.
+macro_rules! unary {
+    ($name:ident, $request_type:ty, $response_type:ty, |$service:ident, $request:ident| $body:block) => {
+        struct $name(Svc);
 
-impl UnaryHandler for Create {
-    type Request = pb::CreateSandboxRequest;
-    type Response = pb::CreateSandboxResponse;
+        impl UnaryHandler for $name {
+            type Request = $request_type;
+            type Response = $response_type;
 
-    async fn handle(
-        &self,
-        _: RequestContext<'_>,
-        request: Self::Request,
-    ) -> Result<Self::Response, RpcError> {
-        let view = self.0.ready().await.create(create_spec(request)?).await.map_err(rpc_error)?;
-        Ok(pb::CreateSandboxResponse {
+            async fn handle(
+                &self,
+                _: RequestContext<'_>,
+                $request: $request_type,
+            ) -> Result<$response_type, RpcError> {
+                let $service = self.0.ready().await;
+                $body
+            }
+        }
+    };
+}
+
+unary!(Create, pb::CreateSandboxRequest, pb::CreateSandboxResponse, |service, request| {
+    let view = service.create(create_spec(request)?).await.map_err(rpc_error)?;
+    Ok(pb::CreateSandboxResponse {
+        id: view.record.spec.id.clone(),
+        ip_address: view.record.network.ip_address.clone(),
+        state: view.state.name().to_owned(),
+    })
+});
+
+unary!(Stop, pb::StopSandboxRequest, (), |service, request| {
+    let grace = timeout(request.timeout_seconds).unwrap_or(crate::sandbox::DEFAULT_STOP_GRACE);
+    service.stop(&request.id, grace).await.map_err(rpc_error)
+});
+
+unary!(Remove, pb::RemoveSandboxRequest, (), |service, request| {
+    service.remove(&request.id, request.force).await.map_err(rpc_error)
+});
+
+unary!(Inspect, pb::InspectSandboxRequest, pb::SandboxInfo, |service, request| {
+    service.inspect(&request.id).map(|view| sandbox_info(&view)).map_err(rpc_error)
+});
+
+unary!(List, pb::ListSandboxesRequest, pb::ListSandboxesResponse, |service, request| {
+    let views = service.list(&request.state, &labels(request.labels));
+    let sandboxes = views
+        .iter()
+        .map(|view| pb::SandboxSummary {
             id: view.record.spec.id.clone(),
-            ip_address: view.record.network.ip_address.clone(),
             state: view.state.name().to_owned(),
-        })
-    }
-}
-
-struct Stop(Svc);
-
-impl UnaryHandler for Stop {
-    type Request = pb::StopSandboxRequest;
-    type Response = ();
-
-    async fn handle(&self, _: RequestContext<'_>, request: Self::Request) -> Result<(), RpcError> {
-        let grace = timeout(request.timeout_seconds).unwrap_or(crate::sandbox::DEFAULT_STOP_GRACE);
-        self.0.ready().await.stop(&request.id, grace).await.map_err(rpc_error)
-    }
-}
-
-struct Remove(Svc);
-
-impl UnaryHandler for Remove {
-    type Request = pb::RemoveSandboxRequest;
-    type Response = ();
-
-    async fn handle(&self, _: RequestContext<'_>, request: Self::Request) -> Result<(), RpcError> {
-        self.0.ready().await.remove(&request.id, request.force).await.map_err(rpc_error)
-    }
-}
-
-struct Inspect(Svc);
-
-impl UnaryHandler for Inspect {
-    type Request = pb::InspectSandboxRequest;
-    type Response = pb::SandboxInfo;
-
-    async fn handle(
-        &self,
-        _: RequestContext<'_>,
-        request: Self::Request,
-    ) -> Result<Self::Response, RpcError> {
-        self.0.ready().await.inspect(&request.id).map(|view| sandbox_info(&view)).map_err(rpc_error)
-    }
-}
-
-struct List(Svc);
-
-impl UnaryHandler for List {
-    type Request = pb::ListSandboxesRequest;
-    type Response = pb::ListSandboxesResponse;
-
-    async fn handle(
-        &self,
-        _: RequestContext<'_>,
-        request: Self::Request,
-    ) -> Result<Self::Response, RpcError> {
-        let views = self.0.ready().await.list(&request.state, &labels(request.labels));
-        let sandboxes = views
-            .iter()
-            .map(|view| pb::SandboxSummary {
-                id: view.record.spec.id.clone(),
-                state: view.state.name().to_owned(),
-                labels: view.record.spec.labels.clone().into_iter().collect(),
-                ip_address: view.record.network.ip_address.clone(),
-                created_at: view.record.created_at,
-            })
-            .collect();
-        Ok(pb::ListSandboxesResponse { sandboxes })
-    }
-}
-
-struct Checkpoint(Svc);
-
-impl UnaryHandler for Checkpoint {
-    type Request = pb::CheckpointRequest;
-    type Response = pb::CheckpointResponse;
-
-    async fn handle(
-        &self,
-        _: RequestContext<'_>,
-        request: Self::Request,
-    ) -> Result<Self::Response, RpcError> {
-        let record = self
-            .0
-            .0
-            .checkpoint(&request.sandbox_id, &request.name, labels(request.labels))
-            .await
-            .map_err(rpc_error)?;
-        Ok(pb::CheckpointResponse {
-            snapshot_id: record.id,
-            snapshot_dir: record.dir.display().to_string(),
-            created_at: record.created_at,
-        })
-    }
-}
-
-struct Restore(Svc);
-
-impl UnaryHandler for Restore {
-    type Request = pb::RestoreRequest;
-    type Response = pb::RestoreResponse;
-
-    async fn handle(
-        &self,
-        _: RequestContext<'_>,
-        request: Self::Request,
-    ) -> Result<Self::Response, RpcError> {
-        let spec = RestoreSpec {
-            id: request.id,
-            snapshot_id: request.snapshot_id,
-            labels: labels(request.labels),
-            network_override: request.network_override,
-            ttl: ttl(request.ttl_seconds),
-        };
-        let view = self.0.ready().await.restore(spec).await.map_err(rpc_error)?;
-        Ok(pb::RestoreResponse {
-            id: view.record.spec.id.clone(),
+            labels: view.record.spec.labels.clone().into_iter().collect(),
             ip_address: view.record.network.ip_address.clone(),
+            created_at: view.record.created_at,
         })
-    }
-}
+        .collect();
+    Ok(pb::ListSandboxesResponse { sandboxes })
+});
 
-struct ListSnapshots(Svc);
+unary!(Checkpoint, pb::CheckpointRequest, pb::CheckpointResponse, |service, request| {
+    let record = service
+        .checkpoint(&request.sandbox_id, &request.name, labels(request.labels))
+        .await
+        .map_err(rpc_error)?;
+    Ok(pb::CheckpointResponse {
+        snapshot_id: record.id,
+        snapshot_dir: record.dir.display().to_string(),
+        created_at: record.created_at,
+    })
+});
 
-impl UnaryHandler for ListSnapshots {
-    type Request = pb::ListSnapshotsRequest;
-    type Response = pb::ListSnapshotsResponse;
+unary!(Restore, pb::RestoreRequest, pb::RestoreResponse, |service, request| {
+    let spec = RestoreSpec {
+        id: request.id,
+        snapshot_id: request.snapshot_id,
+        labels: labels(request.labels),
+        network_override: request.network_override,
+        ttl: ttl(request.ttl_seconds),
+    };
+    let view = service.restore(spec).await.map_err(rpc_error)?;
+    Ok(pb::RestoreResponse {
+        id: view.record.spec.id.clone(),
+        ip_address: view.record.network.ip_address.clone(),
+    })
+});
 
-    async fn handle(
-        &self,
-        _: RequestContext<'_>,
-        request: Self::Request,
-    ) -> Result<Self::Response, RpcError> {
-        let snapshots = self.0.ready().await.snapshots(&request.sandbox_id, &labels(request.labels));
-        Ok(pb::ListSnapshotsResponse { snapshots: snapshots.iter().map(snapshot_summary).collect() })
-    }
-}
+unary!(ListSnapshots, pb::ListSnapshotsRequest, pb::ListSnapshotsResponse, |service, request| {
+    let snapshots = service.snapshots(&request.sandbox_id, &labels(request.labels));
+    Ok(pb::ListSnapshotsResponse { snapshots: snapshots.iter().map(snapshot_summary).collect() })
+});
 
-struct DeleteSnapshot(Svc);
-
-impl UnaryHandler for DeleteSnapshot {
-    type Request = pb::DeleteSnapshotRequest;
-    type Response = ();
-
-    async fn handle(&self, _: RequestContext<'_>, request: Self::Request) -> Result<(), RpcError> {
-        self.0.ready().await.delete_snapshot(&request.snapshot_id).await.map_err(rpc_error)
-    }
-}
+unary!(DeleteSnapshot, pb::DeleteSnapshotRequest, (), |service, request| {
+    service.delete_snapshot(&request.snapshot_id).await.map_err(rpc_error)
+});
 
 struct Events(Svc, CancellationToken);
 
