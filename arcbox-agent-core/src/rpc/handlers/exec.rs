@@ -6,6 +6,7 @@
 //! ExecInput frames say it has consumed), reads stdin frames meanwhile,
 //! and ends with one ExecExit frame once every output byte is sent.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -475,7 +476,22 @@ async fn attach(
         let mut offsets = from;
         let mut sent: u64 = 0;
         let mut acked: u64 = 0;
+        // Output sent but not yet acknowledged as consumed: (stream, its end
+        // offset, bytes sent in this session up to it). Only what the host
+        // has consumed is released to the buffer, so output in flight when
+        // the host goes stays there for a re-attach from its last offset.
+        let mut unconsumed: VecDeque<(Stream, u64, u64)> = VecDeque::new();
         loop {
+            let host_consumed = consumed.load(Ordering::Acquire);
+            while let Some(&(stream, end, upto)) = unconsumed.front() {
+                if upto > host_consumed {
+                    break;
+                }
+                if let Some(buffer) = exec.output(stream) {
+                    buffer.delivered(end);
+                }
+                unconsumed.pop_front();
+            }
             let changed = exec.changed().notified();
             let woken = wake.notified();
             tokio::pin!(changed, woken);
@@ -501,7 +517,7 @@ async fn attach(
                         out.send(MessageType::ExecOutput.code(), &frame).await?;
                         offsets[index] = offset + len;
                         sent += len;
-                        buffer.delivered(offsets[index]);
+                        unconsumed.push_back((stream, offsets[index], sent));
                         (progressed, ended) = (true, false);
                     }
                     Chunk::Gap { from, to } => {
