@@ -18,9 +18,9 @@ use crate::sys::ConfinedLimits;
 use crate::sys::ExitRegistry;
 use crate::sys::Ipv4Cidr;
 use crate::sys::linux::{
-    BridgeConfig, ContainerdImages, LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxCounters, LinuxDisk,
-    LinuxExecSpawner, LinuxFiles, LinuxFreezer, LinuxMount, LinuxPidSignals, LinuxPowerSwitch,
-    LinuxProcessTable, LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo, OciBackend, OciConfig,
+    BridgeConfig, LinuxChildReaping, LinuxClock, LinuxConfinedFs, LinuxCounters, LinuxDisk, LinuxExecSpawner,
+    LinuxFiles, LinuxFreezer, LinuxMount, LinuxPidSignals, LinuxPowerSwitch, LinuxProcessTable,
+    LinuxSocketProbe, LinuxSpawner, LinuxSystemInfo, OciBackend, OciConfig,
 };
 
 /// Exec in the guest, or in a container of its dockerd when a request names one.
@@ -74,6 +74,15 @@ pub fn oci_config(sandbox: &SandboxSection, bin_dir: &Path) -> Result<OciConfig,
         bridge: BridgeConfig { name: sandbox.bridge.clone(), gateway },
         ..OciConfig::default()
     })
+}
+
+/// Image root filesystems from containerd's images (feature `containerd`;
+/// without it, sandboxes from an image are answered 503).
+fn image_unpacker() -> Option<Arc<dyn ImageUnpacker>> {
+    #[cfg(feature = "containerd")]
+    return Some(Arc::new(crate::sys::linux::ContainerdImages::default()));
+    #[cfg(not(feature = "containerd"))]
+    return None;
 }
 
 /// `program` as given when it is a path, else the first of the runtime
@@ -152,8 +161,7 @@ impl GuestOs for LinuxGuestOs {
         let make: MakeBackend = Box::new(move || {
             let (oci, exits) = (oci.clone(), Arc::clone(&exits));
             Box::pin(async move {
-                let images: Arc<dyn ImageUnpacker> = Arc::new(ContainerdImages::default());
-                let backend = OciBackend::new(oci, exits, Some(images)).await?;
+                let backend = OciBackend::new(oci, exits, image_unpacker()).await?;
                 Ok(Arc::new(backend) as Arc<dyn SandboxBackend>)
             })
         });

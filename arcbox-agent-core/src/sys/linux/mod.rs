@@ -3,11 +3,13 @@
 
 mod clock;
 mod confined;
+#[cfg(feature = "containerd")]
 mod containerd;
 mod disk;
 mod exec;
 mod files;
 mod freeze;
+#[cfg(feature = "containerd")]
 mod images;
 mod limits;
 mod modules;
@@ -23,11 +25,13 @@ mod watch;
 
 pub use clock::LinuxClock;
 pub use confined::{LinuxConfinedDir, LinuxConfinedFs};
+#[cfg(feature = "containerd")]
 pub use containerd::{ChannelError, containerd_channel, in_namespace};
 pub use disk::LinuxDisk;
 pub use exec::{LinuxExecSpawner, LinuxPidSignals};
 pub use files::LinuxFiles;
 pub use freeze::{LinuxFreezer, parse_mounted};
+#[cfg(feature = "containerd")]
 pub use images::{ContainerdImages, ImageError, UnpackedImage};
 pub use limits::LinuxLimits;
 pub use modules::LinuxModules;
