@@ -26,7 +26,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use docker::{CONTAINERD_CONFIG, DataDiskStep, DiskNote, DockerEngine, RuntimeLayout, RuntimeSockets};
+pub use docker::{
+    CONTAINERD_CONFIG, DEFAULT_SEARCH_PATH, DataDiskStep, DiskNote, DockerEngine, RuntimeLayout,
+    RuntimeSockets,
+};
 pub use events::ReadinessEvents;
 pub use kubernetes::{K3s, K3sLayout, Stopped};
 pub use lifecycle::{EnsureMode, Ensured, Lifecycle, Phase};

@@ -86,8 +86,9 @@ fn image_unpacker() -> Option<Arc<dyn ImageUnpacker>> {
 }
 
 /// `program` as given when it is a path, else the first of the runtime
-/// bin dir and `PATH` that has it (as given when none has: the error then
-/// names it).
+/// bin dir, `PATH` and the runtime's default search path that has it (as
+/// given when none has: the error then names it). PID 1 usually starts
+/// with no `PATH` at all.
 fn find_program(program: &Path, bin_dir: &Path) -> PathBuf {
     if program.components().count() > 1 {
         return program.to_owned();
@@ -95,6 +96,7 @@ fn find_program(program: &Path, bin_dir: &Path) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::iter::once(bin_dir.to_owned())
         .chain(std::env::split_paths(&path))
+        .chain(std::env::split_paths(crate::runtime::DEFAULT_SEARCH_PATH))
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| program.to_owned())
