@@ -102,8 +102,9 @@ pub enum Action {
     LinkUp(Link),
     /// A VirtioFS share.
     Share(ShareConfig),
-    /// The host share's layout (bin/, runtime/bin/, log/), see [`crate::share`].
-    ShareLayout(PathBuf),
+    /// The host share's layout (bin/, runtime/bin/, log/), see [`crate::share`];
+    /// skipped when the share is optional and absent.
+    ShareLayout(ShareConfig),
 }
 
 /// One named step of the plan.
@@ -325,9 +326,19 @@ impl InitRunner {
             Action::Modules(names) => self.modules(names),
             Action::LinkUp(link) => self.link_up(*link).await,
             Action::Share(share) => self.share(share),
-            Action::ShareLayout(path) => {
-                crate::share::check_layout(self.ops.files.as_ref(), self.ops.mount.as_ref(), &self.at(path))?;
-                Ok(Done::Changed)
+            Action::ShareLayout(share) => {
+                let checked = crate::share::check_layout(
+                    self.ops.files.as_ref(),
+                    self.ops.mount.as_ref(),
+                    &self.at(&share.path),
+                );
+                match checked {
+                    // An optional share that is absent is skipped, as its mount step is.
+                    Err(crate::share::ShareError::NotMounted { .. }) if !share.required => {
+                        Ok(Done::Skipped("the optional share is not mounted".into()))
+                    }
+                    checked => checked.map(|()| Done::Changed).map_err(Into::into),
+                }
             }
         }
     }

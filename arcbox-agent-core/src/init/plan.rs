@@ -202,7 +202,7 @@ pub fn standard_plan(config: &AgentConfig) -> Vec<Step> {
             format!("share {HOST_SHARE_TAG}: layout"),
             Late,
             host.required,
-            Action::ShareLayout(host.path.clone()),
+            Action::ShareLayout(host.clone()),
         ));
     }
     if config.modules.enabled && !config.modules.late.is_empty() {
