@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use arcbox_agent_core::protocol::proto::agent::{AgentPingRequest, Empty};
 use arcbox_agent_core::protocol::{ErrorPayload, Frame, MessageType, encode_parts, try_decode};
-use arcbox_agent_core::rpc::{RequestContext, RpcError, ServerConfig, UnaryHandler};
+use arcbox_agent_core::rpc::{
+    RequestContext, Router, RpcError, ServerConfig, ServerStats, UnaryHandler, serve_connection,
+};
 use arcbox_agent_core::transport::UnixTransport;
 use arcbox_agent_sim::{Scenario, SimAgent};
 use arcbox_agent_suite::fd_limit;
@@ -188,7 +190,16 @@ async fn unknown_and_unserved_types_are_answered_and_the_connection_keeps_servin
     let err = error_of(&unknown);
     assert_eq!(err.code, 400);
     assert!(err.message.contains("0x0ABC"), "{}", err.message);
-    let unserved = client.call_raw(MessageType::SandboxCreateRequest.code(), b"").await.unwrap();
+    // The simulator serves every known request, so an agent with a bare
+    // router stands in for one that lacks a handler: known but unserved is 501.
+    let (host, served) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        let (router, config, stats, stop) =
+            (Router::new(), ServerConfig::default(), ServerStats::default(), CancellationToken::new());
+        serve_connection(served, "bare", &router, &config, &stats, &stop).await
+    });
+    let mut bare = AgentClient::from_stream(host, ConnectOptions::default());
+    let unserved = bare.call_raw(MessageType::SandboxCreateRequest.code(), b"").await.unwrap();
     let err = error_of(&unserved);
     assert_eq!(err.code, 501);
     assert!(err.message.contains("SandboxCreateRequest"), "{}", err.message);
