@@ -62,17 +62,22 @@ fn ok(vm: &Vm, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A tar header with every numeric field set (the agent's reader wants them all).
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_size(size);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(1_700_000_000);
+    header
+}
+
 /// A root filesystem: the host's static busybox and its applets.
 fn busybox_tree() -> Vec<u8> {
     let busybox = std::fs::read("/usr/bin/busybox").expect("the host's static busybox (busybox-static)");
     let mut archive = tar::Builder::new(Vec::new());
-    let mut dir = |name: &str| {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Directory);
-        header.set_mode(0o755);
-        header.set_size(0);
-        archive.append_data(&mut header, name, std::io::empty()).expect("dir entry");
-    };
     for name in [
         "busybox/",
         "busybox/bin/",
@@ -82,23 +87,18 @@ fn busybox_tree() -> Vec<u8> {
         "busybox/sys/",
         "busybox/dev/",
     ] {
-        dir(name);
+        let mut dir = header(tar::EntryType::Directory, 0o755, 0);
+        archive.append_data(&mut dir, name, std::io::empty()).expect("dir entry");
     }
-    let mut header = tar::Header::new_gnu();
-    header.set_mode(0o755);
-    header.set_size(busybox.len() as u64);
-    archive.append_data(&mut header, "busybox/bin/busybox", busybox.as_slice()).expect("busybox");
+    let mut file = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
+    archive.append_data(&mut file, "busybox/bin/busybox", busybox.as_slice()).expect("busybox");
     for applet in APPLETS {
-        let mut link = tar::Header::new_gnu();
-        link.set_entry_type(tar::EntryType::Symlink);
-        link.set_size(0);
+        let mut link = header(tar::EntryType::Symlink, 0o777, 0);
         archive.append_link(&mut link, format!("busybox/bin/{applet}"), "busybox").expect("applet");
     }
     let passwd = b"root:x:0:0:root:/:/bin/sh\n";
-    let mut header = tar::Header::new_gnu();
-    header.set_mode(0o644);
-    header.set_size(passwd.len() as u64);
-    archive.append_data(&mut header, "busybox/etc/passwd", &passwd[..]).expect("passwd");
+    let mut file = header(tar::EntryType::Regular, 0o644, passwd.len() as u64);
+    archive.append_data(&mut file, "busybox/etc/passwd", &passwd[..]).expect("passwd");
     archive.into_inner().expect("archive")
 }
 
@@ -188,7 +188,8 @@ pub async fn sandbox_lifecycle_through_agentctl(agent: &mut AgentClient, vm: &Vm
     assert_eq!(registered, Some(vec![ip.clone()]), "the sandbox's name in the guest DNS: {names:?}");
 
     // A file written before the checkpoint is in the restored sandbox.
-    ok(vm, &["sandbox", "run", "vm-sb", "--", "touch", "/tmp/before-checkpoint"]);
+    // On the root filesystem: /tmp is a tmpfs of the sandbox's own, not part of a snapshot.
+    ok(vm, &["sandbox", "run", "vm-sb", "--", "touch", "/etc/before-checkpoint"]);
     let taken: serde_json::Value =
         serde_json::from_str(&ok(vm, &["--json", "sandbox", "checkpoint", "vm-sb", "--name", "warm"]))
             .expect("JSON");
@@ -198,7 +199,10 @@ pub async fn sandbox_lifecycle_through_agentctl(agent: &mut AgentClient, vm: &Vm
             .expect("JSON");
     assert_eq!(restored["id"], "vm-sb2");
     assert_ne!(restored["ip_address"].as_str(), Some(ip.as_str()), "the copy has its own address");
-    assert_eq!(ok(vm, &["sandbox", "run", "vm-sb2", "--", "ls", "/tmp"]), "before-checkpoint\n");
+    assert_eq!(
+        ok(vm, &["sandbox", "run", "vm-sb2", "--", "ls", "/etc/before-checkpoint"]),
+        "/etc/before-checkpoint\n"
+    );
     let listed = ok(vm, &["--json", "sandbox", "ls", "-l", "suite=vm"]);
     assert!(listed.contains("\"vm-sb\"") && listed.contains("\"vm-sb2\""), "{listed}");
 
