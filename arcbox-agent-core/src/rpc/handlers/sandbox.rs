@@ -95,12 +95,9 @@ fn rpc_error(err: SandboxError) -> RpcError {
     RpcError::new(err.code(), err.to_string())
 }
 
-fn ttl(seconds: u32) -> Option<Duration> {
+/// A TTL or timeout in whole seconds; 0 means none, as in the reference.
+fn seconds(seconds: u32) -> Option<Duration> {
     (seconds > 0).then(|| Duration::from_secs(seconds.into()))
-}
-
-fn timeout(seconds: u32) -> Option<Duration> {
-    ttl(seconds)
 }
 
 fn labels(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
@@ -155,7 +152,7 @@ pub fn create_spec(request: pb::CreateSandboxRequest) -> Result<SandboxSpec, Rpc
         init,
         mounts,
         network,
-        ttl: ttl(request.ttl_seconds),
+        ttl: seconds(request.ttl_seconds),
         vm: VmOnly {
             kernel: request.kernel,
             boot_args: request.boot_args,
@@ -241,7 +238,7 @@ unary!(Create, pb::CreateSandboxRequest, pb::CreateSandboxResponse, |service, re
 });
 
 unary!(Stop, pb::StopSandboxRequest, (), |service, request| {
-    let grace = timeout(request.timeout_seconds).unwrap_or(crate::sandbox::DEFAULT_STOP_GRACE);
+    let grace = seconds(request.timeout_seconds).unwrap_or(crate::sandbox::DEFAULT_STOP_GRACE);
     service.stop(&request.id, grace).await.map_err(rpc_error)
 });
 
@@ -286,7 +283,7 @@ unary!(Restore, pb::RestoreRequest, pb::RestoreResponse, |service, request| {
         snapshot_id: request.snapshot_id,
         labels: labels(request.labels),
         network_override: request.network_override,
-        ttl: ttl(request.ttl_seconds),
+        ttl: seconds(request.ttl_seconds),
     };
     let view = service.restore(spec).await.map_err(rpc_error)?;
     Ok(pb::RestoreResponse {
@@ -374,7 +371,7 @@ impl StreamingHandler for Run {
             user: request.user,
             tty: request.tty.then(TtySize::default),
             stdin: false,
-            timeout: timeout(request.timeout_seconds),
+            timeout: seconds(request.timeout_seconds),
         };
         let started = self.0.ready().await.exec(&request.id, &process).await.map_err(rpc_error)?;
         pump::<pb::RunOutput>(MessageType::SandboxRunOutput.code(), started, process.timeout, out, None).await
@@ -406,7 +403,7 @@ impl SessionHandler for Exec {
             user: request.user,
             tty,
             stdin: true,
-            timeout: timeout(request.timeout_seconds),
+            timeout: seconds(request.timeout_seconds),
         };
         let started = self.0.ready().await.exec(&request.id, &process).await.map_err(rpc_error)?;
         let Session { out, inbound, .. } = session;
