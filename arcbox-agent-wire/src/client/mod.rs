@@ -85,6 +85,8 @@ pub struct AgentClient<S = AnyStream> {
     conn: Option<Connection<S>>,
     trace_prefix: [u8; 8],
     next_trace: u64,
+    /// The agent's capability list as last decoded (see [`ping::CapabilityMemo`]).
+    capabilities: ping::CapabilityMemo,
 }
 
 impl AgentClient<AnyStream> {
@@ -111,6 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
             options,
             trace_prefix: trace_prefix(),
             next_trace: 1,
+            capabilities: ping::CapabilityMemo::default(),
         }
     }
 
@@ -124,7 +127,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         let (timestamp_secs, timestamp_nanos) = host_time.map(unix_time::to_parts).unwrap_or((0, 0));
         let request = AgentPingRequest { message: String::new(), timestamp_secs, timestamp_nanos };
         let deadline = self.options.call_timeout;
-        self.call_decoding(MessageType::PingRequest, &request, deadline, ping::decode_ping).await
+        // Taken for the call, so that decoding can use it while the call
+        // holds `self`; a cancelled call leaves it empty, which only costs
+        // the next answer a full decode.
+        let mut memo = std::mem::take(&mut self.capabilities);
+        let decode = |payload| ping::decode_ping(payload, &mut memo);
+        let answer = self.call_decoding(MessageType::PingRequest, &request, deadline, decode).await;
+        self.capabilities = memo;
+        answer
     }
 
     /// Reads the guest's system information.
