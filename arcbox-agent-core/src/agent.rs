@@ -91,7 +91,7 @@ impl Agent {
         router
             .authorize_with(Arc::clone(&parts.authz))
             .unary(MessageType::SyncClockRequest, SyncClockHandler::new(Arc::clone(&parts.clock)))
-            .unary(
+            .immediate(
                 MessageType::PingRequest,
                 PingHandler::new(Arc::clone(&parts.clock), Arc::clone(&identity), parts.clock_step_threshold),
             )

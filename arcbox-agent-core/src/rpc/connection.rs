@@ -10,14 +10,19 @@
 //! A session request (exec, copy-in) takes over the rest of the
 //! connection: see `session`.
 
+use std::future::Future as _;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use arcbox_agent_wire::codec::{FrameReader, FrameWriter, READ_CHUNK_BYTES};
 use futures_util::FutureExt as _;
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::router::{HandlerError, RequestContext, Responder, Route};
 use super::session::{Inbound, Session, SessionCall};
@@ -54,12 +59,10 @@ pub async fn serve_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    // A node of its own in the cancellation tree, and one future on it for
-    // the connection's life: waiting on the server's token itself would
-    // make the connections of every worker take one lock at each read.
+    // A node of its own in the cancellation tree (sessions wait on it),
+    // watched through a flag rather than polled at each read.
     let shutdown = &shutdown.child_token();
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
+    let watch = ShutdownWatch::new(shutdown.clone());
     let mut reader = FrameReader::new(config.max_frame_bytes);
     let mut writer = FrameWriter::with_capacity(READ_CHUNK_BYTES);
     loop {
@@ -73,10 +76,10 @@ where
                 }
                 // Checked here too, as a read that finds bytes at once
                 // never polls the shutdown future.
-                if shutdown.is_cancelled() {
+                if watch.fired() {
                     return ConnectionEnd::Shutdown;
                 }
-                match read_more(&mut stream, &mut reader, config, cancelled.as_mut()).await {
+                match read_more(&mut stream, &mut reader, config, &watch).await {
                     ReadOutcome::Data => continue,
                     ReadOutcome::End(end) => return end,
                 }
@@ -128,6 +131,65 @@ where
     }
 }
 
+/// The server's shutdown as one connection watches it: one atomic load
+/// per check instead of the two locks that polling the token's future
+/// takes (the token's own and its notifier's) at every wait.
+///
+/// The token's future is polled once, with a waker of the watch's own;
+/// when the token is cancelled that waker raises a flag and wakes the task
+/// that last waited on the watch.
+struct ShutdownWatch {
+    signal: Arc<ShutdownSignal>,
+    /// Keeps the registration with the token alive.
+    _cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+#[derive(Default)]
+struct ShutdownSignal {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ShutdownSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl ShutdownWatch {
+    fn new(token: CancellationToken) -> Self {
+        let signal = Arc::new(ShutdownSignal::default());
+        let mut cancelled = Box::pin(token.cancelled_owned());
+        let waker = Waker::from(Arc::clone(&signal));
+        if cancelled.as_mut().poll(&mut Context::from_waker(&waker)).is_ready() {
+            signal.fired.store(true, Ordering::Release);
+        }
+        Self { signal, _cancelled: cancelled }
+    }
+
+    /// Whether the shutdown has begun.
+    fn fired(&self) -> bool {
+        self.signal.fired.load(Ordering::Acquire)
+    }
+
+    /// Ready once the shutdown has begun; until then the task of `cx` is
+    /// woken when it does.
+    fn poll_fired(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.fired() {
+            return Poll::Ready(());
+        }
+        self.signal.task.register(cx.waker());
+        // Checked again: a shutdown between the load and the registration
+        // woke no one.
+        if self.fired() { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
+
 enum ReadOutcome {
     Data,
     End(ConnectionEnd),
@@ -141,7 +203,7 @@ async fn read_more<S>(
     stream: &mut S,
     reader: &mut FrameReader,
     config: &ServerConfig,
-    shutdown: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    shutdown: &ShutdownWatch,
 ) -> ReadOutcome
 where
     S: AsyncRead + Unpin,
@@ -157,13 +219,15 @@ where
         }
     };
     // The read first: bytes that are already there are read without
-    // polling the shutdown future (which takes a lock); the caller checks
-    // the token between reads, so a peer that never pauses cannot delay
-    // a shutdown past its next read.
-    let result = tokio::select! {
-        biased;
-        result = read => result,
-        () = shutdown => return ReadOutcome::End(ConnectionEnd::Shutdown),
+    // looking at the shutdown; the caller checks it between reads, so a
+    // peer that never pauses cannot delay a shutdown past its next read.
+    let mut read = std::pin::pin!(read);
+    let read = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Ready(result) => Poll::Ready(Some(result)),
+        Poll::Pending => shutdown.poll_fired(cx).map(|()| None),
+    });
+    let Some(result) = read.await else {
+        return ReadOutcome::End(ConnectionEnd::Shutdown);
     };
     match result {
         Ok(0) if mid_frame => ReadOutcome::End(ConnectionEnd::Truncated),
@@ -221,7 +285,13 @@ where
     let failure = match route {
         Route::Reject(err) => Some(err),
         Route::Handler(handler) => {
-            let served = AssertUnwindSafe(handler.call(ctx, payload, &mut out)).catch_unwind().await;
+            let served = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                handler.call_now(ctx, &payload, &mut out)
+            })) {
+                Ok(Some(served)) => Ok(served),
+                Ok(None) => AssertUnwindSafe(handler.call(ctx, payload, &mut out)).catch_unwind().await,
+                Err(panic) => Err(panic),
+            };
             handler_failure(served, peer, trace_id)?
         }
         Route::Session(_) => Some(RpcError::internal("a session request reached the request path")),
@@ -335,3 +405,92 @@ pub fn is_peer_gone(err: &std::io::Error) -> bool {
 
 /// Default time a started frame has to arrive in full.
 pub const DEFAULT_FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use arcbox_agent_wire::codec::FrameWriter;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+    use super::*;
+    use crate::protocol::MessageType;
+    use crate::protocol::proto::agent::{AgentPingRequest, AgentPingResponse};
+    use crate::rpc::{ImmediateHandler, RequestContext, Router};
+
+    struct Pong;
+
+    impl ImmediateHandler for Pong {
+        type Request = AgentPingRequest;
+        type Response = AgentPingResponse;
+        fn handle(&self, _: RequestContext<'_>, _: AgentPingRequest) -> Result<AgentPingResponse, RpcError> {
+            Ok(AgentPingResponse { message: "pong".into(), ..Default::default() })
+        }
+    }
+
+    /// Serves one end of a pipe until the connection ends; the other end
+    /// is returned with the server's token.
+    fn serve(stop: &CancellationToken) -> (DuplexStream, tokio::task::JoinHandle<ConnectionEnd>) {
+        let (host, agent) = tokio::io::duplex(1 << 16);
+        let stop = stop.clone();
+        let server = tokio::spawn(async move {
+            let mut router = Router::new();
+            router.immediate(MessageType::PingRequest, Pong);
+            let (config, stats) = (ServerConfig::default(), ServerStats::default());
+            serve_connection(agent, "test", &router, &config, &stats, &stop).await
+        });
+        (host, server)
+    }
+
+    async fn ended(server: tokio::task::JoinHandle<ConnectionEnd>) -> ConnectionEnd {
+        tokio::time::timeout(Duration::from_secs(10), server).await.expect("the connection ended").unwrap()
+    }
+
+    fn ping_frames(count: usize) -> Vec<u8> {
+        let mut frames = FrameWriter::new();
+        for _ in 0..count {
+            frames.push_message(MessageType::PingRequest.code(), b"t", &AgentPingRequest::default()).unwrap();
+        }
+        frames.buffered().to_vec()
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_ends_when_the_server_shuts_down() {
+        let stop = CancellationToken::new();
+        let (mut host, server) = serve(&stop);
+        // One exchange first, so the connection has waited on its watch.
+        host.write_all(&ping_frames(1)).await.unwrap();
+        let mut answer = [0u8; 16];
+        host.read_exact(&mut answer[..4]).await.unwrap();
+        stop.cancel();
+        assert_eq!(ended(server).await, ConnectionEnd::Shutdown);
+    }
+
+    #[tokio::test]
+    async fn a_connection_started_after_the_shutdown_ends_at_once() {
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let (_host, server) = serve(&stop);
+        assert_eq!(ended(server).await, ConnectionEnd::Shutdown);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_pauses_cannot_hold_off_the_shutdown() {
+        let stop = CancellationToken::new();
+        let (host, server) = serve(&stop);
+        let (mut from_agent, mut to_agent) = tokio::io::split(host);
+        let frames = ping_frames(64);
+        let writer = tokio::spawn(async move { while to_agent.write_all(&frames).await.is_ok() {} });
+        let reader = tokio::spawn(async move {
+            let mut sink = vec![0u8; 1 << 16];
+            let mut total = 0;
+            while let Ok(n @ 1..) = from_agent.read(&mut sink).await {
+                total += n;
+            }
+            total
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.cancel();
+        assert_eq!(ended(server).await, ConnectionEnd::Shutdown);
+        writer.abort();
+        assert!(reader.await.unwrap() > 0, "the peer was being answered");
+    }
+}

@@ -12,8 +12,8 @@ mod session;
 pub use connection::{ConnectionEnd, DEFAULT_FRAME_READ_TIMEOUT, is_peer_gone, serve_connection};
 pub use error::RpcError;
 pub use router::{
-    BoxFuture, Handler, HandlerError, RequestContext, Responder, Route, Router, StreamingHandler,
-    UnaryHandler,
+    BoxFuture, Handler, HandlerError, ImmediateHandler, RequestContext, Responder, Route, Router,
+    StreamingHandler, UnaryHandler,
 };
 pub use server::{DEFAULT_MAX_CONNECTIONS, Server, ServerConfig, ServerStats};
 pub use session::{Inbound, InboundError, Session, SessionCall, SessionHandler};

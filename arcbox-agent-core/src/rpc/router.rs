@@ -1,7 +1,8 @@
 //! Routes request frames to handlers by message type.
 //!
 //! Routing works on raw frames; handlers work on typed prost messages
-//! through the [`UnaryHandler`] and [`StreamingHandler`] adapters, and
+//! through the [`UnaryHandler`], [`ImmediateHandler`] (answers in place,
+//! no future) and [`StreamingHandler`] adapters, and
 //! [`SessionHandler`]s take over their connection (see `session`). A known
 //! request type with no handler is answered 501; an unknown type, or a type
 //! that is not a request, 400; a request the agent's [`Authz`] policy
@@ -128,6 +129,18 @@ pub trait Handler: Send + Sync + 'static {
         payload: Bytes,
         out: &'a mut Responder<'_>,
     ) -> BoxFuture<'a, Result<(), HandlerError>>;
+
+    /// Serves the request at once, with no future, when this handler can
+    /// (see [`ImmediateHandler`]); `None` means: use [`Handler::call`].
+    fn call_now(
+        &self,
+        ctx: RequestContext<'_>,
+        payload: &[u8],
+        out: &mut Responder<'_>,
+    ) -> Option<Result<(), HandlerError>> {
+        let _ = (ctx, payload, out);
+        None
+    }
 }
 
 /// A request/response handler on typed messages.
@@ -142,6 +155,19 @@ pub trait UnaryHandler: Send + Sync + 'static {
         ctx: RequestContext<'_>,
         request: Self::Request,
     ) -> impl Future<Output = Result<Self::Response, RpcError>> + Send;
+}
+
+/// A request/response handler whose answer needs no waiting: no I/O to
+/// await and no lock held across one. The connection calls it in place,
+/// with no future to allocate and poll, which is worth it on the calls
+/// hosts make most (Ping, at every poll and clock sync).
+pub trait ImmediateHandler: Send + Sync + 'static {
+    /// The decoded request payload.
+    type Request: prost::Message + Default + Send;
+    /// The response payload.
+    type Response: prost::Message + Send;
+    /// Serves one request.
+    fn handle(&self, ctx: RequestContext<'_>, request: Self::Request) -> Result<Self::Response, RpcError>;
 }
 
 /// A handler that answers one request with a stream of frames.
@@ -172,6 +198,42 @@ impl<H: UnaryHandler> Handler for Unary<H> {
             out.queue(response_code(ctx.msg_type), &response)?;
             Ok(())
         })
+    }
+}
+
+struct Immediate<H>(H);
+
+impl<H: ImmediateHandler> Immediate<H> {
+    fn serve(
+        &self,
+        ctx: RequestContext<'_>,
+        payload: &[u8],
+        out: &mut Responder<'_>,
+    ) -> Result<(), HandlerError> {
+        let request = H::Request::decode(payload).map_err(RpcError::from)?;
+        let response = self.0.handle(ctx, request)?;
+        out.queue(response_code(ctx.msg_type), &response)?;
+        Ok(())
+    }
+}
+
+impl<H: ImmediateHandler> Handler for Immediate<H> {
+    fn call<'a>(
+        &'a self,
+        ctx: RequestContext<'a>,
+        payload: Bytes,
+        out: &'a mut Responder<'_>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move { self.serve(ctx, &payload, out) })
+    }
+
+    fn call_now(
+        &self,
+        ctx: RequestContext<'_>,
+        payload: &[u8],
+        out: &mut Responder<'_>,
+    ) -> Option<Result<(), HandlerError>> {
+        Some(self.serve(ctx, payload, out))
     }
 }
 
@@ -269,6 +331,11 @@ impl Router {
     /// Registers a typed request/response handler.
     pub fn unary(&mut self, msg_type: MessageType, handler: impl UnaryHandler) -> &mut Self {
         self.route(msg_type, Unary(handler))
+    }
+
+    /// Registers a typed handler that answers in place (see [`ImmediateHandler`]).
+    pub fn immediate(&mut self, msg_type: MessageType, handler: impl ImmediateHandler) -> &mut Self {
+        self.route(msg_type, Immediate(handler))
     }
 
     /// Registers a typed streaming handler.
@@ -390,6 +457,88 @@ mod tests {
         assert_eq!(frame.trace_str(), "tr");
         let resp: AgentPingResponse = prost::Message::decode(frame.payload).unwrap();
         assert_eq!(resp.message, "x");
+    }
+
+    /// Answers like `Echo`, in place; panics on the message "panic".
+    struct EchoNow;
+
+    impl ImmediateHandler for EchoNow {
+        type Request = AgentPingRequest;
+        type Response = AgentPingResponse;
+        fn handle(&self, _: RequestContext<'_>, r: AgentPingRequest) -> Result<AgentPingResponse, RpcError> {
+            assert_ne!(r.message, "panic", "deliberate test panic");
+            Ok(AgentPingResponse { message: r.message, ..Default::default() })
+        }
+    }
+
+    /// The frames `h` queues for a request carrying `message`, by the
+    /// in-place path (`now`) or the future.
+    async fn queued(h: &dyn Handler, message: &str, now: bool) -> Option<Vec<u8>> {
+        let (mut writer, mut frames) = (Vec::new(), FrameWriter::new());
+        let mut out = Responder::new(&mut writer, &mut frames, b"tr");
+        let ctx = RequestContext { msg_type: 1, trace_id: "tr", peer: "test" };
+        let payload = prost::Message::encode_to_vec(&AgentPingRequest {
+            message: message.into(),
+            ..Default::default()
+        });
+        if now {
+            h.call_now(ctx, &payload, &mut out)?.unwrap();
+        } else {
+            h.call(ctx, payload.into(), &mut out).await.unwrap();
+        }
+        assert!(writer.is_empty(), "an answer waits in the buffer for the connection to write it");
+        Some(frames.buffered().to_vec())
+    }
+
+    #[tokio::test]
+    async fn an_immediate_handler_answers_in_place_as_its_future_would() {
+        let mut router = Router::new();
+        router.immediate(MessageType::PingRequest, EchoNow).unary(MessageType::GetSystemInfoRequest, Echo);
+        let Route::Handler(now) = router.lookup(1) else { panic!("not routed") };
+        let in_place = queued(now, "x", true).await.expect("answered in place");
+        assert_eq!(Some(in_place.clone()), queued(now, "x", false).await);
+        let mut wire = bytes::BytesMut::from(&in_place[..]);
+        let frame = crate::protocol::try_decode(&mut wire, 1 << 20).unwrap().unwrap();
+        assert_eq!((frame.msg_type, frame.trace_str()), (0x1001, "tr"));
+        let resp: AgentPingResponse = prost::Message::decode(frame.payload).unwrap();
+        assert_eq!(resp.message, "x");
+        // A unary handler has no in-place path.
+        let Route::Handler(later) = router.lookup(MessageType::GetSystemInfoRequest.code()) else {
+            panic!("not routed")
+        };
+        assert_eq!(queued(later, "x", true).await, None);
+    }
+
+    #[tokio::test]
+    async fn an_immediate_handler_that_fails_or_panics_is_answered_and_the_connection_serves_on() {
+        use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
+        use tokio_util::sync::CancellationToken;
+
+        use crate::rpc::{ConnectionEnd, ServerConfig, ServerStats, serve_connection};
+
+        let mut router = Router::new();
+        router.immediate(MessageType::PingRequest, EchoNow);
+        let (host, agent) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            let (config, stats, stop) =
+                (ServerConfig::default(), ServerStats::default(), CancellationToken::new());
+            serve_connection(agent, "test", &router, &config, &stats, &stop).await
+        });
+        let mut client = AgentClient::from_stream(host, ConnectOptions::default());
+        let ping = MessageType::PingRequest;
+        let request = |message: &str| AgentPingRequest { message: message.into(), ..Default::default() };
+        for _ in 0..2 {
+            let err = client.call::<_, AgentPingResponse>(ping, &request("panic")).await.unwrap_err();
+            let ClientError::Remote(payload) = err else { panic!("{err}") };
+            assert_eq!(payload.code, ErrorCode::INTERNAL);
+            assert!(payload.message.contains("deliberate test panic"), "{}", payload.message);
+            let bad = client.call_raw(ping.code(), &[0x0a, 0xff]).await.unwrap();
+            assert_eq!(bad.msg_type, MessageType::Error.code(), "an undecodable request is answered");
+            let answer: AgentPingResponse = client.call(ping, &request("still here")).await.unwrap();
+            assert_eq!(answer.message, "still here");
+        }
+        drop(client);
+        assert_eq!(server.await.unwrap(), ConnectionEnd::PeerClosed);
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::AgentIdentity;
 use crate::protocol::proto::agent::{AgentPingRequest, AgentPingResponse};
 use crate::protocol::{PROTOCOL_VERSION, unix_time};
-use crate::rpc::{RequestContext, RpcError, UnaryHandler};
+use crate::rpc::{ImmediateHandler, RequestContext, RpcError};
 use crate::sys::Clock;
 
 /// The guest clock is stepped only when it is off by more than this; a
@@ -115,11 +115,11 @@ impl<C: Clock> PingHandler<C> {
     }
 }
 
-impl<C: Clock> UnaryHandler for PingHandler<C> {
+impl<C: Clock> ImmediateHandler for PingHandler<C> {
     type Request = AgentPingRequest;
     type Response = SharedAnswer<AgentPingResponse>;
 
-    async fn handle(
+    fn handle(
         &self,
         _ctx: RequestContext<'_>,
         request: AgentPingRequest,
@@ -226,7 +226,7 @@ mod tests {
     #[tokio::test]
     async fn ping_answers_pong_with_version_and_handshake() {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH + Duration::from_secs(1_000)));
-        let r = handler(&clock).handle(ctx(), AgentPingRequest::default()).await.unwrap();
+        let r = handler(&clock).handle(ctx(), AgentPingRequest::default()).unwrap();
         assert_eq!(r.message, "pong");
         assert_eq!(r.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(r.protocol_version, PROTOCOL_VERSION);
@@ -240,7 +240,7 @@ mod tests {
     async fn ping_echoes_its_message() {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH));
         let req = AgentPingRequest { message: "hi".into(), ..Default::default() };
-        assert_eq!(handler(&clock).handle(ctx(), req).await.unwrap().message, "pong: hi");
+        assert_eq!(handler(&clock).handle(ctx(), req).unwrap().message, "pong: hi");
     }
 
     #[tokio::test]
@@ -251,7 +251,7 @@ mod tests {
             timestamp_nanos: 250_000_000,
             ..Default::default()
         };
-        let r = handler(&clock).handle(ctx(), req).await.unwrap();
+        let r = handler(&clock).handle(ctx(), req).unwrap();
         assert!(r.clock.starts_with("stepped +"), "{}", r.clock);
         assert_eq!(clock.steps(), vec![UNIX_EPOCH + Duration::new(1_700_000_000, 250_000_000)]);
     }
@@ -265,7 +265,7 @@ mod tests {
             timestamp_nanos: 100_000_000,
             ..Default::default()
         };
-        let r = handler(&clock).handle(ctx(), req).await.unwrap();
+        let r = handler(&clock).handle(ctx(), req).unwrap();
         assert_eq!(r.clock, "unchanged");
         assert!(clock.steps().is_empty());
     }
@@ -278,7 +278,7 @@ mod tests {
             let guest = UNIX_EPOCH + Duration::new(1_700_000_000, 0) + Duration::from_millis(into_second_ms);
             let clock = Arc::new(FakeClock::at(guest));
             let req = AgentPingRequest { timestamp_secs: 1_700_000_000, ..Default::default() };
-            let r = handler(&clock).handle(ctx(), req).await.unwrap();
+            let r = handler(&clock).handle(ctx(), req).unwrap();
             assert_eq!(r.clock, "unchanged", "{into_second_ms} ms into the second");
             assert!(clock.steps().is_empty());
         }
@@ -288,7 +288,7 @@ mod tests {
     async fn a_time_in_whole_seconds_steps_a_clock_that_is_off_by_more_than_a_second() {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH + Duration::new(1_700_000_003, 0)));
         let req = AgentPingRequest { timestamp_secs: 1_700_000_000, ..Default::default() };
-        let r = handler(&clock).handle(ctx(), req).await.unwrap();
+        let r = handler(&clock).handle(ctx(), req).unwrap();
         assert!(r.clock.starts_with("stepped -"), "{}", r.clock);
         assert_eq!(clock.steps(), vec![UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000)]);
     }
@@ -303,8 +303,8 @@ mod tests {
             ..Default::default()
         };
         for (request, clock) in [(AgentPingRequest::default(), ""), (timed, "unchanged")] {
-            let first = handler.handle(ctx(), request.clone()).await.unwrap();
-            let second = handler.handle(ctx(), request).await.unwrap();
+            let first = handler.handle(ctx(), request.clone()).unwrap();
+            let second = handler.handle(ctx(), request).unwrap();
             assert!(first.ptr_eq(&second), "the second answer is the first one, shared");
             let fresh = AgentPingResponse {
                 message: "pong".into(),
@@ -327,9 +327,9 @@ mod tests {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH));
         let identity = AgentIdentity::new("boot-1");
         let handler = PingHandler::new(clock, Arc::clone(&identity), DEFAULT_CLOCK_STEP_THRESHOLD);
-        assert!(handler.handle(ctx(), AgentPingRequest::default()).await.unwrap().capabilities.is_empty());
+        assert!(handler.handle(ctx(), AgentPingRequest::default()).unwrap().capabilities.is_empty());
         identity.capabilities.set(vec![1]).unwrap();
-        assert_eq!(handler.handle(ctx(), AgentPingRequest::default()).await.unwrap().capabilities, vec![1]);
+        assert_eq!(handler.handle(ctx(), AgentPingRequest::default()).unwrap().capabilities, vec![1]);
     }
 
     #[tokio::test]
@@ -337,7 +337,7 @@ mod tests {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH));
         clock.fail_sets("EPERM");
         let req = AgentPingRequest { timestamp_secs: 1_700_000_000, ..Default::default() };
-        let r = handler(&clock).handle(ctx(), req).await.unwrap();
+        let r = handler(&clock).handle(ctx(), req).unwrap();
         assert!(r.clock.starts_with("failed:"), "{}", r.clock);
         assert_eq!(r.message, "pong");
     }
