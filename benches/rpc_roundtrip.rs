@@ -172,7 +172,7 @@ fn profile(spec: &str) {
     let calls = parts.next().unwrap_or("100000");
     let pipelined = parts.next() == Some("pipelined");
     let stack = Stack::ALL.into_iter().find(|s| s.name() == name).unwrap_or_else(|| {
-        panic!("ARCBOX_BENCH_PROFILE: unknown stack {name:?} (raw_echo, arcbox, ttrpc, tonic)")
+        panic!("ARCBOX_BENCH_PROFILE: unknown stack {name:?} (raw_echo, arcbox, arcbox_owned, ttrpc, tonic)")
     });
     let calls: u64 = calls.parse().expect("ARCBOX_BENCH_PROFILE=STACK:CALLS[:pipelined]");
     let rt = current_thread();

@@ -67,7 +67,7 @@ if [[ "$what" != rpc ]]; then
 fi
 
 if [[ "$what" != codec ]]; then
-    stacks="raw_echo arcbox ttrpc tonic"
+    stacks="raw_echo arcbox arcbox_owned ttrpc tonic"
     groups="cost_current_thread conn16_current_thread conn16_multi_thread2 pipelined64_current_thread"
     for run in $(seq 1 "$runs"); do
         bench rpc_roundtrip
@@ -107,7 +107,7 @@ if [[ "$what" != codec ]]; then
     echo "cost = client + server on one current-thread runtime, sequential calls (CPU per call)"
     echo "16 conn = 16 connections calling concurrently, calls/s (ct: current-thread runtime, mt2: 2 workers)"
     echo "pipe64 = one connection, 64 requests sent before reading, calls/s (current-thread runtime)"
-    printf '%-9s %11s %11s %7s   %12s %7s   %12s %7s   %12s %7s\n' \
+    printf '%-12s %11s %11s %7s   %12s %7s   %12s %7s   %12s %7s\n' \
         stack "cost mean" "cost p50" "vs raw" "16conn ct/s" "vs raw" "16conn mt2/s" "vs raw" "pipe64 ct/s" "vs raw"
     raw_cost=$(value cost_current_thread raw_echo 3)
     raw_ct=$(value conn16_current_thread raw_echo 3)
@@ -118,15 +118,15 @@ if [[ "$what" != codec ]]; then
             -v ct="$(value conn16_current_thread "$stack" 3)" -v mt="$(value conn16_multi_thread2 "$stack" 3)" \
             -v pp="$(value pipelined64_current_thread "$stack" 3)" \
             -v rc="$raw_cost" -v rct="$raw_ct" -v rmt="$raw_mt" -v rpp="$raw_pipe" 'BEGIN {
-            printf "%-9s %8.2f us %8.2f us %6.2fx   %12.0f %6.2fx   %12.0f %6.2fx   %12.0f %6.2fx\n",
+            printf "%-12s %8.2f us %8.2f us %6.2fx   %12.0f %6.2fx   %12.0f %6.2fx   %12.0f %6.2fx\n",
                 s, cm / 1000, cp / 1000, cm / rc, 1e9 / ct, rct / ct, 1e9 / mt, rmt / mt, 1e9 / pp, rpp / pp }'
     done
     echo "(cost p50 = criterion's median over samples of the mean time per call; vs raw: cost ratio, lower"
     echo " is better; throughput ratio = calls/s over the raw echo's, higher is better)"
     echo
     echo "== ratios to the raw echo, run by run (cost: lower is better; the others: higher is better)"
-    printf '%-4s %-9s %8s %10s %11s %8s\n' run stack cost "16conn ct" "16conn mt2" pipe64
-    awk '{ printf "%-4s %-9s %7.2fx %9.2fx %10.2fx %7.2fx\n", $1, $2, $3, $4, $5, $6 }' "$results/ratios"
+    printf '%-4s %-12s %8s %10s %11s %8s\n' run stack cost "16conn ct" "16conn mt2" pipe64
+    awk '{ printf "%-4s %-12s %7.2fx %9.2fx %10.2fx %7.2fx\n", $1, $2, $3, $4, $5, $6 }' "$results/ratios"
     echo "spread over $runs run(s), min / median / max:"
     awk -v stacks="$stacks" '
         { n[$2]++; for (c = 3; c <= 6; c++) v[$2, c, n[$2]] = $c }
@@ -139,7 +139,7 @@ if [[ "$what" != codec ]]; then
         END {
             m = split(stacks, s, " ")
             for (i = 2; i <= m; i++)
-                printf "%-9s cost %s   16conn ct %s   16conn mt2 %s   pipe64 %s\n", s[i],
+                printf "%-12s cost %s   16conn ct %s   16conn mt2 %s   pipe64 %s\n", s[i],
                     spread(s[i], 3), spread(s[i], 4), spread(s[i], 5), spread(s[i], 6)
         }' "$results/ratios"
 fi

@@ -1,4 +1,4 @@
-//! The four stacks `rpc_roundtrip` compares, each served on a Unix socket
+//! The stacks `rpc_roundtrip` compares, each served on a Unix socket
 //! in a temp dir and called with the same Ping request:
 //!
 //! - [`Stack::Raw`]: a raw tokio Unix-socket echo. The client writes the
@@ -7,10 +7,14 @@
 //!   response's bytes per whole request, in one write. No framing, no
 //!   parsing, no protobuf: the floor of a round trip through the kernel and
 //!   the tokio reactor.
-//! - [`Stack::Arcbox`]: `AgentClient::ping` against the simulator's agent
-//!   (`arcbox_agent_sim::SimAgent` served by `Server::serve`): framing,
-//!   router, policy check, Ping handler (clock check included), trace ids,
-//!   deadlines.
+//! - [`Stack::Arcbox`]: `AgentClient::ping_into` against the simulator's
+//!   agent (`arcbox_agent_sim::SimAgent` served by `Server::serve`):
+//!   framing, router, policy check, Ping handler (clock check included),
+//!   trace ids, deadlines; the answer is decoded into the last one, as a
+//!   host that polls does, so no call allocates.
+//! - [`Stack::ArcboxOwned`]: the same with `AgentClient::ping`, which
+//!   returns a new answer each time (its four strings and its list
+//!   allocated, and freed after the call).
 //! - [`Stack::Ttrpc`]: ttrpc-rust's async client and server (the Kata
 //!   agent's framing), service `arcbox.agent.Agent`, method `Ping`, with a
 //!   hand-written `MethodHandler`. Its payloads are the same prost messages
@@ -66,17 +70,19 @@ pub const PIPELINE_DEPTH: usize = 64;
 pub enum Stack {
     Raw,
     Arcbox,
+    ArcboxOwned,
     Ttrpc,
     Tonic,
 }
 
 impl Stack {
-    pub const ALL: [Stack; 4] = [Stack::Raw, Stack::Arcbox, Stack::Ttrpc, Stack::Tonic];
+    pub const ALL: [Stack; 5] = [Stack::Raw, Stack::Arcbox, Stack::ArcboxOwned, Stack::Ttrpc, Stack::Tonic];
 
     pub fn name(self) -> &'static str {
         match self {
             Stack::Raw => "raw_echo",
             Stack::Arcbox => "arcbox",
+            Stack::ArcboxOwned => "arcbox_owned",
             Stack::Ttrpc => "ttrpc",
             Stack::Tonic => "tonic",
         }
@@ -139,6 +145,9 @@ pub struct ArcboxClient {
     reader: FrameReader,
     writer: FrameWriter,
     traces: Vec<Vec<u8>>,
+    /// The answer each call decodes into (`ping_into`); `None`: each call
+    /// returns a new one (`ping`).
+    last_answer: Option<AgentPingResponse>,
 }
 
 /// The Ping request every RPC client sends: the host's time, as a VMM
@@ -157,10 +166,16 @@ impl Client {
                 stream.write_all(request).await.expect("raw write");
                 stream.read_exact(response).await.expect("raw read");
             }
-            Client::Arcbox(arcbox) => {
-                let answer = arcbox.client.ping(Some(SystemTime::now())).await.expect("arcbox ping");
-                debug_assert_eq!(answer.message, "pong");
-            }
+            Client::Arcbox(arcbox) => match &mut arcbox.last_answer {
+                Some(answer) => {
+                    arcbox.client.ping_into(Some(SystemTime::now()), answer).await.expect("arcbox ping");
+                    debug_assert_eq!(answer.message, "pong");
+                }
+                None => {
+                    let answer = arcbox.client.ping(Some(SystemTime::now())).await.expect("arcbox ping");
+                    debug_assert_eq!(answer.message, "pong");
+                }
+            },
             Client::Ttrpc(client) => ttrpc_ping(client).await,
             Client::Tonic(client) => tonic_ping(client.clone()).await,
         }
@@ -291,7 +306,7 @@ impl Servers {
                 requests: self.shape.request.repeat(PIPELINE_DEPTH),
                 answers: vec![0; PIPELINE_DEPTH * self.shape.response.len()],
             },
-            Stack::Arcbox => Client::Arcbox(Box::new(ArcboxClient {
+            Stack::Arcbox | Stack::ArcboxOwned => Client::Arcbox(Box::new(ArcboxClient {
                 client: AgentClient::from_stream(
                     unix_stream(&self.arcbox).await,
                     ConnectOptions { call_timeout: CALL_TIMEOUT, ..ConnectOptions::default() },
@@ -301,6 +316,7 @@ impl Servers {
                 writer: FrameWriter::with_capacity(PIPELINE_DEPTH * self.shape.request.len()),
                 // The client's shape: 8 hex digits, a dash, a number.
                 traces: (0..PIPELINE_DEPTH).map(|n| format!("0badcafe-{}", 1000 + n).into_bytes()).collect(),
+                last_answer: (stack == Stack::Arcbox).then(AgentPingResponse::default),
             })),
             Stack::Ttrpc => Client::Ttrpc(
                 ttrpc::asynchronous::Client::connect(&self.ttrpc_addr).await.expect("connect ttrpc"),

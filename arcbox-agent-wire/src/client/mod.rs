@@ -124,6 +124,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
 
     /// Pings; with `host_time`, the agent steps its clock to it.
     pub async fn ping(&mut self, host_time: Option<SystemTime>) -> Result<AgentPingResponse, ClientError> {
+        let mut answer = AgentPingResponse::default();
+        self.ping_into(host_time, &mut answer).await?;
+        Ok(answer)
+    }
+
+    /// As [`AgentClient::ping`], decoding the answer into `answer` and
+    /// reusing what it holds: a host that polls with its last answer makes
+    /// no allocation per call. After an error `answer` holds part of an
+    /// answer or none.
+    pub async fn ping_into(
+        &mut self,
+        host_time: Option<SystemTime>,
+        answer: &mut AgentPingResponse,
+    ) -> Result<(), ClientError> {
         let (timestamp_secs, timestamp_nanos) = host_time.map(unix_time::to_parts).unwrap_or((0, 0));
         let request = AgentPingRequest { message: String::new(), timestamp_secs, timestamp_nanos };
         let deadline = self.options.call_timeout;
@@ -131,10 +145,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AgentClient<S> {
         // holds `self`; a cancelled call leaves it empty, which only costs
         // the next answer a full decode.
         let mut memo = std::mem::take(&mut self.capabilities);
-        let decode = |payload| ping::decode_ping(payload, &mut memo);
-        let answer = self.call_decoding(MessageType::PingRequest, &request, deadline, decode).await;
+        let decode = |payload: bytes::Bytes| ping::decode_ping_into(&payload, answer, &mut memo);
+        let decoded = self.call_decoding(MessageType::PingRequest, &request, deadline, decode).await;
         self.capabilities = memo;
-        answer
+        decoded
     }
 
     /// Reads the guest's system information.

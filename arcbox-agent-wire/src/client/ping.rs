@@ -1,7 +1,6 @@
 //! Decoding the Ping answer, the call hosts make most (to poll, to sync the
 //! clock) and whose capability list is most of its bytes.
 
-use bytes::Bytes;
 use prost::Message as _;
 use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint};
 
@@ -18,32 +17,49 @@ mod field {
     pub const CLOCK: u32 = 103;
 }
 
-/// Decodes a Ping answer as `AgentPingResponse::decode` does, reading each
-/// field of the usual answer straight from the slice: a string is checked
-/// and copied into an exactly sized `String` (prost's generic string merge
-/// goes through `Buf` and a growing vector at about twice the instructions),
-/// and the packed capability list (the agent's ~70 request codes, most of
-/// the answer) is read by a loop that sizes the vector first and takes one-
-/// and two-byte codes without a call each (prost's grows the vector one
-/// push at a time, five reallocations, at about four times the
+/// Decodes a Ping answer into `answer` as `AgentPingResponse::decode`
+/// would decode it into a fresh message, reusing the strings and the list
+/// `answer` already holds: a host that passes its last answer back polls
+/// with no allocation at all.
+///
+/// Each field of the usual answer is read straight from the slice: a
+/// string is checked and copied (prost's generic string merge goes through
+/// `Buf` and a growing vector at about twice the instructions), and the
+/// packed capability list (the agent's ~70 request codes, most of the
+/// answer) comes from the [`CapabilityMemo`] or from a loop that sizes the
+/// list first and takes one- and two-byte codes without a call each
+/// (prost's grows the vector one push at a time at about four times the
 /// instructions). Anything else, and any field that is not well formed,
-/// goes through prost's own `merge_field`, so unknown fields are skipped and
-/// malformed input gets prost's errors.
-pub(super) fn decode_ping(
-    payload: Bytes,
+/// goes through prost's own `merge_field`, so unknown fields are skipped
+/// and malformed input gets prost's errors. After an error `answer` holds
+/// part of the answer.
+pub(super) fn decode_ping_into(
+    payload: &[u8],
+    answer: &mut AgentPingResponse,
     memo: &mut CapabilityMemo,
-) -> Result<AgentPingResponse, prost::DecodeError> {
-    let mut answer = AgentPingResponse::default();
-    let mut buf = &payload[..];
+) -> Result<(), prost::DecodeError> {
+    clear(answer);
+    let mut buf = payload;
     while !buf.is_empty() {
         let (tag, wire_type) = decode_key(&mut buf)?;
-        if let Some(rest) = take_field(tag, wire_type, buf, &mut answer, memo) {
+        if let Some(rest) = take_field(tag, wire_type, buf, answer, memo) {
             buf = rest;
             continue;
         }
         answer.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?;
     }
-    Ok(answer)
+    Ok(())
+}
+
+/// Empties `answer` as a fresh message is, keeping what it has allocated.
+fn clear(answer: &mut AgentPingResponse) {
+    // Every field named: one added to the message cannot be forgotten here.
+    let AgentPingResponse { message, version, protocol_version, capabilities, boot_id, clock } = answer;
+    for text in [message, version, boot_id, clock] {
+        text.clear();
+    }
+    *protocol_version = 0;
+    capabilities.clear();
 }
 
 /// Reads the value of a usual field from `buf` into `answer` and returns
@@ -76,8 +92,15 @@ fn take_field<'a>(
         _ => return None,
     };
     let (bytes, rest) = take_length_delimited(buf)?;
+    let text = std::str::from_utf8(bytes).ok()?;
     // A repeated scalar field keeps its last value, as prost's merge does.
-    *string = std::str::from_utf8(bytes).ok()?.to_owned();
+    if string.capacity() >= text.len() {
+        string.clear();
+        string.push_str(text);
+    } else {
+        // One allocation of the exact size (growing would take a longer path).
+        *string = text.to_owned();
+    }
     Some(rest)
 }
 
@@ -107,7 +130,11 @@ impl CapabilityMemo {
             return decode_packed_u32(packed, into).map(|()| rest);
         }
         if packed == self.wire.as_slice() {
-            *into = self.codes.clone();
+            if into.capacity() >= self.codes.len() {
+                into.extend_from_slice(&self.codes);
+            } else {
+                *into = self.codes.clone();
+            }
             return Some(rest);
         }
         decode_packed_u32(packed, into)?;
@@ -169,7 +196,19 @@ fn decode_packed_u32(packed: &[u8], into: &mut Vec<u32>) -> Option<()> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+
+    /// Decodes into a fresh answer, as `AgentClient::ping` does.
+    fn decode_ping(
+        payload: Bytes,
+        memo: &mut CapabilityMemo,
+    ) -> Result<AgentPingResponse, prost::DecodeError> {
+        let mut answer = AgentPingResponse::default();
+        decode_ping_into(&payload, &mut answer, memo)?;
+        Ok(answer)
+    }
 
     fn answer(capabilities: Vec<u32>) -> AgentPingResponse {
         AgentPingResponse {
@@ -227,7 +266,19 @@ mod tests {
                 clock: clock.unwrap_or_default(),
             };
             let bytes = sent.encode_to_vec();
-            proptest::prop_assert_eq!(decode_ping(bytes.into(), &mut CapabilityMemo::default()).unwrap(), sent);
+            let mut memo = CapabilityMemo::default();
+            proptest::prop_assert_eq!(&decode_ping(bytes.clone().into(), &mut memo).unwrap(), &sent);
+            // Again, the list now from the memo, into an answer full of another's fields.
+            let mut into = AgentPingResponse {
+                message: "left over".into(),
+                version: "9.9".into(),
+                protocol_version: 9,
+                capabilities: vec![5; 100],
+                boot_id: "old".into(),
+                clock: "stepped".into(),
+            };
+            decode_ping_into(&bytes, &mut into, &mut memo).unwrap();
+            proptest::prop_assert_eq!(into, sent);
         }
 
         /// Any bytes at all, valid or not: the same answer or the same error.
@@ -245,6 +296,27 @@ mod tests {
             let prosts = AgentPingResponse::decode(&bytes[..]).map_err(|e| e.to_string());
             proptest::prop_assert_eq!(ours, prosts);
         }
+    }
+
+    #[test]
+    fn an_answer_decoded_into_the_last_one_is_as_fresh_and_reuses_its_memory() {
+        let mut memo = CapabilityMemo::default();
+        let mut into = AgentPingResponse::default();
+        let long = AgentPingResponse {
+            message: "pong: a longer message".into(),
+            protocol_version: 7,
+            ..answer(vec![1, 2, 3, 0x100, 0x101])
+        };
+        decode_ping_into(&long.encode_to_vec(), &mut into, &mut memo).unwrap();
+        assert_eq!(into, long);
+        let (message, codes) = (into.message.as_ptr(), into.capabilities.as_ptr());
+        // Shorter fields, a field left out and a shorter list: nothing of the last answer stays.
+        let short = AgentPingResponse { clock: String::new(), ..answer(vec![9]) };
+        decode_ping_into(&short.encode_to_vec(), &mut into, &mut memo).unwrap();
+        assert_eq!(into, short);
+        assert_eq!((into.message.as_ptr(), into.capabilities.as_ptr()), (message, codes), "reused");
+        decode_ping_into(&long.encode_to_vec(), &mut into, &mut memo).unwrap();
+        assert_eq!(into, long);
     }
 
     #[test]
