@@ -23,56 +23,79 @@ mod field {
 /// with no allocation at all.
 ///
 /// Each field of the usual answer is read straight from the slice: a
-/// string is checked and copied (prost's generic string merge goes through
-/// `Buf` and a growing vector at about twice the instructions), and the
-/// packed capability list (the agent's ~70 request codes, most of the
-/// answer) comes from the [`CapabilityMemo`] or from a loop that sizes the
-/// list first and takes one- and two-byte codes without a call each
-/// (prost's grows the vector one push at a time at about four times the
-/// instructions). Anything else, and any field that is not well formed,
-/// goes through prost's own `merge_field`, so unknown fields are skipped
-/// and malformed input gets prost's errors. After an error `answer` holds
-/// part of the answer.
+/// string equal to the one `answer` holds is left as it is (no check, no
+/// copy: a polled answer rarely changes), another is checked and copied
+/// (prost's generic string merge goes through `Buf` and a growing vector
+/// at about twice the instructions), and the packed capability list (the
+/// agent's ~70 request codes, most of the answer) comes from the
+/// [`CapabilityMemo`] or from a loop that sizes the list first and takes
+/// one- and two-byte codes without a call each (prost's grows the vector
+/// one push at a time at about four times the instructions). Anything
+/// else, and any field that is not well formed, goes through prost's own
+/// `merge_field`, so unknown fields are skipped and malformed input gets
+/// prost's errors. After an error `answer` holds part of the answer.
 pub(super) fn decode_ping_into(
     payload: &[u8],
     answer: &mut AgentPingResponse,
     memo: &mut CapabilityMemo,
 ) -> Result<(), prost::DecodeError> {
-    clear(answer);
+    // The strings are kept until the answer says what they are now.
+    answer.protocol_version = 0;
+    answer.capabilities.clear();
+    let mut seen = [false; TEXTS];
     let mut buf = payload;
     while !buf.is_empty() {
         let (tag, wire_type) = decode_key(&mut buf)?;
-        if let Some(rest) = take_field(tag, wire_type, buf, answer, memo) {
+        if let Some(rest) = take_field(tag, wire_type, buf, answer, memo, &mut seen) {
             buf = rest;
             continue;
         }
         answer.merge_field(tag, wire_type, &mut buf, DecodeContext::default())?;
     }
+    // A string the answer did not carry is empty, as in a fresh message.
+    for (text, seen) in texts(answer).into_iter().zip(seen) {
+        if !seen {
+            text.clear();
+        }
+    }
     Ok(())
 }
 
-/// Empties `answer` as a fresh message is, keeping what it has allocated.
-fn clear(answer: &mut AgentPingResponse) {
-    // Every field named: one added to the message cannot be forgotten here.
-    let AgentPingResponse { message, version, protocol_version, capabilities, boot_id, clock } = answer;
-    for text in [message, version, boot_id, clock] {
-        text.clear();
+/// How many string fields an answer has.
+const TEXTS: usize = 4;
+
+/// The answer's strings, in the order [`text_index`] numbers them.
+fn texts(answer: &mut AgentPingResponse) -> [&mut String; TEXTS] {
+    // Every field named, so that one added to the message stops the build
+    // here: `decode_ping_into` must then reset it too.
+    let AgentPingResponse { message, version, boot_id, clock, protocol_version: _, capabilities: _ } = answer;
+    [message, version, boot_id, clock]
+}
+
+/// The place of a string field in [`texts`].
+fn text_index(tag: u32) -> Option<usize> {
+    match tag {
+        field::MESSAGE => Some(0),
+        field::VERSION => Some(1),
+        field::BOOT_ID => Some(2),
+        field::CLOCK => Some(3),
+        _ => None,
     }
-    *protocol_version = 0;
-    capabilities.clear();
 }
 
 /// Reads the value of a usual field from `buf` into `answer` and returns
 /// what follows it; `None` when the field is not one of these or is not
-/// well formed (`answer` is then as it was).
+/// well formed (`answer` is then as it was). A string field is marked in
+/// `seen`.
 fn take_field<'a>(
     tag: u32,
     wire_type: WireType,
     buf: &'a [u8],
     answer: &mut AgentPingResponse,
     memo: &mut CapabilityMemo,
+    seen: &mut [bool; TEXTS],
 ) -> Option<&'a [u8]> {
-    let string = match (tag, wire_type) {
+    let index = match (tag, wire_type) {
         (field::CAPABILITIES, WireType::LengthDelimited) => {
             return memo.take_capabilities(buf, &mut answer.capabilities);
         }
@@ -82,25 +105,23 @@ fn take_field<'a>(
             answer.protocol_version = decode_varint(&mut rest).ok()? as u32;
             return Some(rest);
         }
-        (_, WireType::LengthDelimited) => match tag {
-            field::MESSAGE => &mut answer.message,
-            field::VERSION => &mut answer.version,
-            field::BOOT_ID => &mut answer.boot_id,
-            field::CLOCK => &mut answer.clock,
-            _ => return None,
-        },
+        (_, WireType::LengthDelimited) => text_index(tag)?,
         _ => return None,
     };
     let (bytes, rest) = take_length_delimited(buf)?;
-    let text = std::str::from_utf8(bytes).ok()?;
+    let string = texts(answer).into_iter().nth(index)?;
     // A repeated scalar field keeps its last value, as prost's merge does.
-    if string.capacity() >= text.len() {
-        string.clear();
-        string.push_str(text);
-    } else {
-        // One allocation of the exact size (growing would take a longer path).
-        *string = text.to_owned();
+    if string.as_bytes() != bytes {
+        let text = std::str::from_utf8(bytes).ok()?;
+        if string.capacity() >= text.len() {
+            string.clear();
+            string.push_str(text);
+        } else {
+            // One allocation of the exact size (growing would take a longer path).
+            *string = text.to_owned();
+        }
     }
+    seen[index] = true;
     Some(rest)
 }
 
@@ -294,7 +315,13 @@ mod tests {
             let ours = decode_ping(Bytes::copy_from_slice(&bytes), &mut CapabilityMemo::default())
                 .map_err(|e| e.to_string());
             let prosts = AgentPingResponse::decode(&bytes[..]).map_err(|e| e.to_string());
-            proptest::prop_assert_eq!(ours, prosts);
+            proptest::prop_assert_eq!(&ours, &prosts);
+            // The same into an answer that holds another's fields.
+            let mut into = AgentPingResponse { clock: "stepped".into(), ..answer(vec![5; 9]) };
+            let reused = decode_ping_into(&bytes, &mut into, &mut CapabilityMemo::default())
+                .map(|()| into)
+                .map_err(|e| e.to_string());
+            proptest::prop_assert_eq!(reused, prosts);
         }
     }
 
