@@ -1,6 +1,7 @@
 //! A wall clock that tests can read, step and slew without touching the host.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::sys::{Clock, ReferenceOffset, SLEW_RATE_PPM, SysError};
@@ -79,6 +80,10 @@ impl State {
 pub struct FakeClock {
     state: Mutex<State>,
     born: Instant,
+    /// A following clock never stepped nor slewed reads the host clock as
+    /// it is: `now` then takes no lock (the simulator's Ping checks the
+    /// clock at every call, as the real agent reads its clock).
+    untouched: AtomicBool,
 }
 
 impl FakeClock {
@@ -94,6 +99,7 @@ impl FakeClock {
                 failure: None,
             }),
             born: Instant::now(),
+            untouched: AtomicBool::new(frozen.is_none()),
         }
     }
 
@@ -153,6 +159,9 @@ fn from_signed_nanos(n: i128) -> SystemTime {
 
 impl Clock for FakeClock {
     fn now(&self) -> SystemTime {
+        if self.untouched.load(Ordering::Acquire) {
+            return SystemTime::now();
+        }
         let state = self.lock();
         let applied = i128::from(state.applied());
         match state.frozen {
@@ -169,6 +178,7 @@ impl Clock for FakeClock {
             Some(_) => state.frozen = Some(time),
             None => state.offset = signed_nanos(time) - signed_nanos(SystemTime::now()),
         }
+        self.untouched.store(false, Ordering::Release);
         state.steps.push(time);
         Ok(())
     }
@@ -182,6 +192,7 @@ impl Clock for FakeClock {
         state.fail("adjtimex")?;
         state.settle_slew();
         state.slew = (offset_nanos != 0).then(|| Slew { total: offset_nanos, started: Instant::now() });
+        self.untouched.store(false, Ordering::Release);
         state.slews.push(offset_nanos);
         Ok(())
     }
