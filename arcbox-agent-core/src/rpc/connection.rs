@@ -406,6 +406,23 @@ pub fn is_peer_gone(err: &std::io::Error) -> bool {
 /// Default time a started frame has to arrive in full.
 pub const DEFAULT_FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Serves `router` on one end of an in-memory pipe until the connection
+/// ends, for tests: the other end, and the connection's task.
+#[cfg(test)]
+pub(crate) fn serve_on_pipe(
+    router: super::Router,
+    peer: &'static str,
+    stop: &CancellationToken,
+) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<ConnectionEnd>) {
+    let (host, agent) = tokio::io::duplex(1 << 16);
+    let stop = stop.clone();
+    let server = tokio::spawn(async move {
+        let (config, stats) = (ServerConfig::default(), ServerStats::default());
+        serve_connection(agent, peer, &router, &config, &stats, &stop).await
+    });
+    (host, server)
+}
+
 #[cfg(test)]
 mod tests {
     use arcbox_agent_wire::codec::FrameWriter;
@@ -426,18 +443,11 @@ mod tests {
         }
     }
 
-    /// Serves one end of a pipe until the connection ends; the other end
-    /// is returned with the server's token.
+    /// Serves a Ping answered in place on a pipe under the server token `stop`.
     fn serve(stop: &CancellationToken) -> (DuplexStream, tokio::task::JoinHandle<ConnectionEnd>) {
-        let (host, agent) = tokio::io::duplex(1 << 16);
-        let stop = stop.clone();
-        let server = tokio::spawn(async move {
-            let mut router = Router::new();
-            router.immediate(MessageType::PingRequest, Pong);
-            let (config, stats) = (ServerConfig::default(), ServerStats::default());
-            serve_connection(agent, "test", &router, &config, &stats, &stop).await
-        });
-        (host, server)
+        let mut router = Router::new();
+        router.immediate(MessageType::PingRequest, Pong);
+        serve_on_pipe(router, "test", stop)
     }
 
     async fn ended(server: tokio::task::JoinHandle<ConnectionEnd>) -> ConnectionEnd {

@@ -514,16 +514,12 @@ mod tests {
         use arcbox_agent_wire::client::{AgentClient, ClientError, ConnectOptions};
         use tokio_util::sync::CancellationToken;
 
-        use crate::rpc::{ConnectionEnd, ServerConfig, ServerStats, serve_connection};
+        use crate::rpc::ConnectionEnd;
+        use crate::rpc::connection::serve_on_pipe;
 
         let mut router = Router::new();
         router.immediate(MessageType::PingRequest, EchoNow);
-        let (host, agent) = tokio::io::duplex(1 << 16);
-        let server = tokio::spawn(async move {
-            let (config, stats, stop) =
-                (ServerConfig::default(), ServerStats::default(), CancellationToken::new());
-            serve_connection(agent, "test", &router, &config, &stats, &stop).await
-        });
+        let (host, server) = serve_on_pipe(router, "test", &CancellationToken::new());
         let mut client = AgentClient::from_stream(host, ConnectOptions::default());
         let ping = MessageType::PingRequest;
         let request = |message: &str| AgentPingRequest { message: message.into(), ..Default::default() };
@@ -548,7 +544,8 @@ mod tests {
 
         use crate::authz::Authz;
         use crate::config::AuthConfig;
-        use crate::rpc::{ConnectionEnd, ServerConfig, ServerStats, serve_connection};
+        use crate::rpc::ConnectionEnd;
+        use crate::rpc::connection::serve_on_pipe;
 
         let auth = AuthConfig { exec: false, ..AuthConfig::default() };
         let authz = Arc::new(Authz::from_config(&auth).0);
@@ -557,12 +554,7 @@ mod tests {
             .authorize_with(Arc::clone(&authz))
             .unary(MessageType::PingRequest, Echo)
             .unary(MessageType::ExecListRequest, Echo);
-        let (host, agent) = tokio::io::duplex(1 << 16);
-        let server = tokio::spawn(async move {
-            let (config, stats, stop) =
-                (ServerConfig::default(), ServerStats::default(), CancellationToken::new());
-            serve_connection(agent, "vsock:2:49152", &router, &config, &stats, &stop).await
-        });
+        let (host, server) = serve_on_pipe(router, "vsock:2:49152", &CancellationToken::new());
         // One stream, no reconnection: every answer comes on the same connection.
         let mut client = AgentClient::from_stream(host, ConnectOptions::default());
         for (t, name) in [

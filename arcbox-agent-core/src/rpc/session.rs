@@ -152,7 +152,8 @@ mod tests {
     use super::*;
     use crate::protocol::MessageType;
     use crate::protocol::proto::agent::{ExecAttachRequest, ExecInput, ExecOutput};
-    use crate::rpc::{ConnectionEnd, Router, ServerConfig, ServerStats, serve_connection};
+    use crate::rpc::connection::serve_on_pipe;
+    use crate::rpc::{ConnectionEnd, Router};
 
     /// Echoes each input frame's data back as output until EOF, then ends.
     struct Echo;
@@ -189,12 +190,7 @@ mod tests {
     ) -> (Vec<ExecOutput>, Result<(), i32>, ConnectionEnd) {
         let mut router = Router::new();
         router.session(MessageType::ExecAttachRequest, Echo);
-        let (host, agent) = tokio::io::duplex(1 << 16);
-        let server = tokio::spawn(async move {
-            let (config, stats, stop) =
-                (ServerConfig::default(), ServerStats::default(), CancellationToken::new());
-            serve_connection(agent, "test", &router, &config, &stats, &stop).await
-        });
+        let (host, server) = serve_on_pipe(router, "test", &CancellationToken::new());
         let mut client = AgentClient::from_stream(host, ConnectOptions::default());
         let attach = ExecAttachRequest { exec_id: request.into(), ..Default::default() };
         let session = client.open_session(MessageType::ExecAttachRequest, &attach).await.unwrap();
