@@ -223,8 +223,8 @@ mod tests {
         PingHandler::new(Arc::clone(clock), identity, DEFAULT_CLOCK_STEP_THRESHOLD)
     }
 
-    #[tokio::test]
-    async fn ping_answers_pong_with_version_and_handshake() {
+    #[test]
+    fn ping_answers_pong_with_version_and_handshake() {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH + Duration::from_secs(1_000)));
         let r = handler(&clock).handle(ctx(), AgentPingRequest::default()).unwrap();
         assert_eq!(r.message, "pong");
@@ -236,15 +236,15 @@ mod tests {
         assert!(clock.steps().is_empty());
     }
 
-    #[tokio::test]
-    async fn ping_echoes_its_message() {
+    #[test]
+    fn ping_echoes_its_message() {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH));
         let req = AgentPingRequest { message: "hi".into(), ..Default::default() };
         assert_eq!(handler(&clock).handle(ctx(), req).unwrap().message, "pong: hi");
     }
 
-    #[tokio::test]
-    async fn a_host_time_steps_the_clock_with_sub_second_precision() {
+    #[test]
+    fn a_host_time_steps_the_clock_with_sub_second_precision() {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH + Duration::from_secs(5)));
         let req = AgentPingRequest {
             timestamp_secs: 1_700_000_000,
@@ -256,8 +256,8 @@ mod tests {
         assert_eq!(clock.steps(), vec![UNIX_EPOCH + Duration::new(1_700_000_000, 250_000_000)]);
     }
 
-    #[tokio::test]
-    async fn a_clock_within_the_threshold_is_left_alone() {
+    #[test]
+    fn a_clock_within_the_threshold_is_left_alone() {
         let now = UNIX_EPOCH + Duration::new(1_700_000_000, 100_000_000);
         let clock = Arc::new(FakeClock::at(now + Duration::from_millis(2)));
         let req = AgentPingRequest {
@@ -270,8 +270,8 @@ mod tests {
         assert!(clock.steps().is_empty());
     }
 
-    #[tokio::test]
-    async fn a_time_in_whole_seconds_leaves_a_clock_within_that_second_alone() {
+    #[test]
+    fn a_time_in_whole_seconds_leaves_a_clock_within_that_second_alone() {
         // The reference's host sends whole seconds: a guest 974 ms into the
         // same second is right, and must not be stepped back.
         for into_second_ms in [0, 500, 974, 999] {
@@ -284,8 +284,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_time_in_whole_seconds_steps_a_clock_that_is_off_by_more_than_a_second() {
+    #[test]
+    fn a_time_in_whole_seconds_steps_a_clock_that_is_off_by_more_than_a_second() {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH + Duration::new(1_700_000_003, 0)));
         let req = AgentPingRequest { timestamp_secs: 1_700_000_000, ..Default::default() };
         let r = handler(&clock).handle(ctx(), req).unwrap();
@@ -293,8 +293,8 @@ mod tests {
         assert_eq!(clock.steps(), vec![UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000)]);
     }
 
-    #[tokio::test]
-    async fn the_usual_answers_are_shared_and_encode_as_fresh_ones_would() {
+    #[test]
+    fn the_usual_answers_are_shared_and_encode_as_fresh_ones_would() {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH + Duration::new(1_700_000_000, 100_000_000)));
         let handler = handler(&clock);
         let timed = AgentPingRequest {
@@ -322,8 +322,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_answer_before_the_capabilities_are_known_is_not_kept() {
+    #[test]
+    fn an_answer_before_the_capabilities_are_known_is_not_kept() {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH));
         let identity = AgentIdentity::new("boot-1");
         let handler = PingHandler::new(clock, Arc::clone(&identity), DEFAULT_CLOCK_STEP_THRESHOLD);
@@ -332,8 +332,8 @@ mod tests {
         assert_eq!(handler.handle(ctx(), AgentPingRequest::default()).unwrap().capabilities, vec![1]);
     }
 
-    #[tokio::test]
-    async fn a_failing_clock_is_reported_not_fatal() {
+    #[test]
+    fn a_failing_clock_is_reported_not_fatal() {
         let clock = Arc::new(FakeClock::at(UNIX_EPOCH));
         clock.fail_sets("EPERM");
         let req = AgentPingRequest { timestamp_secs: 1_700_000_000, ..Default::default() };
