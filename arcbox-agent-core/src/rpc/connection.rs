@@ -75,7 +75,7 @@ where
                     return end;
                 }
                 // Checked here too, as a read that finds bytes at once
-                // never polls the shutdown future.
+                // never looks at the shutdown watch.
                 if watch.fired() {
                     return ConnectionEnd::Shutdown;
                 }
